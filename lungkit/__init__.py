@@ -1,0 +1,14 @@
+"""lungkit: a Keras 3 / TensorFlow, notebook-first reproduction kit for lung-cancer CT papers.
+
+The package holds all logic; the notebooks in ``notebooks/`` tell the story and call it.
+One subpackage or module per pipeline stage:
+
+- ``lungkit.data``: readers (Lung-RADS pickles, phantom, volumes), the kit dataset format, splits.
+- ``lungkit.preprocess`` / ``lungkit.augment`` / ``lungkit.pipeline``: from PNGs to model-ready tf.data.
+- ``lungkit.models``: one file per architecture plus a registry.
+- ``lungkit.losses`` / ``lungkit.metrics`` / ``lungkit.postprocess`` / ``lungkit.evaluation``.
+- ``lungkit.training``: recipes -> compile/fit.
+- ``lungkit.papers`` / ``lungkit.reports``: reported tables as data, reproduced tables as files.
+"""
+
+__version__ = "0.1.0"
