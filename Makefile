@@ -1,0 +1,36 @@
+# lungkit: two commands do everything.
+#   make reproduce   set up .venv, then run every notebook headless on the phantom data -> reports/
+#   make test        set up .venv, then run the test suite (what CI runs)
+# Options: PROFILE=smoke|quick|paper  DATA_DIR=/path/to/lungrads/pickles  SEED=0  PYTHON=python3.11
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+PROFILE ?= quick
+DATA_DIR ?=
+SEED ?= 0
+EXTRAS ?= dev
+BIN := $(VENV)/bin
+
+.PHONY: setup reproduce test bench clean-runs
+
+setup: $(VENV)/.installed
+
+# Reinstall when the dependency pins change; the stamp makes repeated commands cheap.
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "lungkit needs Python >= 3.11, got " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+reproduce: setup
+	$(BIN)/python -m lungkit reproduce --profile $(PROFILE) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean-runs:
+	rm -rf runs

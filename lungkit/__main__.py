@@ -1,0 +1,5 @@
+import sys
+
+from lungkit.cli import main
+
+sys.exit(main())
