@@ -1,0 +1,926 @@
+"""Reported vs reproduced: from the results of a run to one report per paper, a leaderboard and figures.
+
+Everything here reads the results as plain files: ``<run_dir>/results/<paper_id>/<result_key>/summary.json`` (the
+schema of ``lungkit.evaluation``) and, for prediction galleries, an optional ``predictions.npz`` beside it (arrays
+``images``, ``masks``, ``probabilities`` and optionally ``dice``; otherwise the ``dice`` column of ``per_image.csv``).
+The reported side comes from :mod:`lungkit.papers`, quoted exactly as printed.
+
+Honesty rules the reports follow:
+
+- every reproduced number carries its protocol line (profile, data source, image size, epochs, seed, split, data
+  fingerprint, commit, post-processing);
+- a row lungkit has not produced yet says so instead of disappearing;
+- a wiring-only result (e.g. SAM without weights) never shows numbers;
+- results on the synthetic phantom, or from a profile other than ``paper``, come with a caveat paragraph.
+
+Outputs (``reports/<paper_id>.md`` / ``.csv``, ``reports/leaderboard.md`` / ``.csv``, ``reports/figures/*.png``)
+are written atomically: to a temporary name in the same folder, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from lungkit.data.kit_dataset import LUNGRADS_LABELS
+from lungkit.papers import (
+    all_paper_ids,
+    find_rows_for_result,
+    get_paper,
+    get_postprocessing,
+    get_table,
+    parse_reported_value,
+    resolve_table_id,
+)
+
+STATUS_REPRODUCED = "reproduced"
+STATUS_NOT_YET = "not reproduced yet"
+STATUS_REFERENCE = "reference only (others' work)"
+#: The paper's own row, but lungkit has no model (or no data) for it yet.
+STATUS_NOT_IN_KIT = "reference only (not in lungkit yet)"
+STATUS_WIRING = "wiring only (no weights)"
+
+#: ``status`` values a summary.json may carry.
+SUMMARY_STATUSES = ("reproduced", "wiring_only")
+REQUIRED_SUMMARY_KEYS = ("paper", "model", "status", "protocol")
+
+SEGMENTATION_LEADERBOARD_METRICS = ("dice", "iou", "precision", "recall", "specificity", "rmse")
+CLASSIFICATION_LEADERBOARD_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc")
+
+_PROTOCOL_FIELDS = (
+    ("profile", "profile"),
+    ("data_source", "data"),
+    ("image_size", "image size"),
+    ("epochs", "epochs"),
+    ("seed", "seed"),
+    ("model_scale", "model scale"),
+    ("split", "split"),
+    ("loss", "loss"),
+    ("optimizer", "optimizer"),
+    ("postprocess", "post-processing"),
+    ("data_fingerprint", "data fingerprint"),
+    ("git_commit", "commit"),
+    ("wall_time_s", "wall time (s)"),
+)
+
+PHANTOM_CAVEAT = (
+    "**Synthetic data.** Results marked `data phantom` were computed on lungkit's synthetic phantom, not on the "
+    "paper's data. They show that the pipeline runs end to end and that the model learns; they say nothing about "
+    "what the paper's method reaches on real CT. Compare them with the paper's numbers only as a sanity check, "
+    "never as a reproduction."
+)
+PROFILE_CAVEAT = (
+    "**Reduced run.** Results from a profile other than `paper` ({profiles}) cap the image size, epochs and model "
+    "scale (see each protocol line) so that the run fits a small machine. They are not the paper's configuration "
+    "and will differ from what the recipe gives at full size."
+)
+WIRING_CAVEAT = (
+    "**Wiring only.** Results marked wiring only ran a model without trained or pretrained weights (e.g. SAM "
+    "without a local preset). They check the plumbing; their numbers are meaningless and are not shown."
+)
+
+
+# ----------------------------------------------------------------------------------------------- reading results
+
+
+def read_summary(path: str | os.PathLike) -> dict:
+    """Read and check one ``summary.json``.
+
+    Args:
+        path: ``<run_dir>/results/<paper_id>/<result_key>/summary.json``.
+
+    Returns:
+        The summary dict with ``_result_key`` (the folder name) and ``_path`` added.
+
+    Raises:
+        ValueError: naming the file, for invalid JSON, a missing key, an unknown status or paper, or a ``paper``
+            field that disagrees with the folder the file sits in.
+    """
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error})") from error
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: expected a JSON object in the summary.json schema, got {type(summary).__name__}")
+    missing = [key for key in REQUIRED_SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; a summary.json needs {list(REQUIRED_SUMMARY_KEYS)}")
+    if summary["status"] not in SUMMARY_STATUSES:
+        raise ValueError(f"{path}: status {summary['status']!r}; expected one of {list(SUMMARY_STATUSES)}")
+    if summary["paper"] not in all_paper_ids():
+        raise ValueError(f"{path}: paper {summary['paper']!r}; expected one of {all_paper_ids()}")
+    folder_paper = path.parent.parent.name
+    if folder_paper != summary["paper"]:
+        raise ValueError(f"{path}: field paper={summary['paper']!r} but the file sits under results/{folder_paper}/")
+    if summary["status"] == "reproduced" and not isinstance(summary.get("metrics"), dict):
+        raise ValueError(f"{path}: a reproduced result needs a 'metrics' object")
+    if not isinstance(summary["protocol"], dict):
+        raise ValueError(f"{path}: 'protocol' must be an object, got {type(summary['protocol']).__name__}")
+    summary["_result_key"] = path.parent.name
+    summary["_path"] = str(path)
+    return summary
+
+
+def collect_summaries(run_dir: str | os.PathLike) -> list[dict]:
+    """Read every ``results/*/*/summary.json`` of a run.
+
+    Args:
+        run_dir: the run directory; a run without a ``results`` folder gives an empty list.
+
+    Returns:
+        Summaries (see :func:`read_summary`), sorted by paper then result key.
+
+    Raises:
+        FileNotFoundError: when ``run_dir`` does not exist.
+        ValueError: naming the file, for any summary that cannot be read (see :func:`read_summary`).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    return [read_summary(path) for path in sorted((run_dir / "results").glob("*/*/summary.json"))]
+
+
+def summary_result_key(summary: dict) -> str:
+    """The result key of a summary: its folder name, else a ``result_key`` field, else the model name."""
+    return summary.get("_result_key") or summary.get("result_key") or summary["model"]
+
+
+def _summary_source(summary: dict) -> str:
+    return summary.get("_path") or f"summary of {summary.get('paper')}/{summary_result_key(summary)}"
+
+
+def _summaries_by_result_key(paper_id: str, summaries: Iterable[dict]) -> dict[str, dict]:
+    by_key: dict[str, dict] = {}
+    for summary in summaries:
+        if summary.get("paper") != paper_id:
+            continue
+        key = summary_result_key(summary)
+        if key in by_key:
+            raise ValueError(
+                f"two results for {paper_id}/{key}: {_summary_source(by_key[key])} and {_summary_source(summary)}; "
+                "pass the summaries of one run"
+            )
+        by_key[key] = summary
+    return by_key
+
+
+def metric_from_summary(summary: dict, metric: str, basis: str = "per_image") -> dict | None:
+    """Look one metric up in a summary.
+
+    Args:
+        summary: a summary.json dict.
+        metric: a canonical key (``"dice"``) or a per-class key (``"dice@LR2"``).
+        basis: ``"per_image"`` (the ``metrics`` means with CIs) or ``"pooled"`` (the ``pooled`` value, no CI; falls
+            back to the per-image mean when the summary has no pooled value for the metric).
+
+    Returns:
+        ``{"mean", "ci_low", "ci_high", "n", "basis"}`` (NaN where absent), or None when the summary lacks it.
+
+    Raises:
+        ValueError: naming the summary, when an entry has no ``mean``.
+    """
+    name, _, class_name = metric.partition("@")
+    if class_name:
+        entry = (summary.get("per_class") or {}).get(class_name, {}).get(name)
+        used_basis = f"per_image ({class_name})"
+    else:
+        if basis == "pooled":
+            pooled = (summary.get("pooled") or {}).get(name)
+            if pooled is not None:
+                mean = pooled["mean"] if isinstance(pooled, dict) else pooled
+                return {"mean": float(mean), "ci_low": math.nan, "ci_high": math.nan,
+                        "n": summary.get("n_images", math.nan), "basis": "pooled"}
+        entry = (summary.get("metrics") or {}).get(name)
+        used_basis = "per_image" if summary.get("task", "segmentation") == "segmentation" else "test set"
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        return {"mean": float(entry), "ci_low": math.nan, "ci_high": math.nan, "n": math.nan, "basis": used_basis}
+    if "mean" not in entry:
+        raise ValueError(f"{_summary_source(summary)}: metric {metric!r} has no 'mean' (got keys {sorted(entry)})")
+
+    def number(key):
+        value = entry.get(key)
+        return math.nan if value is None else float(value)
+
+    return {"mean": number("mean"), "ci_low": number("ci_low"), "ci_high": number("ci_high"),
+            "n": number("n"), "basis": used_basis}
+
+
+def protocol_line(summary: dict) -> str:
+    """One line saying how a result was produced: every protocol field, ``not recorded`` where the summary lacks
+    it and ``none`` where it records None (e.g. the epochs of a zero-shot model)."""
+    protocol = summary.get("protocol") or {}
+    parts = []
+    for key, label in _PROTOCOL_FIELDS:
+        value = protocol.get(key, "")
+        parts.append(f"{label} {'not recorded' if value == '' else 'none' if value is None else value}")
+    if summary.get("n_images") is not None:
+        parts.append(f"n test images {summary['n_images']}")
+    line = "; ".join(parts)
+    if protocol.get("notes"):
+        line += f"; notes: {protocol['notes']}"
+    return line
+
+
+def _row_status(row: dict, summary: dict | None) -> str:
+    if row["reproduced_by"] is None:
+        return STATUS_NOT_IN_KIT if row.get("origin", "").startswith("this paper") else STATUS_REFERENCE
+    if summary is None:
+        return STATUS_NOT_YET
+    return STATUS_WIRING if summary["status"] == "wiring_only" else STATUS_REPRODUCED
+
+
+# ------------------------------------------------------------------------------------------------- paper tables
+
+
+def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -> pd.DataFrame:
+    """Reported vs reproduced for every row of one paper table.
+
+    Args:
+        paper_id: e.g. ``"paper004"``.
+        table_id: e.g. ``"table2"`` (aliases accepted).
+        summaries: summaries of one run (see :func:`collect_summaries`); those of other papers are ignored.
+
+    Returns:
+        One row per table row, in the paper's order. Columns: ``paper``, ``table``, ``row``, any extra printed
+        columns (e.g. ``dataset``), ``status``, ``result_key``, ``model``, ``notebook``, then per metric ``m``:
+        ``m_reported_printed`` (the string as printed), ``m_reported`` (as a fraction; NaN when missing),
+        ``m_reproduced`` (mean), ``m_ci_low``, ``m_ci_high``, ``m_n``, ``m_basis`` and ``m_difference``
+        (reproduced - reported, fractions); then ``protocol``, ``paper_line`` and ``remarks``. Reproduced columns
+        are NaN unless the status is ``reproduced`` (never numbers for wiring-only results).
+    """
+    canonical_id = resolve_table_id(paper_id, table_id)
+    table = get_table(paper_id, canonical_id)
+    by_key = _summaries_by_result_key(paper_id, summaries)
+    compare_with = table.get("compare_with", {})
+    records = []
+    for row in table["rows"]:
+        reproduced_by = row["reproduced_by"]
+        summary = by_key.get(reproduced_by["result_key"]) if reproduced_by else None
+        status = _row_status(row, summary)
+        record = {"paper": paper_id, "table": canonical_id, "row": row["row"]}
+        for column in table.get("extra_columns", {}):
+            record[column] = row.get("extra", {}).get(column, "")
+        record.update(
+            status=status,
+            result_key=reproduced_by["result_key"] if reproduced_by else "",
+            model=reproduced_by["model"] if reproduced_by else "",
+            notebook=reproduced_by["notebook"] if reproduced_by else "",
+        )
+        for metric in table["metrics"]:
+            printed = row["reported"].get(metric, "")
+            reported = parse_reported_value(printed, table["value_scale"])
+            value = None
+            if status == STATUS_REPRODUCED:
+                value = metric_from_summary(summary, metric, compare_with.get(metric, "per_image"))
+            mean = value["mean"] if value else math.nan
+            reported_number = math.nan if reported is None else reported
+            record.update({
+                f"{metric}_reported_printed": printed,
+                f"{metric}_reported": reported_number,
+                f"{metric}_reproduced": mean,
+                f"{metric}_ci_low": value["ci_low"] if value else math.nan,
+                f"{metric}_ci_high": value["ci_high"] if value else math.nan,
+                f"{metric}_n": value["n"] if value else math.nan,
+                f"{metric}_basis": value["basis"] if value else "",
+                f"{metric}_difference": mean - reported_number,
+            })
+        protocol = protocol_line(summary) if summary is not None else ""
+        if summary is not None and reproduced_by and summary.get("model") != reproduced_by["model"]:
+            protocol += f"; NOTE: model {summary.get('model')!r} differs from the row's {reproduced_by['model']!r}"
+        record.update(protocol=protocol, paper_line=row.get("line", ""), remarks=" ".join(row.get("remarks", [])))
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _row_label(row: dict) -> str:
+    """Row name plus its extra printed columns (two rows of paper 003 are both called 'Ours')."""
+    extras = ", ".join(str(value) for value in row.get("extra", {}).values())
+    return f"{row['row']} ({extras})" if extras else row["row"]
+
+
+def _table_label(table_id: str) -> str:
+    match = re.fullmatch(r"table(\d+)", table_id)
+    return f"Table {match.group(1)}" if match else "Reference table"
+
+
+def _md_cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(_md_cell(cell) for cell in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _printed_decimals(printed: str, value_scale: str) -> int | None:
+    """Decimals of a printed value, so that lungkit's numbers are shown to the paper's precision (at least 3
+    decimals for fractions, 2 for percentages)."""
+    match = re.search(r"\.(\d+)", printed or "")
+    floor = 2 if (value_scale == "percent" or (printed or "").strip().endswith("%")) else 3
+    return max(floor, len(match.group(1))) if match else None
+
+
+def _format_number(value: float, value_scale: str = "fraction", signed: bool = False,
+                   decimals: int | None = None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    sign = "+" if signed else ""
+    if value_scale == "percent":
+        return f"{value * 100:{sign}.{decimals or 2}f}"
+    if decimals is None:
+        decimals = 4 if value != 0 and abs(value) < 0.1 else 3
+    return f"{value:{sign}.{decimals}f}"
+
+
+def _format_with_ci(mean: float, low: float, high: float, value_scale: str = "fraction", basis: str = "",
+                    decimals: int | None = None) -> str:
+    text = _format_number(mean, value_scale, decimals=decimals)
+    if not text:
+        return ""
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{_format_number(low, value_scale, decimals=decimals)}, " \
+                f"{_format_number(high, value_scale, decimals=decimals)}]"
+    if basis == "pooled":
+        text += " (pooled)"
+    return text
+
+
+def _table_markdown(table: dict, frame: pd.DataFrame) -> str:
+    scale = table["value_scale"]
+    header = [table.get("row_header", "Row")] + list(table.get("extra_columns", {}).values())
+    for column in table["columns"]:
+        header += [f"{column}: paper", f"{column}: lungkit [95% CI]", f"{column}: Δ"]
+    header.append("Status")
+    body = []
+    for _, record in frame.iterrows():
+        cells = [record["row"]] + [record[column] for column in table.get("extra_columns", {})]
+        for metric in table["metrics"]:
+            printed = record[f"{metric}_reported_printed"]
+            decimals = _printed_decimals(printed, scale)
+            reproduced = _format_with_ci(record[f"{metric}_reproduced"], record[f"{metric}_ci_low"],
+                                         record[f"{metric}_ci_high"], scale, record[f"{metric}_basis"], decimals)
+            if reproduced and table.get("compare_with", {}).get(metric) == "pooled" \
+                    and record[f"{metric}_basis"] != "pooled":
+                reproduced += " (per-image: no pooled value)"
+            if not reproduced and record["status"] == STATUS_REPRODUCED:
+                reproduced = "not computed"  # the result exists but its summary has no value for this metric
+            cells += [
+                printed,
+                reproduced,
+                _format_number(record[f"{metric}_difference"], scale, signed=True, decimals=decimals),
+            ]
+        cells.append(record["status"])
+        body.append(cells)
+    return _markdown_table(header, body)
+
+
+def _figure_name(paper_id: str, table_id: str) -> str:
+    return f"{paper_id}_{table_id}_reported_vs_reproduced.png"
+
+
+def _gallery_name(paper_id: str, result_key: str) -> str:
+    return f"{paper_id}_{result_key}_gallery.png"
+
+
+def _caveats(summaries: list[dict]) -> list[str]:
+    caveats = []
+    if any((s.get("protocol") or {}).get("data_source") == "phantom" for s in summaries):
+        caveats.append(PHANTOM_CAVEAT)
+    profiles = sorted({str((s.get("protocol") or {}).get("profile")) for s in summaries} - {"paper"})
+    if profiles:
+        caveats.append(PROFILE_CAVEAT.format(profiles=", ".join(f"`{p}`" for p in profiles)))
+    if any(s.get("status") == "wiring_only" for s in summaries):
+        caveats.append(WIRING_CAVEAT)
+    return caveats
+
+
+def _recipe_markdown(paper_id: str, module) -> list[str]:
+    lines = []
+    for result_key, recipe in module.RECIPES.items():
+        lines += [f"### `{result_key}` (training recipe)", ""]
+        settings = [[key, json.dumps(value)] for key, value in recipe.items() if key != "notes"]
+        settings.append(["post-processing", get_postprocessing(paper_id, result_key)])
+        lines += [_markdown_table(["setting", "value"], settings), "", f"Notes: {recipe.get('notes', '')}", ""]
+    for result_key, setup in getattr(module, "ZERO_SHOT", {}).items():
+        lines += [f"### `{result_key}` (zero-shot evaluation, no training)", ""]
+        settings = [[key, json.dumps(value)] for key, value in setup.items() if key != "notes"]
+        lines += [_markdown_table(["setting", "value"], settings), "", f"Notes: {setup.get('notes', '')}", ""]
+    return lines
+
+
+def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Path, run_dir) -> tuple[str, list]:
+    module = get_paper(paper_id)
+    paper = module.PAPER
+    by_key = _summaries_by_result_key(paper_id, summaries)
+    lines = [f"# {paper_id}: {paper['title']}", ""]
+    source = f"results of `{run_dir}`" if run_dir is not None else "the summaries passed in"
+    lines += [f"*{paper['short_title']}*. Paper text: `shared/papers/{paper['file']}`. "
+              f"Reproduced numbers from {source}.", ""]
+    lines += ["## What the paper did", "", f"**Data.** {paper['data']}", "", "**Systems.**", ""]
+    lines += [f"- {system}" for system in paper["systems"]] + [""]
+    if paper.get("notes"):
+        lines += ["**Notes on the paper.**", ""] + [f"- {note}" for note in paper["notes"]] + [""]
+    caveats = _caveats(list(by_key.values()))
+    if caveats:
+        lines += ["## Read this first", ""]
+        for caveat in caveats:
+            lines += [caveat, ""]
+    lines += [
+        "## How to read the tables",
+        "",
+        "*paper*: the value exactly as printed (a percent table prints percent). *lungkit*: the reproduced mean over "
+        "the test set with its 95% confidence interval from `lungkit.evaluation` (pooled values have none), in the "
+        "paper's units and to the paper's number of decimals. *Δ* = lungkit - paper, in the paper's units. A row "
+        "lungkit has not produced yet says `not reproduced yet`; rows of other people's work say `reference only "
+        "(others' work)`; the paper's own rows that lungkit cannot run yet say `reference only (not in lungkit "
+        "yet)`; results without weights say `wiring only` and show no numbers.",
+        "",
+    ]
+
+    frames = []
+    if not module.TABLES:
+        lines += ["## Results tables", "", paper.get("no_table_note", "The paper prints no results table."), ""]
+        if paper.get("printed_numbers"):
+            lines += ["Numbers the paper does print:", ""]
+            lines += [_markdown_table(["what", "printed"], [[k, v] for k, v in paper["printed_numbers"].items()]), ""]
+    for table_id, table in module.TABLES.items():
+        frame = paper_table_frame(paper_id, table_id, summaries)
+        frames.append(frame)
+        heading = f"## {_table_label(table_id)}: {table['title']}"
+        if table.get("aliases"):
+            heading += f" (alias {', '.join(table['aliases'])})"
+        lines += [heading, ""]
+        if table.get("numbering_note"):
+            lines += [f"*Numbering.* {table['numbering_note']}", ""]
+        if table.get("source_note"):
+            lines += [f"*Source.* {table['source_note']}", ""]
+        lines += [f"*Paper's protocol.* {table['protocol']}", "", _table_markdown(table, frame), ""]
+        lines += ["**Metric definitions** (what the paper seems to mean):", ""]
+        for metric, column in zip(table["metrics"], table["columns"]):
+            basis = table.get("compare_with", {}).get(metric, "per-image mean")
+            lines.append(f"- {column} (`{metric}`, lungkit compares with the {basis} value): "
+                         f"{table['metric_definitions'].get(metric, 'not defined')}")
+        lines += ["", "**How each lungkit row was produced:**", ""]
+        reproducible = [row for row in table["rows"] if row["reproduced_by"]]
+        for row in reproducible:
+            key = row["reproduced_by"]["result_key"]
+            summary = by_key.get(key)
+            where = f"`{key}` (model `{row['reproduced_by']['model']}`, notebook `{row['reproduced_by']['notebook']}`)"
+            if summary is None:
+                lines.append(f"- **{_row_label(row)}** <- {where}: not reproduced yet "
+                             f"(no results/{paper_id}/{key}/summary.json).")
+            else:
+                status = _row_status(row, summary)
+                lines.append(f"- **{_row_label(row)}** <- {where}, {status}: {protocol_line(summary)}")
+        if not reproducible:
+            lines.append("- No row of this table is reproduced by lungkit (reference only).")
+        remarks = [(_row_label(row), remark) for row in table["rows"] for remark in row.get("remarks", [])]
+        if remarks:
+            lines += ["", "**Remarks on the printed numbers:**", ""]
+            lines += [f"- *{name}*: {remark}" for name, remark in remarks]
+        figure = reports_dir / "figures" / _figure_name(paper_id, table_id)
+        if figure.exists():
+            lines += ["", f"![{paper_id} {table_id}: reported vs reproduced](figures/{figure.name})"]
+        lines.append("")
+
+    table_keys = {row["reproduced_by"]["result_key"] for t in module.TABLES.values() for row in t["rows"]
+                  if row["reproduced_by"]}
+    unmatched = [summary for key, summary in sorted(by_key.items()) if key not in table_keys]
+    if unmatched:
+        lines += ["## lungkit results with no row in the paper's tables", ""]
+        for summary in unmatched:
+            if summary["status"] == "wiring_only":
+                numbers = STATUS_WIRING
+            else:
+                numbers = ", ".join(
+                    f"{name} {_format_with_ci(v['mean'], v['ci_low'], v['ci_high'])}"
+                    for name in summary.get("metrics", {})
+                    if (v := metric_from_summary(summary, name)) is not None
+                )
+            lines.append(f"- `{summary_result_key(summary)}` (model `{summary['model']}`): {numbers}. "
+                         f"Protocol: {protocol_line(summary)}")
+        lines.append("")
+
+    galleries = sorted((reports_dir / "figures").glob(f"{paper_id}_*_gallery.png"))
+    if galleries:
+        lines += ["## Predictions: best, median and worst test image per model", ""]
+        lines += [f"![{path.stem}](figures/{path.name})" for path in galleries] + [""]
+
+    if module.RECIPES or getattr(module, "ZERO_SHOT", {}):
+        lines += ["## Recipes (the paper's settings as lungkit runs them)", ""] + _recipe_markdown(paper_id, module)
+    return "\n".join(lines).rstrip() + "\n", frames
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def _replace_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through ``write(temporary_path)`` in the target's folder, then move it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        write(temporary)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return _replace_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> Path:
+    return _replace_atomically(path, lambda temporary: frame.to_csv(temporary, index=False))
+
+
+def _save_figure(path: Path, figure: Figure) -> Path:
+    return _replace_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+
+
+_EMPTY_PAPER_COLUMNS = ["paper", "table", "row", "status", "result_key", "model", "notebook", "protocol",
+                        "paper_line", "remarks"]
+
+
+def write_paper_report(paper_id: str, summaries: Iterable[dict], reports_dir: str | os.PathLike,
+                       run_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write ``reports/<paper_id>.md`` and ``reports/<paper_id>.csv``.
+
+    The markdown has the paper's data and systems, caveats (phantom data, reduced profile, wiring-only results),
+    one table per printed table with reported vs reproduced (95% CI) and the difference, the protocol line of every
+    lungkit row, the metric definitions, remarks on the printed numbers, figures found in ``reports/figures`` and
+    the recipes. The CSV holds every table's :func:`paper_table_frame`, stacked.
+
+    Args:
+        paper_id: e.g. ``"paper001"``.
+        summaries: summaries of one run (other papers' are ignored).
+        reports_dir: output folder (created if needed).
+        run_dir: the run the summaries came from, named in the report; optional.
+
+    Returns:
+        (markdown path, csv path).
+    """
+    reports_dir = Path(reports_dir)
+    summaries = list(summaries)
+    text, frames = _paper_report_markdown(paper_id, summaries, reports_dir, run_dir)
+    if frames:
+        frame = pd.concat(frames, ignore_index=True)
+        # tables have different metrics: keep the free-text columns last, after every table's metric columns
+        trailing = ["protocol", "paper_line", "remarks"]
+        frame = frame[[c for c in frame.columns if c not in trailing] + trailing]
+    else:
+        frame = pd.DataFrame(columns=_EMPTY_PAPER_COLUMNS)
+    md_path = _write_text(reports_dir / f"{paper_id}.md", text)
+    csv_path = _write_csv(reports_dir / f"{paper_id}.csv", frame)
+    return md_path, csv_path
+
+
+# -------------------------------------------------------------------------------------------------- leaderboard
+
+
+def _split_group(summary: dict) -> str:
+    protocol = summary.get("protocol") or {}
+    return (f"data {protocol.get('data_source', 'not recorded')}; split {protocol.get('split', 'not recorded')}; "
+            f"data fingerprint {protocol.get('data_fingerprint', 'not recorded')}")
+
+
+def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
+    """One row per reproduced result: overall metrics with CIs and per-class Dice.
+
+    Wiring-only results are left out (they never show numbers). Rows are grouped by ``split_group`` (data source,
+    split and data fingerprint: only results in one group were tested on the same images) and sorted by Dice
+    (segmentation) or accuracy (classification), best first.
+
+    Returns:
+        Columns ``split_group``, ``task``, ``paper``, ``result_key``, ``model``, ``paper_rows``, ``profile``,
+        ``data_source``, ``image_size``, ``epochs``, ``seed``, ``n_images``, then ``<metric>_mean``,
+        ``<metric>_ci_low``, ``<metric>_ci_high`` for the segmentation and classification metrics, then
+        ``dice_<class>_mean`` / ``_ci_low`` / ``_ci_high`` for LR2, LR3, LR4A, LR4B and any other class present.
+    """
+    summaries = [s for s in summaries if s.get("status") == "reproduced"]
+    classes = list(LUNGRADS_LABELS)
+    for summary in summaries:
+        classes += [c for c in (summary.get("per_class") or {}) if c not in classes]
+    metrics = list(dict.fromkeys(SEGMENTATION_LEADERBOARD_METRICS + CLASSIFICATION_LEADERBOARD_METRICS))
+    columns = ["split_group", "task", "paper", "result_key", "model", "paper_rows", "profile", "data_source",
+               "image_size", "epochs", "seed", "n_images"]
+    columns += [f"{m}_{part}" for m in metrics for part in ("mean", "ci_low", "ci_high")]
+    columns += [f"dice_{c}_{part}" for c in classes for part in ("mean", "ci_low", "ci_high")]
+    records = []
+    for summary in summaries:
+        protocol = summary.get("protocol") or {}
+        key = summary_result_key(summary)
+        rows = find_rows_for_result(summary["paper"], key)
+        record = {
+            "split_group": _split_group(summary),
+            "task": summary.get("task", "segmentation"),
+            "paper": summary["paper"],
+            "result_key": key,
+            "model": summary["model"],
+            "paper_rows": "; ".join(f"{r['table']}: {r['row']}" for r in rows),
+            "profile": protocol.get("profile"),
+            "data_source": protocol.get("data_source"),
+            "image_size": protocol.get("image_size"),
+            "epochs": protocol.get("epochs"),
+            "seed": protocol.get("seed"),
+            "n_images": summary.get("n_images"),
+        }
+        for metric in metrics + [f"dice@{c}" for c in classes]:
+            value = metric_from_summary(summary, metric)
+            prefix = metric.replace("@", "_")
+            for part in ("mean", "ci_low", "ci_high"):
+                record[f"{prefix}_{part}"] = value[part] if value else math.nan
+        records.append(record)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    if frame.empty:
+        return frame
+    frame["_rank"] = np.where(frame["task"] == "classification", frame["accuracy_mean"], frame["dice_mean"])
+    frame = frame.sort_values(["split_group", "task", "_rank"], ascending=[True, True, False], na_position="last")
+    return frame.drop(columns="_rank").reset_index(drop=True)
+
+
+def write_leaderboard(summaries: Iterable[dict], reports_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``reports/leaderboard.md`` and ``reports/leaderboard.csv`` (see :func:`leaderboard_frame`).
+
+    Returns:
+        (markdown path, csv path).
+    """
+    reports_dir = Path(reports_dir)
+    summaries = list(summaries)
+    frame = leaderboard_frame(summaries)
+    lines = ["# Leaderboard", "",
+             "One row per lungkit result, grouped by test set (data source, split, data fingerprint): only results "
+             "in the same group were scored on the same images. Means over test images with 95% CIs.", ""]
+    caveats = _caveats([s for s in summaries if s.get("status") == "reproduced"])
+    lines += [caveat + "\n" for caveat in caveats if caveat is not WIRING_CAVEAT]
+    if frame.empty:
+        lines += ["No reproduced results yet.", ""]
+    classes = [c[len("dice_"):-len("_mean")] for c in frame.columns if c.startswith("dice_") and c.endswith("_mean")
+               and c != "dice_mean"]
+    for (group, task), part in frame.groupby(["split_group", "task"], sort=False):
+        lines += [f"## {task}: {group}", ""]
+        metrics = SEGMENTATION_LEADERBOARD_METRICS if task != "classification" else CLASSIFICATION_LEADERBOARD_METRICS
+        header = ["paper", "result", "model", "profile", "image size", "epochs", "n"] + list(metrics)
+        if task != "classification":
+            header += [f"Dice {c}" for c in classes]
+        body = []
+        for _, record in part.iterrows():
+            cells = [record["paper"], record["result_key"], record["model"], record["profile"],
+                     record["image_size"], record["epochs"], record["n_images"]]
+            cells += [_format_with_ci(record[f"{m}_mean"], record[f"{m}_ci_low"], record[f"{m}_ci_high"])
+                      for m in metrics]
+            if task != "classification":
+                cells += [_format_with_ci(record[f"dice_{c}_mean"], record[f"dice_{c}_ci_low"],
+                                          record[f"dice_{c}_ci_high"]) for c in classes]
+            body.append(["" if cell is None or (isinstance(cell, float) and math.isnan(cell)) else cell
+                         for cell in cells])
+        lines += [_markdown_table(header, body), ""]
+    wiring = [s for s in summaries if s.get("status") == "wiring_only"]
+    if wiring:
+        lines += ["Left out as wiring only (no weights, numbers not shown): "
+                  + ", ".join(f"`{s['paper']}/{summary_result_key(s)}`" for s in wiring), ""]
+    md_path = _write_text(reports_dir / "leaderboard.md", "\n".join(lines).rstrip() + "\n")
+    csv_path = _write_csv(reports_dir / "leaderboard.csv", frame)
+    return md_path, csv_path
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+
+
+def plot_reported_vs_reproduced(paper_id: str, table_id: str, summaries: Iterable[dict]) -> Figure:
+    """Grouped bars: the paper's value and lungkit's (with its 95% CI) for every reproducible row, per metric.
+
+    Rows lungkit has not produced yet, or only wired, get no lungkit bar and a label saying so. Values are in the
+    paper's units (percent tables in percent).
+
+    Returns:
+        A matplotlib ``Figure`` (not registered with pyplot; save it with ``savefig``).
+
+    Raises:
+        ValueError: when no row of the table is reproducible by lungkit.
+    """
+    canonical_id = resolve_table_id(paper_id, table_id)
+    table = get_table(paper_id, canonical_id)
+    summaries = list(summaries)
+    frame = paper_table_frame(paper_id, canonical_id, summaries)
+    frame = frame[frame["result_key"] != ""].reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"{paper_id} {canonical_id} has no row lungkit reproduces; nothing to plot")
+    factor = 100.0 if table["value_scale"] == "percent" else 1.0
+    metrics = table["metrics"]
+    figure = Figure(figsize=(1.0 + len(metrics) * max(2.8, 0.9 * len(frame)), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    positions = np.arange(len(frame))
+    width = 0.38
+    for axis, metric, column in zip(axes, metrics, table["columns"]):
+        reported = frame[f"{metric}_reported"].to_numpy(float) * factor
+        reproduced = frame[f"{metric}_reproduced"].to_numpy(float) * factor
+        low = frame[f"{metric}_ci_low"].to_numpy(float) * factor
+        high = frame[f"{metric}_ci_high"].to_numpy(float) * factor
+        # NaN error bars (no CI: pooled values, missing results) are simply not drawn.
+        errors = np.vstack([reproduced - low, high - reproduced])
+        axis.bar(positions - width / 2, np.nan_to_num(reported), width, label="paper (as printed)",
+                 color="#9ecae1", edgecolor="#3182bd", hatch="//")
+        axis.bar(positions + width / 2, np.nan_to_num(reproduced), width, yerr=errors, capsize=3,
+                 label="lungkit (95% CI)", color="#fd8d3c", edgecolor="#e6550d")
+        top = np.nanmax(np.concatenate([reported, reproduced, high, [1e-9]]))
+        for position, status, value in zip(positions, frame["status"], reproduced):
+            if not np.isfinite(value):
+                label = {STATUS_WIRING: "wiring\nonly", STATUS_REPRODUCED: "not\ncomputed"}.get(status, "not\nyet")
+                axis.text(position + width / 2, 0.02 * top, label, ha="center", va="bottom", fontsize=7)
+        axis.set_xticks(positions, frame["row"], rotation=30, ha="right", fontsize=8)
+        axis.set_title(column, fontsize=9)
+        axis.set_ylim(0, top * 1.15)
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
+    phantom = any((s.get("protocol") or {}).get("data_source") == "phantom"
+                  for s in summaries if s.get("paper") == paper_id)
+    title = f"{paper_id} {_table_label(canonical_id)}: {table['title']}"
+    if phantom:
+        title += "\n(lungkit bars from the synthetic phantom: a pipeline check, not the paper's data)"
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+_TRUTH_COLOUR = ListedColormap(["#31a354"])
+_PREDICTION_COLOUR = ListedColormap(["#e6550d"])
+
+
+def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[-1] in (1, 3):
+        array = array[..., 0] if array.shape[-1] == 1 else array.mean(axis=-1)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, H, W) or (N, H, W, 1|3), got {array.shape}")
+    return array
+
+
+def gallery_indices(dice: np.ndarray) -> dict[str, int]:
+    """Indices of the best, median and worst image by per-image Dice (NaN ignored).
+
+    Raises:
+        ValueError: when every Dice value is NaN or the array is empty.
+    """
+    dice = np.asarray(dice, dtype=float).ravel()
+    valid = np.flatnonzero(np.isfinite(dice))
+    if valid.size == 0:
+        raise ValueError("per-image dice has no finite value; cannot pick best / median / worst")
+    order = valid[np.argsort(dice[valid], kind="stable")]
+    return {"best": int(order[-1]), "median": int(order[(order.size - 1) // 2]), "worst": int(order[0])}
+
+
+def plot_prediction_gallery(images: np.ndarray, masks: np.ndarray, probabilities: np.ndarray, dice: np.ndarray,
+                            title: str | None = None, threshold: float = 0.5) -> Figure:
+    """Best, median and worst test prediction of one model: CT, ground truth and prediction side by side.
+
+    Args:
+        images: (N, H, W) or (N, H, W, 1|3) test images, any intensity scale.
+        masks: (N, H, W[, 1]) ground-truth masks (non-zero = tumour).
+        probabilities: (N, H, W[, 1]) predicted tumour probabilities.
+        dice: (N,) per-image Dice, used to rank the images.
+        title: figure title, e.g. the model and its protocol.
+        threshold: probability at which a pixel counts as tumour.
+
+    Returns:
+        A matplotlib ``Figure`` with three rows (best, median, worst) and three columns.
+
+    Raises:
+        ValueError: for mismatched shapes or no finite Dice.
+    """
+    images = _as_2d(images, "images")
+    masks = _as_2d(masks, "masks")
+    probabilities = _as_2d(probabilities, "probabilities")
+    dice = np.asarray(dice, dtype=float).ravel()
+    if not (images.shape == masks.shape == probabilities.shape) or dice.shape[0] != images.shape[0]:
+        raise ValueError(f"shapes disagree: images {images.shape}, masks {masks.shape}, probabilities "
+                         f"{probabilities.shape}, dice {dice.shape}")
+    picks = gallery_indices(dice)
+    figure = Figure(figsize=(8.4, 8.6), layout="constrained")
+    axes = figure.subplots(3, 3)
+    for axis_row, (label, index) in zip(axes, picks.items()):
+        image = images[index]
+        truth = masks[index] > 0
+        predicted = probabilities[index] >= threshold
+        for axis in axis_row:
+            axis.imshow(image, cmap="gray")
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axis_row[1].imshow(np.ma.masked_where(~truth, truth), cmap=_TRUTH_COLOUR, alpha=0.55, vmin=0, vmax=1)
+        axis_row[2].imshow(np.ma.masked_where(~predicted, predicted), cmap=_PREDICTION_COLOUR, alpha=0.55,
+                           vmin=0, vmax=1)
+        if truth.any():  # the ground-truth outline on the prediction panel shows misses and false positives
+            axis_row[2].contour(truth, levels=[0.5], colors=["#31a354"], linewidths=1.0)
+        axis_row[0].set_ylabel(f"{label}\n(image {index}, Dice {dice[index]:.3f})", fontsize=9)
+    axes[0][0].set_title("CT", fontsize=9)
+    axes[0][1].set_title("ground truth", fontsize=9)
+    axes[0][2].set_title(f"prediction (p >= {threshold:g}), truth outlined", fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def _load_gallery_arrays(result_dir: Path) -> tuple | None:
+    """Per-image predictions of one result, when its evaluation saved them (``predictions.npz``)."""
+    npz_path = result_dir / "predictions.npz"
+    if not npz_path.exists():
+        return None
+    with np.load(npz_path) as arrays:
+        missing = [k for k in ("images", "masks", "probabilities") if k not in arrays.files]
+        if missing:
+            raise ValueError(f"{npz_path}: missing array(s) {missing}; expected images, masks, probabilities[, dice]")
+        images, masks, probabilities = arrays["images"], arrays["masks"], arrays["probabilities"]
+        dice = arrays["dice"] if "dice" in arrays.files else None
+    if dice is None:
+        csv_path = result_dir / "per_image.csv"
+        if not csv_path.exists():
+            raise ValueError(f"{npz_path}: has no 'dice' array and {csv_path} is missing")
+        table = pd.read_csv(csv_path)
+        if "dice" not in table.columns or len(table) != len(images):
+            raise ValueError(f"{csv_path}: needs a 'dice' column with one row per image of {npz_path} "
+                             f"({len(images)} images, got {len(table)} rows)")
+        dice = table["dice"].to_numpy(float)
+    return images, masks, probabilities, dice
+
+
+def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike) -> list[Path]:
+    """Write every paper's report, the leaderboard and the figures of one run.
+
+    Every paper gets a report, with or without results. Figures (``reports/figures``): a reported-vs-reproduced bar
+    chart for every table with at least one reproduced row, and a best/median/worst gallery for every reproduced
+    segmentation result whose evaluation saved ``predictions.npz``.
+
+    Args:
+        run_dir: the run directory (``results/`` inside may be absent or empty).
+        reports_dir: output folder, e.g. ``reports``.
+
+    Returns:
+        Paths written: figures first, then per paper its markdown and CSV, then the leaderboard's.
+    """
+    run_dir, reports_dir = Path(run_dir), Path(reports_dir)
+    summaries = collect_summaries(run_dir)
+    figures_dir = reports_dir / "figures"
+    written: list[Path] = []
+    for paper_id in all_paper_ids():
+        for table_id in get_paper(paper_id).TABLES:
+            frame = paper_table_frame(paper_id, table_id, summaries)
+            if (frame["status"] == STATUS_REPRODUCED).any():
+                figure = plot_reported_vs_reproduced(paper_id, table_id, summaries)
+                written.append(_save_figure(figures_dir / _figure_name(paper_id, table_id), figure))
+        for summary in summaries:
+            if summary["paper"] != paper_id or summary["status"] != "reproduced":
+                continue
+            if summary.get("task", "segmentation") != "segmentation" or not summary.get("_path"):
+                continue
+            arrays = _load_gallery_arrays(Path(summary["_path"]).parent)
+            if arrays is None:
+                continue
+            key = summary_result_key(summary)
+            protocol = summary.get("protocol") or {}
+            title = (f"{paper_id} / {key} ({summary['model']}): data {protocol.get('data_source')}, "
+                     f"profile {protocol.get('profile')}, {protocol.get('image_size')} px")
+            figure = plot_prediction_gallery(*arrays, title=title)
+            written.append(_save_figure(figures_dir / _gallery_name(paper_id, key), figure))
+        written.extend(write_paper_report(paper_id, summaries, reports_dir, run_dir=run_dir))
+    written.extend(write_leaderboard(summaries, reports_dir))
+    return written
+
+
+__all__ = [
+    "STATUS_NOT_IN_KIT",
+    "STATUS_NOT_YET",
+    "STATUS_REFERENCE",
+    "STATUS_REPRODUCED",
+    "STATUS_WIRING",
+    "collect_summaries",
+    "gallery_indices",
+    "leaderboard_frame",
+    "metric_from_summary",
+    "paper_table_frame",
+    "plot_prediction_gallery",
+    "plot_reported_vs_reproduced",
+    "protocol_line",
+    "read_summary",
+    "summary_result_key",
+    "write_all_reports",
+    "write_leaderboard",
+    "write_paper_report",
+]

@@ -1,0 +1,338 @@
+"""Reports from results: reported vs reproduced, differences, statuses, caveats, leaderboard and figures.
+
+Every test writes a small synthetic run (summary.json files in the contract's schema) under tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from lungkit import reports
+from lungkit.papers import all_paper_ids
+
+CLASSES = ("LR2", "LR3", "LR4A", "LR4B")
+
+
+def stat(mean: float, half_width: float = 0.05, n: int = 48) -> dict:
+    return {"mean": mean, "ci_low": mean - half_width, "ci_high": mean + half_width, "n": n}
+
+
+def write_summary(run_dir: Path, paper: str, result_key: str, paper_field: str | None = None, **fields) -> Path:
+    """One summary.json in the contract schema under results/<paper>/<result_key>; ``fields`` override the
+    defaults and ``paper_field`` the summary's own ``paper`` value."""
+    summary = {
+        "paper": paper_field or paper,
+        "tables": [],
+        "row": "",
+        "model": result_key,
+        "task": "segmentation",
+        "status": "reproduced",
+        "protocol": {
+            "profile": "quick", "data_source": "phantom", "split": "given test split; val 15% of train",
+            "image_size": 128, "epochs": 12, "seed": 0, "model_scale": "small", "loss": "bce",
+            "optimizer": "adam", "postprocess": "none", "data_fingerprint": "0123456789ab",
+            "git_commit": "abc1234", "wall_time_s": 12.5, "notes": "synthetic test run",
+        },
+        "n_images": 48,
+        "metrics": {"dice": stat(0.7012), "iou": stat(0.6)},
+        "pooled": {"dice": 0.74},
+        "per_class": {c: {"dice": stat(0.5 + 0.1 * i, n=12)} for i, c in enumerate(CLASSES)},
+        "per_image_csv": "per_image.csv",
+    }
+    summary.update(fields)
+    path = run_dir / "results" / paper / result_key / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary), encoding="utf-8")
+    return path
+
+
+def table_line(markdown: str, row_name: str) -> str:
+    """The markdown table line of one row (its first cell is the row name)."""
+    lines = [line for line in markdown.splitlines() if line.startswith(f"| {row_name} |")]
+    assert lines, f"no table line for {row_name!r}"
+    return lines[0]
+
+
+# -------------------------------------------------------------------------------------------------- reading
+
+
+def test_collect_summaries_reads_and_tags_each_result(tmp_path):
+    write_summary(tmp_path, "paper004", "unet")
+    write_summary(tmp_path, "paper001", "swin_unet")
+    summaries = reports.collect_summaries(tmp_path)
+    assert [(s["paper"], s["_result_key"]) for s in summaries] == [("paper001", "swin_unet"), ("paper004", "unet")]
+    assert summaries[0]["_path"].endswith("results/paper001/swin_unet/summary.json")
+
+
+def test_collect_summaries_of_empty_and_missing_run_dirs(tmp_path):
+    assert reports.collect_summaries(tmp_path) == []
+    with pytest.raises(FileNotFoundError, match="nope"):
+        reports.collect_summaries(tmp_path / "nope")
+
+
+def test_bad_json_is_reported_with_the_file_name(tmp_path):
+    path = write_summary(tmp_path, "paper004", "unet")
+    path.write_text('{"paper": "paper004", ', encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*not valid JSON"):
+        reports.collect_summaries(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"status": "done"}, "status 'done'"),
+        ({"paper_field": "paper001"}, "sits under results/paper004"),
+        ({"metrics": None}, "needs a 'metrics' object"),
+    ],
+)
+def test_inconsistent_summaries_are_refused_with_the_file_name(tmp_path, fields, message):
+    path = write_summary(tmp_path, "paper004", "unet", **fields)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + re.escape(message)):
+        reports.collect_summaries(tmp_path)
+
+
+def test_missing_keys_are_named(tmp_path):
+    path = write_summary(tmp_path, "paper004", "unet")
+    data = json.loads(path.read_text())
+    del data["protocol"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['protocol'\]"):
+        reports.read_summary(path)
+
+
+# ------------------------------------------------------------------------------------------------ table frames
+
+
+def test_table_frame_computes_reported_reproduced_and_difference(tmp_path):
+    write_summary(tmp_path, "paper001", "swin_unet",
+                  metrics={"dice": stat(0.7012), "iou": stat(0.6), "recall": stat(0.81)})
+    frame = reports.paper_table_frame("paper001", "table2", reports.collect_summaries(tmp_path))  # alias of table3
+    assert list(frame["row"]) == ["SwinUNET", "UNETR", "ResNet50-Unet"]
+    swin = frame.iloc[0]
+    assert swin["status"] == reports.STATUS_REPRODUCED
+    assert swin["dice_reported_printed"] == "0.7969"
+    assert swin["dice_reported"] == pytest.approx(0.7969)
+    assert swin["dice_reproduced"] == pytest.approx(0.7012)
+    assert (swin["dice_ci_low"], swin["dice_ci_high"]) == pytest.approx((0.6512, 0.7512))
+    assert swin["dice_difference"] == pytest.approx(0.7012 - 0.7969)
+    assert swin["recall_difference"] == pytest.approx(0.81 - 0.7927)
+    assert swin["rmse_reported_printed"] == "0.01193"
+    assert math.isnan(swin["rmse_reproduced"]) and math.isnan(swin["rmse_difference"])  # not in the summary
+    assert "profile quick" in swin["protocol"] and "data fingerprint 0123456789ab" in swin["protocol"]
+    for _, other in frame.iloc[1:].iterrows():
+        assert other["status"] == reports.STATUS_NOT_YET
+        assert math.isnan(other["dice_reproduced"]) and math.isnan(other["dice_difference"])
+
+
+def test_reference_rows_and_rows_lungkit_lacks(tmp_path):
+    others = reports.paper_table_frame("paper001", "table4", [])
+    assert set(others["status"]) == {reports.STATUS_REFERENCE}
+    assert list(others["iou_reported_printed"]) == ["-", "0.7274"]
+    assert math.isnan(others["iou_reported"].iloc[0])
+    paper000 = reports.paper_table_frame("paper000", "table1", [])
+    assert set(paper000["status"]) == {reports.STATUS_NOT_IN_KIT}  # the paper's own rows, no model yet
+
+
+def test_percent_tables_compare_in_fractions_and_print_in_percent(tmp_path):
+    write_summary(tmp_path, "paper003", "densenet121_classifier", task="classification", pooled={}, per_class={},
+                  metrics={"accuracy": stat(0.9), "sensitivity": stat(0.95), "specificity": stat(0.85)})
+    summaries = reports.collect_summaries(tmp_path)
+    frame = reports.paper_table_frame("paper003", "table3", summaries)
+    proposed = frame[frame["row"] == "Proposed Model"].iloc[0]
+    assert proposed["accuracy_reported"] == pytest.approx(0.9734)
+    assert proposed["accuracy_difference"] == pytest.approx(0.9 - 0.9734)
+    md_path, _ = reports.write_paper_report("paper003", summaries, tmp_path / "reports")
+    line = table_line(md_path.read_text(), "Proposed Model")
+    assert "| 97.34 | 90.00 [85.00, 95.00] | -7.34 |" in line
+    assert "| 96.15 | 85.00 [80.00, 90.00] | -11.15 |" in line
+
+
+def test_pooled_metrics_are_compared_where_the_paper_pools(tmp_path):
+    write_summary(tmp_path, "paper004", "unet", metrics={"precision": stat(0.5), "recall": stat(0.6)},
+                  pooled={"precision": 0.77})
+    frame = reports.paper_table_frame("paper004", "table3", reports.collect_summaries(tmp_path))
+    unet = frame[frame["row"] == "Traditional U-Net"].iloc[0]
+    assert unet["precision_reproduced"] == pytest.approx(0.77) and unet["precision_basis"] == "pooled"
+    assert math.isnan(unet["precision_ci_low"])
+    assert unet["precision_difference"] == pytest.approx(0.77 - 0.79)
+    # no pooled recall in the summary: the per-image mean stands in, and says so
+    assert unet["recall_reproduced"] == pytest.approx(0.6) and unet["recall_basis"] == "per_image"
+    md = reports.write_paper_report("paper004", reports.collect_summaries(tmp_path), tmp_path / "r")[0].read_text()
+    assert "0.770 (pooled)" in md and "(per-image: no pooled value)" in md
+
+
+def test_per_class_metrics_come_from_per_class(tmp_path):
+    summary = json.loads(write_summary(tmp_path, "paper001", "swin_unet").read_text())
+    assert reports.metric_from_summary(summary, "dice@LR4A")["mean"] == pytest.approx(0.7)
+    assert reports.metric_from_summary(summary, "dice@LR9") is None
+    assert reports.metric_from_summary(summary, "dice", basis="pooled")["mean"] == pytest.approx(0.74)
+
+
+def test_wiring_only_rows_show_no_numbers(tmp_path):
+    write_summary(tmp_path, "paper003", "sam_luna16", model="sam", status="wiring_only",
+                  metrics={"dice": stat(0.5123), "iou": stat(0.4321)}, pooled={"dice": 0.5123}, per_class={})
+    summaries = reports.collect_summaries(tmp_path)
+    frame = reports.paper_table_frame("paper003", "table2", summaries)
+    ours = frame[(frame["row"] == "Ours") & (frame["dataset"] == "LUNA16")].iloc[0]
+    assert ours["status"] == reports.STATUS_WIRING
+    assert math.isnan(ours["dice_reproduced"]) and math.isnan(ours["iou_reproduced"])
+    md_path, csv_path = reports.write_paper_report("paper003", summaries, tmp_path / "reports")
+    leaderboard_md, leaderboard_csv = reports.write_leaderboard(summaries, tmp_path / "reports")
+    for path in (md_path, csv_path, leaderboard_md, leaderboard_csv):
+        text = path.read_text()
+        for number in ("0.5123", "51.23", "0.4321", "43.21", "0.512", "0.432"):
+            assert number not in text, (path.name, number)
+    md = md_path.read_text()
+    assert "wiring only (no weights)" in table_line(md, "Ours")
+    assert "**Wiring only.**" in md
+
+
+# ------------------------------------------------------------------------------------------------ paper reports
+
+
+def test_paper_report_has_reported_vs_reproduced_protocol_and_caveats(tmp_path):
+    write_summary(tmp_path, "paper001", "swin_unet",
+                  metrics={"dice": stat(0.7012), "iou": stat(0.6), "recall": stat(0.81)})
+    summaries = reports.collect_summaries(tmp_path)
+    md_path, csv_path = reports.write_paper_report("paper001", summaries, tmp_path / "reports", run_dir=tmp_path)
+    assert (md_path.name, csv_path.name) == ("paper001.md", "paper001.csv")
+    md = md_path.read_text()
+    assert md.startswith("# paper001: Final project: Lung cancer segmentation")
+    # printed to the paper's precision (4 decimals here): reported, reproduced [CI], difference
+    assert "| SwinUNET | 0.7969 | 0.7012 [0.6512, 0.7512] | -0.0957 |" in md
+    assert "| 0.01193 | not computed |  |" in table_line(md, "SwinUNET")  # RMSE not in the summary
+    assert table_line(md, "UNETR").endswith("| not reproduced yet |")
+    assert "not reproduced yet (no results/paper001/unetr/summary.json)" in md
+    assert "reference only (others' work)" in table_line(md, "RRc-UNet [4]")
+    for field in ("profile quick", "data phantom", "image size 128", "epochs 12", "seed 0", "split given test split",
+                  "data fingerprint 0123456789ab", "commit abc1234", "post-processing none"):
+        assert field in md, field
+    assert reports.PHANTOM_CAVEAT in md
+    assert "**Reduced run.**" in md and "`quick`" in md
+    assert "Dataset authors' U-Net baseline" in md and "| 0.371 |" in md
+    frame = pd.read_csv(csv_path)
+    assert len(frame) == 3 + 2 + 2  # tables 3, 4 and the dataset authors' baseline
+    assert frame.loc[frame["row"] == "SwinUNET", "dice_difference"].item() == pytest.approx(0.7012 - 0.7969)
+
+
+def test_no_caveats_for_a_paper_profile_run_on_real_data(tmp_path):
+    protocol = {"profile": "paper", "data_source": "lungrads", "image_size": 256, "epochs": 50, "seed": 0}
+    write_summary(tmp_path, "paper004", "unet", protocol=protocol)
+    md = reports.write_paper_report("paper004", reports.collect_summaries(tmp_path), tmp_path / "r")[0].read_text()
+    assert "## Read this first" not in md
+    assert "model scale not recorded" in md  # missing protocol fields are said, not hidden
+
+
+def test_paper_without_tables_still_gets_a_report(tmp_path):
+    write_summary(tmp_path, "paper002", "unet_from_scratch", model="unet")
+    summaries = reports.collect_summaries(tmp_path)
+    md_path, csv_path = reports.write_paper_report("paper002", summaries, tmp_path / "reports")
+    md = md_path.read_text()
+    assert "print no results table" in md and "| CT images | 972 |" in md
+    assert "`unet_from_scratch` (model `unet`): dice 0.701 [0.651, 0.751]" in md
+    assert pd.read_csv(csv_path).empty
+
+
+def test_write_all_reports_on_an_empty_run_writes_every_paper(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    written = reports.write_all_reports(run_dir, tmp_path / "reports")
+    names = sorted(path.name for path in written)
+    expected = sorted([f"{pid}.{ext}" for pid in all_paper_ids() for ext in ("md", "csv")]
+                      + ["leaderboard.md", "leaderboard.csv"])
+    assert names == expected
+    for pid in all_paper_ids():
+        assert (tmp_path / "reports" / f"{pid}.md").read_text().startswith(f"# {pid}: ")
+    assert "not reproduced yet" in (tmp_path / "reports" / "paper004.md").read_text()
+    assert "No reproduced results yet." in (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert not list((tmp_path / "reports").glob("**/*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_write_all_reports_draws_bars_and_galleries_when_data_exists(tmp_path):
+    path = write_summary(tmp_path, "paper004", "unet")
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 16, 16), dtype=np.uint8)
+    masks[:, 5:9, 5:9] = 1
+    np.savez(path.parent / "predictions.npz", images=rng.normal(size=(4, 16, 16)), masks=masks,
+             probabilities=rng.random((4, 16, 16)))
+    pd.DataFrame({"dice": [0.2, 0.9, 0.5, 0.1]}).to_csv(path.parent / "per_image.csv", index=False)
+    written = reports.write_all_reports(tmp_path, tmp_path / "reports")
+    figures = sorted(p.name for p in written if p.suffix == ".png")
+    assert figures == ["paper004_table2_reported_vs_reproduced.png", "paper004_table3_reported_vs_reproduced.png",
+                       "paper004_table4_reported_vs_reproduced.png", "paper004_unet_gallery.png"]
+    for name in figures:
+        assert (tmp_path / "reports" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "reports" / "paper004.md").read_text()
+    assert "](figures/paper004_table2_reported_vs_reproduced.png)" in md
+    assert "](figures/paper004_unet_gallery.png)" in md
+
+
+# ------------------------------------------------------------------------------------------------ leaderboard
+
+
+def test_leaderboard_columns_order_and_grouping(tmp_path):
+    write_summary(tmp_path, "paper004", "unet", metrics={"dice": stat(0.6), "iou": stat(0.5)})
+    write_summary(tmp_path, "paper004", "attention_unet", metrics={"dice": stat(0.7), "iou": stat(0.55)})
+    other_split = dict(json.loads(write_summary(tmp_path, "paper001", "unetr").read_text())["protocol"],
+                       data_fingerprint="ffffffffffff")
+    write_summary(tmp_path, "paper001", "unetr", protocol=other_split, metrics={"dice": stat(0.9)})
+    write_summary(tmp_path, "paper003", "sam_luna16", model="sam", status="wiring_only")
+    summaries = reports.collect_summaries(tmp_path)
+    frame = reports.leaderboard_frame(summaries)
+    for column in ("split_group", "task", "paper", "result_key", "model", "paper_rows", "profile", "data_source",
+                   "image_size", "epochs", "seed", "n_images", "dice_mean", "dice_ci_low", "dice_ci_high",
+                   "iou_mean", "precision_mean", "recall_mean", "specificity_mean", "rmse_mean", "accuracy_mean",
+                   "dice_LR2_mean", "dice_LR3_mean", "dice_LR4A_mean", "dice_LR4B_mean", "dice_LR4B_ci_high"):
+        assert column in frame.columns, column
+    assert "sam_luna16" not in set(frame["result_key"])  # wiring only: never on the leaderboard
+    # grouped by test set (sorted by the group's description), best Dice first inside a group
+    assert list(frame["result_key"]) == ["attention_unet", "unet", "unetr"]
+    assert frame["split_group"].nunique() == 2
+    assert frame.loc[frame["result_key"] == "unet", "dice_LR4A_mean"].item() == pytest.approx(0.7)
+    assert "table2: Proposed Attention U-Net" in frame.loc[frame["result_key"] == "attention_unet",
+                                                           "paper_rows"].item()
+    md_path, csv_path = reports.write_leaderboard(summaries, tmp_path / "reports")
+    md = md_path.read_text()
+    assert md.count("## segmentation:") == 2
+    assert "| Dice LR2 | Dice LR3 | Dice LR4A | Dice LR4B |" in md
+    assert "0.700 [0.650, 0.750]" in md
+    assert "`paper003/sam_luna16`" in md
+    assert list(pd.read_csv(csv_path).columns) == list(frame.columns)
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def test_reported_vs_reproduced_figure(tmp_path):
+    write_summary(tmp_path, "paper001", "swin_unet")
+    figure = reports.plot_reported_vs_reproduced("paper001", "table3", reports.collect_summaries(tmp_path))
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == 4  # one panel per printed metric column
+    dice_axis = figure.axes[0]
+    heights = sorted(round(patch.get_height(), 4) for patch in dice_axis.patches)
+    # three paper bars (as printed) and one lungkit bar; the rows not reproduced yet draw zero-height bars
+    assert heights == [0.0, 0.0, 0.7012, 0.7558, 0.7969, 0.8063]
+    with pytest.raises(ValueError, match="no row lungkit reproduces"):
+        reports.plot_reported_vs_reproduced("paper001", "table4", [])
+
+
+def test_gallery_picks_best_median_worst_ignoring_nan():
+    assert reports.gallery_indices(np.array([0.5, np.nan, 0.9, 0.1, 0.7])) == {"best": 2, "median": 0, "worst": 3}
+    with pytest.raises(ValueError, match="no finite"):
+        reports.gallery_indices(np.array([np.nan]))
+
+
+def test_prediction_gallery_checks_shapes():
+    images = np.zeros((3, 8, 8))
+    figure = reports.plot_prediction_gallery(images, np.zeros((3, 8, 8, 1)), np.zeros((3, 8, 8)), [0.1, 0.2, 0.3])
+    assert len(figure.axes) == 9
+    with pytest.raises(ValueError, match="shapes disagree"):
+        reports.plot_prediction_gallery(images, np.zeros((3, 8, 8)), np.zeros((2, 8, 8)), [0.1, 0.2, 0.3])
