@@ -1,0 +1,169 @@
+"""The one data call every notebook makes: get the Lung-RADS kit dataset of a run, building it when needed.
+
+``prepare_lungrads_dataset(data_dir, run_dir, profile)`` is idempotent: the first notebook that runs builds
+``<run_dir>/dataset/`` (from the real pickles in ``data_dir``, or from phantom pickles written to
+``<run_dir>/phantom/`` when ``data_dir`` is empty); every later call returns the finished folder at once. So a
+student can open any notebook first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+
+from lungkit.data.export import DATASET_INFO_NAME, convert_lungrads_to_kit
+from lungkit.data.kit_dataset import MANIFEST_NAME, is_complete
+from lungkit.data.lungrads import LUNGRADS_FILE_NAMES, find_lungrads_pickles
+from lungkit.data.phantom import phantom_pixel_spacing_mm, write_phantom_pickles
+from lungkit.data.splits import assign_validation_split
+from lungkit.profiles import get_profile
+
+PHANTOM_DIR = "phantom"
+DATASET_DIR = "dataset"
+#: Neighbouring rows per validation block (see :mod:`lungkit.data.splits`).
+VALIDATION_BLOCK_SIZE = 4
+_PHANTOM_RECORD = "phantom.json"
+# dataset.json keys that must match for an existing dataset to be reused
+_IDENTITY_KEYS = ("data_source", "seed", "val_fraction", "val_block_size", "phantom")
+
+
+def _phantom_pickles(phantom_dir: Path, n_train: int, n_test: int, image_size: int, seed: int) -> dict[str, Path]:
+    """Phantom pickles in ``phantom_dir``, written unless the same ones are already there."""
+    wanted = {"n_train": n_train, "n_test": n_test, "image_size": image_size, "seed": seed}
+    record = phantom_dir / _PHANTOM_RECORD
+    paths = {split: phantom_dir / name for split, name in LUNGRADS_FILE_NAMES.items()}
+    if record.is_file() and all(p.is_file() for p in paths.values()):
+        try:
+            existing = json.loads(record.read_text())
+        except ValueError:
+            existing = {}
+        if all(existing.get(k) == v for k, v in wanted.items()):
+            return paths
+    return write_phantom_pickles(phantom_dir, n_train, n_test, image_size=image_size, seed=seed)
+
+
+def read_dataset_info(dataset_dir: str | Path) -> dict:
+    """The provenance record ``dataset.json`` of a kit dataset (data_source, profile, seed, spacing, pickles).
+
+    Raises:
+        FileNotFoundError: if the folder has no ``dataset.json``.
+    """
+    path = Path(dataset_dir) / DATASET_INFO_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset record; build the dataset with prepare_lungrads_dataset")
+    return json.loads(path.read_text())
+
+
+def dataset_fingerprint(dataset_dir: str | Path) -> str:
+    """First 12 hex digits of the sha256 of ``manifest.csv``: names the exact data (and split) behind a result.
+
+    Raises:
+        FileNotFoundError: if the manifest is missing.
+    """
+    path = Path(dataset_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; build the dataset with prepare_lungrads_dataset")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def prepare_lungrads_dataset(
+    data_dir: str | Path | None,
+    run_dir: str | Path,
+    profile: str,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+) -> Path:
+    """Return the run's Lung-RADS kit dataset, converting it first when it is not there yet.
+
+    Args:
+        data_dir: folder holding ``lung_cancer_train.pkl`` and ``lung_cancer_test.pkl`` (searched below too); None
+            or ``""`` uses the phantom, sized by the profile (``phantom_train_rows``, ``phantom_test_rows``,
+            ``phantom_image_size``) and written to ``<run_dir>/phantom/``.
+        run_dir: the run directory; the dataset goes to ``<run_dir>/dataset/``.
+        profile: ``smoke``, ``quick`` or ``paper`` (see :mod:`lungkit.profiles`).
+        seed: seed of the phantom and of the validation split.
+        val_fraction: share of each class's train rows moved to validation, in blocks of neighbouring rows.
+
+    Returns:
+        The dataset folder (finished: it has its ``COMPLETE`` marker). Its ``dataset.json`` records
+        ``data_source`` (``phantom`` or ``lungrads``), profile, seed, validation settings and pixel spacing.
+
+    Raises:
+        FileNotFoundError: if ``data_dir`` lacks the pickles.
+        ValueError: for an unknown profile, or when ``<run_dir>/dataset`` was built from other data or settings
+            (use a new run_dir, or delete that folder).
+    """
+    settings = get_profile(profile)
+    run_dir = Path(run_dir)
+    dataset_dir = run_dir / DATASET_DIR
+    use_phantom = data_dir is None or str(data_dir).strip() == ""
+    identity = {
+        "data_source": "phantom" if use_phantom else "lungrads",
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "val_block_size": VALIDATION_BLOCK_SIZE,
+        "phantom": (
+            {
+                "n_train": settings.phantom_train_rows,
+                "n_test": settings.phantom_test_rows,
+                "image_size": settings.phantom_image_size,
+            }
+            if use_phantom
+            else None
+        ),
+    }
+    if is_complete(dataset_dir):
+        existing = read_dataset_info(dataset_dir)
+        differing = [k for k in _IDENTITY_KEYS if existing.get(k) != identity[k]]
+        if differing:
+            raise ValueError(
+                f"{dataset_dir}: already built with other settings ({', '.join(differing)}: "
+                f"{ {k: existing.get(k) for k in differing} } vs requested { {k: identity[k] for k in differing} }); "
+                "use a new run_dir or delete that folder"
+            )
+        return dataset_dir
+    if use_phantom:
+        pickles = _phantom_pickles(
+            run_dir / PHANTOM_DIR,
+            settings.phantom_train_rows,
+            settings.phantom_test_rows,
+            settings.phantom_image_size,
+            seed,
+        )
+        spacing = phantom_pixel_spacing_mm(settings.phantom_image_size)
+    else:
+        pickles = find_lungrads_pickles(data_dir)
+        spacing = None  # not stored in the Lung-RADS pickles
+    metadata = {
+        **identity,
+        "profile": profile,
+        "source_description": (
+            "lungkit phantom (synthetic CT in the Lung-RADS pickle schema)"
+            if use_phantom
+            else "Lung-RADS pickles, Nam, Panina, Pak 2024, Mendeley Data doi 10.17632/5rr22hgzwr.1"
+        ),
+        "split_protocol": (
+            f"given train/test split; val = {val_fraction:.0%} of each class's train rows, "
+            f"in blocks of {VALIDATION_BLOCK_SIZE} neighbouring rows (seed {seed})"
+        ),
+    }
+    try:
+        convert_lungrads_to_kit(
+            pickles,
+            dataset_dir,
+            pixel_spacing_mm=spacing,
+            finalize_manifest=partial(
+                assign_validation_split, fraction=val_fraction, seed=seed, block_size=VALIDATION_BLOCK_SIZE
+            ),
+            metadata=metadata,
+        )
+    except (FileExistsError, FileNotFoundError):
+        # two notebooks converting at once share the staging folder; the first to finish moves it away
+        if not is_complete(dataset_dir):
+            raise
+    return dataset_dir
+
+
+__all__ = ["dataset_fingerprint", "prepare_lungrads_dataset", "read_dataset_info"]

@@ -1,0 +1,110 @@
+"""Train / validation / test splits of a kit manifest.
+
+The given train/test split of the Lung-RADS pickles is the test protocol and is never changed: test rows stay
+test. Validation is carved out of train.
+
+Why blocks: the pickles have no patient id, and neighbouring rows of one class very likely come from one patient
+and scan (adjacent slices through the same nodule). Drawing single rows at random would put near-duplicate slices
+on both sides of the train/validation line, so validation scores would flatter the model and early stopping would
+stop late. Taking whole runs of ``block_size`` neighbouring rows keeps most such slices together; only slices at a
+block edge can still have a neighbour on the other side. Larger blocks leak less and stratify more coarsely.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lungkit.data.kit_dataset import LUNGRADS_LABELS, SPLITS
+
+
+def _runs_of_neighbours(source_rows: np.ndarray) -> list[np.ndarray]:
+    """Split sorted row numbers into runs of consecutive numbers (positions into ``source_rows``)."""
+    breaks = np.flatnonzero(np.diff(source_rows) != 1) + 1
+    return np.split(np.arange(len(source_rows)), breaks)
+
+
+def assign_validation_split(
+    manifest: pd.DataFrame, fraction: float = 0.15, seed: int = 0, block_size: int = 4
+) -> pd.DataFrame:
+    """Mark about ``fraction`` of each class's train rows as ``val``, in blocks of neighbouring rows.
+
+    For each class, train rows (ordered by source file and row) are cut into blocks of ``block_size`` rows that
+    never cross a gap in the row numbers or a class boundary. Blocks are drawn in a seeded random order until the
+    class's validation count is as close as possible to ``fraction`` of its train rows; a class with at least two
+    blocks always gives at least one, so every class is validated (for small classes the share is then above
+    ``fraction``). Rows already marked ``val`` are first returned to train, so the result depends only on the
+    inputs. Test rows are never touched.
+
+    Args:
+        manifest: kit manifest with ``split``, ``label1``, ``source_file`` and ``source_row`` columns.
+        fraction: target share of each class's train rows, in [0, 1).
+        seed: random seed for the choice of blocks.
+        block_size: rows per block (>= 1). 1 gives plain stratified sampling, which leaks neighbouring slices.
+
+    Returns:
+        A copy of the manifest with ``split`` updated.
+
+    Raises:
+        ValueError: for a missing column, an unknown split value, ``fraction`` outside [0, 1) or ``block_size < 1``.
+    """
+    missing = [c for c in ("split", "label1", "source_file", "source_row") if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest: missing columns {missing} needed to carve the validation split")
+    unknown = sorted(set(manifest["split"]) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"manifest: unknown split value(s) {unknown}; expected among {SPLITS}")
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1), found {fraction}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, found {block_size}")
+    result = manifest.copy()
+    trainable = result["split"].isin(("train", "val"))
+    result.loc[trainable, "split"] = "train"
+    rng = np.random.default_rng(seed)
+    labels = [c for c in LUNGRADS_LABELS if c in set(result.loc[trainable, "label1"])]
+    labels += sorted(set(result.loc[trainable, "label1"]) - set(LUNGRADS_LABELS))
+    for label in labels:
+        rows = result[trainable & (result["label1"] == label)].sort_values(["source_file", "source_row"])
+        blocks = []
+        for _, per_file in rows.groupby("source_file", sort=True):
+            source_rows = per_file["source_row"].to_numpy()
+            for run in _runs_of_neighbours(source_rows):
+                for start in range(0, len(run), block_size):
+                    blocks.append(per_file.index[run[start : start + block_size]])
+        target = fraction * len(rows)
+        if target <= 0 or len(blocks) < 2:
+            continue
+        chosen, count = [], 0
+        for block_index in rng.permutation(len(blocks)):
+            size = len(blocks[block_index])
+            # take a block when that brings the count closer to the target (and always the first one)
+            if not chosen or abs(count + size - target) < abs(count - target):
+                chosen.append(blocks[block_index])
+                count += size
+        for block in chosen:
+            result.loc[block, "split"] = "val"
+    return result
+
+
+def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Slices per split and class.
+
+    Args:
+        manifest: kit manifest with ``split`` and ``label1``.
+
+    Returns:
+        DataFrame indexed by split (train, val, test, then any other) with one column per class (Lung-RADS order)
+        and a ``total`` column; zero where a split has no slice of a class.
+    """
+    table = pd.crosstab(manifest["split"], manifest["label1"])
+    splits = [s for s in SPLITS if s in table.index] + sorted(set(table.index) - set(SPLITS))
+    classes = [c for c in LUNGRADS_LABELS if c in table.columns] + sorted(set(table.columns) - set(LUNGRADS_LABELS))
+    table = table.reindex(index=splits, columns=classes, fill_value=0)
+    table["total"] = table.sum(axis=1)
+    table.index.name = "split"
+    table.columns.name = None
+    return table
+
+
+__all__ = ["assign_validation_split", "split_counts"]
