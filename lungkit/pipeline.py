@@ -1,0 +1,242 @@
+"""tf.data input pipelines over a kit dataset: PNGs -> HU -> (augmentation) -> resize -> preprocessing -> batches.
+
+One element is ``(image, mask)``: ``image`` float32 ``[H, W, C]`` after the named preprocessing profile (``C`` = 1,
+or 3 with the grey channel repeated for ImageNet-style encoders), ``mask`` float32 ``[H, W, 1]`` with values 0 / 1.
+
+Order of the steps, and why:
+
+1. decode: ``tf.io.decode_png`` (uint16 image, uint8 masks); HU = stored - ``HU_OFFSET``; masks are "> 0".
+2. spatial: either the on-the-fly augmentation of paper 001 (:func:`lungkit.augment.tf_augment_fn`, which also
+   resizes) or a plain resize (bilinear image, nearest-neighbour masks). Both act on HU, so brightness / contrast
+   changes are in HU and the profile's window applies afterwards, as it would to a real scan.
+3. preprocessing at the model's size: per-image statistics (z-score, min-max) are those of the image the model sees.
+
+Determinism: with a seed, two datasets built with the same arguments yield identical batches, and successive
+epochs of one dataset are reshuffled (and re-augmented) in a sequence fixed by the seed. Shuffling uses
+``reshuffle_each_iteration=True`` with an op seed; augmentation draws one seed per element from
+``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`` and the albumentations pipeline is reseeded from it
+for each element, so a parallel map gives the same result as a sequential one; ``options.deterministic`` keeps the
+parallel map's output order. TensorFlow combines op seeds with the global seed (``keras.utils.set_random_seed``),
+so set that alike too when comparing runs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from lungkit import preprocess
+from lungkit.data import kit_dataset
+from lungkit.data.kit_dataset import HU_OFFSET
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches needed to see ``n`` examples once (the last batch may be short).
+
+    Raises:
+        ValueError: if ``n`` or ``batch_size`` is below 1.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if int(n) < 1:
+        raise ValueError(f"cannot make epochs from {n} examples; the split is empty")
+    return math.ceil(int(n) / int(batch_size))
+
+
+def _decode(paths: dict, with_lung: bool) -> dict:
+    stored = tf.io.decode_png(tf.io.read_file(paths["image"]), channels=1, dtype=tf.uint16)
+    hu = tf.cast(stored, tf.float32) - float(HU_OFFSET)
+    masks = [tf.io.decode_png(tf.io.read_file(paths["mask"]), channels=1, dtype=tf.uint8)]
+    if with_lung:
+        masks.append(tf.io.decode_png(tf.io.read_file(paths["lung"]), channels=1, dtype=tf.uint8))
+    # Channel 0: tumour; channel 1 (when needed): lungs. Warped and resized together.
+    masks = tf.cast(tf.concat(masks, axis=-1) > 0, tf.uint8)
+    return {"hu": hu, "masks": masks, "id": paths["id"]}
+
+
+def make_dataset(
+    dataset_dir: str | Path,
+    split: str,
+    preprocessing: str = "hu_window_zscore",
+    image_size: int | None = 256,
+    channels: int = 1,
+    batch_size: int = 8,
+    shuffle: bool | None = None,
+    augment: bool = False,
+    seed: int | None = 0,
+    repeat: bool = False,
+    cache: bool | str = False,
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+    include_ids: bool = False,
+) -> tf.data.Dataset:
+    """Batched ``(image, mask)`` pairs from one split of a kit dataset.
+
+    Args:
+        dataset_dir: a finished kit dataset.
+        split: ``train``, ``val`` or ``test``.
+        preprocessing: a name in :data:`lungkit.preprocess.PREPROCESSING`; the lung masks are read when it needs them.
+        image_size: side of the square output; None keeps the stored size (all slices of the split must share it).
+        channels: 1, or 3 to repeat the grey channel for ImageNet-style encoders.
+        batch_size: examples per batch (the last batch may be short).
+        shuffle: shuffle the whole split; default True for train, False otherwise.
+        augment: paper 001's augmentation on the fly (train only).
+        seed: seed for shuffling and augmentation; None for unseeded (not reproducible) order.
+        repeat: repeat forever (then pass ``steps_per_epoch`` to ``fit``).
+        cache: True caches in memory, a string caches to that file. Without augmentation the finished examples
+            are cached; with augmentation the decoded slices are, and augmentation runs after the cache.
+        num_parallel_calls: parallelism of the map steps.
+        include_ids: yield ``(image, mask, id)`` instead; for evaluation (Keras ``fit`` would read a third element
+            as sample weights).
+
+    Returns:
+        A ``tf.data.Dataset`` of batches: image float32 ``[B, S, S, channels]``, mask float32 ``[B, S, S, 1]``
+        (and ids, string ``[B]``), prefetched.
+
+    Raises:
+        ValueError: for an unknown split or preprocessing, ``augment`` outside train, bad channels / sizes, or an
+            empty split.
+        FileNotFoundError: if the dataset is missing or unfinished.
+    """
+    if augment and split != "train":
+        raise ValueError(
+            f"augmentation is for the train split only (asked for {split!r}): val and test must show the model "
+            "slices as they are, and augmented copies must never cross the split"
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    preprocess_fn = preprocess.get_preprocessing(preprocessing)
+    with_lung = preprocess.needs_lung_mask(preprocessing)
+    manifest = kit_dataset.read_manifest(dataset_dir, split)
+    if manifest.empty:
+        raise ValueError(f"{dataset_dir}: split {split!r} has no rows")
+    if image_size is None:
+        sizes = set(zip(manifest["height"].astype(int), manifest["width"].astype(int)))
+        if len(sizes) != 1:
+            raise ValueError(f"{dataset_dir} split {split!r} mixes slice sizes {sorted(sizes)}; pass image_size")
+        output_hw = sizes.pop()
+        if augment:
+            if output_hw[0] != output_hw[1]:
+                raise ValueError(f"augmentation makes square images; slices are {output_hw}, pass image_size")
+    else:
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be positive or None, got {image_size}")
+        output_hw = (int(image_size), int(image_size))
+    shuffle = split == "train" if shuffle is None else bool(shuffle)
+    n_masks = 2 if with_lung else 1
+
+    def resize(example: dict) -> dict:
+        hu, masks = example["hu"], example["masks"]
+        if image_size is not None:
+            hu, masks = preprocess.resize_image(hu, output_hw), preprocess.resize_mask(masks, output_hw)
+        hu.set_shape([*output_hw, 1])
+        masks.set_shape([*output_hw, n_masks])
+        return {**example, "hu": hu, "masks": masks}
+
+    if augment:
+        from lungkit.augment import tf_augment_fn
+
+        augment_fn = tf_augment_fn(output_hw[0], 0 if seed is None else seed)
+
+        def spatial(example: dict, element_seed) -> dict:
+            hu, masks = augment_fn(example["hu"], example["masks"], element_seed)
+            return {**example, "hu": hu, "masks": masks}
+
+    def finish(example: dict) -> tuple:
+        hu = example["hu"][..., 0]
+        if with_lung:
+            image = preprocess_fn(hu, example["masks"][..., 1])
+        else:
+            image = preprocess_fn(hu)
+        image = tf.cast(image, tf.float32)[..., tf.newaxis]
+        if channels == 3:
+            image = tf.repeat(image, 3, axis=-1)
+        mask = tf.cast(example["masks"][..., :1], tf.float32)
+        return (image, mask, example["id"]) if include_ids else (image, mask)
+
+    paths = tf.data.Dataset.from_tensor_slices(
+        {
+            "image": manifest["image_path"].astype(str).to_numpy(),
+            "mask": manifest["mask_path"].astype(str).to_numpy(),
+            "lung": manifest["lung_path"].astype(str).to_numpy(),
+            "id": manifest["id"].astype(str).to_numpy(),
+        }
+    )
+    dataset = paths
+    # Without a cache, shuffle the file names (cheap); with one, shuffle after it, or every epoch would replay the
+    # first epoch's order. Both give the same permutation for the same seed.
+    if cache is not False:
+        dataset = dataset.map(lambda p: _decode(p, with_lung), num_parallel_calls=num_parallel_calls)
+        if not augment:
+            dataset = dataset.map(lambda e: finish(resize(e)), num_parallel_calls=num_parallel_calls)
+        dataset = dataset.cache("" if cache is True else str(cache))
+    if shuffle:
+        dataset = dataset.shuffle(len(manifest), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    if augment:
+        element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip((dataset, element_seeds))
+        if cache is False:
+            dataset = dataset.map(
+                lambda p, s: finish(spatial(_decode(p, with_lung), s)), num_parallel_calls=num_parallel_calls
+            )
+        else:
+            dataset = dataset.map(lambda e, s: finish(spatial(e, s)), num_parallel_calls=num_parallel_calls)
+    elif cache is False:
+        dataset = dataset.map(lambda p: finish(resize(_decode(p, with_lung))), num_parallel_calls=num_parallel_calls)
+    dataset = dataset.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+def load_split_arrays(
+    dataset_dir: str | Path,
+    split: str,
+    preprocessing: str = "hu_window_zscore",
+    image_size: int | None = 256,
+    channels: int = 1,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """A whole split as numpy arrays, in manifest order, for evaluation.
+
+    Args:
+        dataset_dir: a finished kit dataset.
+        split: ``train``, ``val`` or ``test``.
+        preprocessing: name in :data:`lungkit.preprocess.PREPROCESSING`.
+        image_size: output side; None keeps the stored size.
+        channels: 1 or 3.
+        batch_size: decoding batch size (memory only; results do not depend on it).
+
+    Returns:
+        ``(images, masks, manifest)``: float32 ``[N, S, S, channels]``, float32 ``[N, S, S, 1]`` in {0, 1}, and the
+        split's manifest (row ``i`` describes ``images[i]``).
+
+    Raises:
+        ValueError: as :func:`make_dataset`.
+    """
+    manifest = kit_dataset.read_manifest(dataset_dir, split)
+    dataset = make_dataset(
+        dataset_dir,
+        split,
+        preprocessing=preprocessing,
+        image_size=image_size,
+        channels=channels,
+        batch_size=batch_size,
+        shuffle=False,
+        include_ids=True,
+    )
+    images, masks, ids = [], [], []
+    for image_batch, mask_batch, id_batch in dataset.as_numpy_iterator():
+        images.append(image_batch)
+        masks.append(mask_batch)
+        ids.extend(i.decode() for i in id_batch)
+    if ids != manifest["id"].tolist():
+        raise RuntimeError(f"{dataset_dir}: pipeline order differs from the manifest's for split {split!r}")
+    return np.concatenate(images), np.concatenate(masks), manifest
