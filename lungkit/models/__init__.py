@@ -20,6 +20,7 @@ _BUILDERS = {
     "unetr": "unetr:build_unetr",
     "resnet50_unet": "resnet_unet:build_resnet50_unet",
     "densenet121_classifier": "densenet_cls:build_densenet121_classifier",
+    "sam": "sam:build_sam",
 }
 
 
