@@ -8,7 +8,7 @@ VENV ?= .venv
 PROFILE ?= quick
 DATA_DIR ?=
 SEED ?= 0
-EXTRAS ?= dev
+EXTRAS ?= dev,crf
 BIN := $(VENV)/bin
 
 .PHONY: setup reproduce test bench clean-runs

@@ -133,6 +133,12 @@ def minmax(x):
 
 
 @_numpy_or_tensor("hu")
+def hu_unchanged(hu):
+    """HU as float32, no windowing: the input of post-processing, intensity perturbations and figures."""
+    return tf.cast(hu, tf.float32)
+
+
+@_numpy_or_tensor("hu")
 def hu_window_unit(hu, low: float = HU_WINDOW_LOW, high: float = HU_WINDOW_HIGH):
     """Clip HU to ``[low, high]`` and map the window linearly onto [0, 1].
 
@@ -249,6 +255,7 @@ def resize_mask(mask, size):
 #: Preprocessing profiles by name: function(hu) -> float32, or function(hu, lung_mask) for those in
 #: :data:`NEEDS_LUNG_MASK`.
 PREPROCESSING: dict[str, Callable] = {
+    "hu": hu_unchanged,
     "hu_window_zscore": hu_window_zscore,
     "hu_window_unit": hu_window_unit,
     "minmax": minmax,

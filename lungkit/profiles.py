@@ -65,16 +65,18 @@ PROFILES = {
         batch_size=4,
         phantom_volumes=2,
     ),
+    # Many distinct phantom patients and few passes over them: with 160 slices a small U-Net memorised the
+    # training slices (train Dice 0.79, test 0.08); the same number of steps over 3x the slices generalises.
     "quick": Profile(
         name="quick",
-        phantom_train_rows=160,
-        phantom_test_rows=48,
+        phantom_train_rows=480,
+        phantom_test_rows=64,
         phantom_image_size=256,
-        augment_target=320,
+        augment_target=960,
         model_scale="small",
         max_image_size=128,
-        max_epochs=12,
-        max_steps_per_epoch=None,
+        max_epochs=10,
+        max_steps_per_epoch=40,
         batch_size=8,
         phantom_volumes=4,
     ),

@@ -167,3 +167,41 @@ def prepare_lungrads_dataset(
 
 
 __all__ = ["dataset_fingerprint", "prepare_lungrads_dataset", "read_dataset_info"]
+
+
+AUGMENTED_DIR = "augmented"
+#: Paper 001 resizes its augmented slices to 256 x 256; profiles with a smaller input cap use that cap instead.
+AUGMENTED_IMAGE_SIZE = 256
+
+
+def prepare_augmented_dataset(data_dir: str | Path | None, run_dir: str | Path, profile: str, seed: int = 0) -> Path:
+    """Return the run's augmented kit dataset (paper 001), building the converted dataset and it when needed.
+
+    Augmentation runs on the training split only, after the split (see :func:`lungkit.augment.expand_training_split`),
+    expanding it to the profile's ``augment_target`` rows at ``min(256, profile.max_image_size)`` pixels.
+
+    Args:
+        data_dir: as in :func:`prepare_lungrads_dataset`.
+        run_dir: the run directory; the dataset goes to ``<run_dir>/augmented/``.
+        profile: ``smoke``, ``quick`` or ``paper``.
+        seed: seed of the phantom, the split and the augmentation.
+
+    Returns:
+        The finished augmented dataset folder.
+    """
+    from lungkit.augment import expand_training_split
+
+    settings = get_profile(profile)
+    dataset_dir = prepare_lungrads_dataset(data_dir, run_dir, profile, seed=seed)
+    augmented_dir = Path(run_dir) / AUGMENTED_DIR
+    if not is_complete(augmented_dir):
+        image_size = min(AUGMENTED_IMAGE_SIZE, settings.max_image_size or AUGMENTED_IMAGE_SIZE)
+        expand_training_split(dataset_dir, augmented_dir, settings.augment_target, image_size=image_size, seed=seed)
+    if not (augmented_dir / DATASET_INFO_NAME).is_file():
+        # provenance travels with the data: results trained on the augmented set name their source too
+        info = {**read_dataset_info(dataset_dir), "augmented_from": str(dataset_dir),
+                "augment_target": settings.augment_target}
+        staging = augmented_dir / f".{DATASET_INFO_NAME}.tmp"
+        staging.write_text(json.dumps(info, indent=2))
+        staging.replace(augmented_dir / DATASET_INFO_NAME)
+    return augmented_dir

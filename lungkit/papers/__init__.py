@@ -15,7 +15,8 @@ One module per paper (``paper000`` .. ``paper004``), each holding data only:
   (``"guide"`` for numbers taken from GUIDE.md instead of the paper, explained in ``source_note``). Optional row
   keys: ``line_end`` (a row printed over several lines), ``reported_in_text`` (numbers the text adds).
 - ``RECIPES``: ``{result_key: recipe dict}`` in the keys of ``lungkit.training.Recipe.from_dict``.
-- Optional ``ZERO_SHOT`` (evaluations without training, e.g. SAM) and ``POSTPROCESSING`` (``{result_key: name}``).
+- Optional ``ZERO_SHOT`` (evaluations without training, e.g. SAM), ``POSTPROCESSING`` (``{result_key: name}``) and
+  ``TRAINING_DATA`` (``{result_key: "converted" | "augmented"}``: which kit dataset of a run a model trains on).
 
 A metric key ``"dice@LR2"`` means the metric ``dice`` restricted to the class ``LR2`` (``per_class`` in a result's
 summary.json).
@@ -137,6 +138,11 @@ def get_zero_shot(paper_id: str, result_key: str) -> dict:
 def get_postprocessing(paper_id: str, result_key: str) -> str:
     """Post-processing a paper applies to one result: a name such as ``"dense_crf"``, or ``"none"``."""
     return getattr(get_paper(paper_id), "POSTPROCESSING", {}).get(result_key, "none")
+
+
+def get_training_data(paper_id: str, result_key: str) -> str:
+    """Which kit dataset of a run a result trains on: ``"augmented"`` (paper 001's offline expansion) or ``"converted"``."""
+    return getattr(get_paper(paper_id), "TRAINING_DATA", {}).get(result_key, "converted")
 
 
 def find_rows_for_result(paper_id: str, result_key: str) -> list[dict]:

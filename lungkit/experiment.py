@@ -1,0 +1,437 @@
+"""One experiment = one row of a paper's table: recipe + profile + data -> trained model -> per-image results.
+
+The model notebooks are short because this module strings the stages together, always the same way:
+
+1. the paper's recipe (``lungkit.papers``) capped by the run profile (``lungkit.profiles``);
+2. the run's kit dataset (converted, or paper 001's augmented one), built when missing;
+3. tf.data for train and validation, the model from the registry, :func:`lungkit.training.train` (resumable);
+4. test predictions, the paper's post-processing (dense CRF or its fallback, whichever actually ran is recorded),
+   per-image metrics, intensity robustness, a summary with bootstrap CIs, written with the full protocol to
+   ``<run_dir>/results/<paper>/<result_key>/`` together with ``predictions.npz`` for the report's gallery.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungkit import papers
+from lungkit.profiles import get_profile
+
+#: How the validation split is made (see :mod:`lungkit.data.splits`); part of every protocol line.
+SPLIT_DESCRIPTION = "given train/test split; validation = 15% of train, class-stratified blocks of neighbouring rows"
+
+
+@dataclass
+class EvaluationResult:
+    """What :meth:`SegmentationExperiment.evaluate` produced.
+
+    Args:
+        per_image: one row per test slice with every metric.
+        summary: the summary written to ``summary.json`` (load it back with :func:`lungkit.evaluation.load_summary`).
+        summary_path: path of ``summary.json``.
+        postprocess: the post-processing that actually ran (``dense_crf``, ``scipy_fallback`` or ``none``).
+        hu: test slices in HU at the model's size (N, H, W).
+        images: test images for display (HU window mapped to [0, 1]), (N, H, W).
+        masks: ground-truth masks (N, H, W) in {0, 1}.
+        probabilities: predicted probabilities (N, H, W).
+        predicted_masks: the binary predictions that were scored (N, H, W).
+    """
+
+    per_image: pd.DataFrame
+    summary: dict
+    summary_path: Path
+    postprocess: str
+    hu: np.ndarray
+    images: np.ndarray
+    masks: np.ndarray
+    probabilities: np.ndarray
+    predicted_masks: np.ndarray
+
+    def table(self) -> pd.DataFrame:
+        """Mean and 95% CI of the main metrics, overall and per class, as a small table for the notebook."""
+        rows = []
+        for metric, block in self.summary["metrics"].items():
+            rows.append({"group": "all", "metric": metric, **_block_values(block)})
+        for label, blocks in self.summary.get("per_class", {}).items():
+            for metric in ("dice", "iou", "recall"):
+                if metric in blocks:
+                    rows.append({"group": label, "metric": metric, **_block_values(blocks[metric])})
+        return pd.DataFrame(rows)
+
+
+def _block_values(block) -> dict:
+    if not isinstance(block, dict):
+        return {"mean": block, "ci_low": None, "ci_high": None, "n": None}
+    return {key: block.get(key) for key in ("mean", "ci_low", "ci_high", "n")}
+
+
+@dataclass
+class SegmentationExperiment:
+    """A segmentation result of a paper, reproduced under a run profile.
+
+    Args:
+        paper_id: ``paper001`` ... (see :func:`lungkit.papers.all_paper_ids`).
+        result_key: the result's key in the paper's ``RECIPES`` (e.g. ``attention_unet``).
+        profile: ``smoke``, ``quick`` or ``paper``.
+        run_dir: the run's folder.
+        data_dir: real Lung-RADS pickles; the phantom when None or empty.
+        seed: seed of data, split, augmentation, weights and shuffling.
+        dataset_dir: train on this finished kit dataset instead of the run's Lung-RADS one (e.g. LUNA16 slices).
+    """
+
+    paper_id: str
+    result_key: str
+    profile: str
+    run_dir: Path
+    data_dir: str | None = None
+    seed: int = 0
+    dataset_dir: Path | None = None
+    paper_recipe: object = field(init=False)
+    recipe: object = field(init=False)
+
+    def __post_init__(self):
+        from lungkit.training import Recipe
+
+        self.run_dir = Path(self.run_dir)
+        self.settings = get_profile(self.profile)
+        source = f"lungkit/papers/{self.paper_id}.py: RECIPES[{self.result_key!r}]"
+        self.paper_recipe = Recipe.from_dict(papers.get_recipe(self.paper_id, self.result_key), source=source)
+        self.recipe = self.paper_recipe.for_profile(self.settings)
+        self.rows = papers.find_rows_for_result(self.paper_id, self.result_key)
+        if not self.rows:
+            raise ValueError(f"no row of {self.paper_id}'s tables is reproduced by result {self.result_key!r}")
+        self.postprocess = papers.get_postprocessing(self.paper_id, self.result_key)
+        self.training_data = papers.get_training_data(self.paper_id, self.result_key)
+
+    # -- where things go ------------------------------------------------------------------------------------------
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "models" / self.paper_id / self.result_key
+
+    @property
+    def results_dir(self) -> Path:
+        return self.run_dir / "results" / self.paper_id / self.result_key
+
+    @property
+    def figures_dir(self) -> Path:
+        path = self.run_dir / "figures"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- the recipe -----------------------------------------------------------------------------------------------
+    def recipe_table(self) -> pd.DataFrame:
+        """The paper's settings beside the ones this profile uses (capped values differ)."""
+        keys = ("model", "image_size", "input_channels", "preprocessing", "optimizer", "learning_rate", "momentum",
+                "lr_schedule", "loss", "loss_kwargs", "batch_size", "epochs", "min_epochs", "early_stopping_patience",
+                "reduce_lr_patience", "min_lr", "monitor", "augment_on_the_fly")
+        rows = [
+            {"setting": key, "paper": str(getattr(self.paper_recipe, key)), "this run": str(getattr(self.recipe, key))}
+            for key in keys
+        ]
+        rows.append({"setting": "model_scale", "paper": "paper", "this run": self.recipe.model_scale})
+        rows.append({"setting": "training data", "paper": self.training_data, "this run": self.training_data})
+        rows.append({"setting": "post-processing", "paper": self.postprocess, "this run": "(recorded after evaluation)"})
+        return pd.DataFrame(rows).set_index("setting")
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> Path:
+        """The kit dataset this experiment trains and tests on (built when missing; idempotent)."""
+        from lungkit.data.prepare import prepare_augmented_dataset, prepare_lungrads_dataset
+
+        if self.dataset_dir is not None:
+            self.dataset_dir = Path(self.dataset_dir)
+        elif self.training_data == "augmented":
+            self.dataset_dir = prepare_augmented_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
+        else:
+            self.dataset_dir = prepare_lungrads_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
+        return self.dataset_dir
+
+    def datasets(self):
+        """``(train, validation)`` tf.data pipelines by the recipe (size, channels, preprocessing, batch)."""
+        from lungkit.pipeline import make_dataset
+
+        dataset_dir = self.dataset_dir or self.prepare_data()
+        common = dict(
+            preprocessing=self.recipe.preprocessing,
+            image_size=self.recipe.image_size,
+            channels=self.recipe.input_channels,
+            batch_size=self.recipe.batch_size,
+            seed=self.seed,
+        )
+        train = make_dataset(dataset_dir, "train", shuffle=True, augment=self.recipe.augment_on_the_fly, **common)
+        validation = make_dataset(dataset_dir, "val", shuffle=False, **common)
+        return train, validation
+
+    # -- model ----------------------------------------------------------------------------------------------------
+    def build_model(self, **overrides):
+        """The recipe's registry model at the profile's scale, compiled (seeded first, so weights repeat)."""
+        import keras
+
+        from lungkit.training import build_for_training
+
+        from lungkit.pipeline import steps_per_epoch
+
+        keras.utils.set_random_seed(self.seed)
+        dataset_dir = self.dataset_dir or self.prepare_data()
+        from lungkit.data.kit_dataset import read_manifest
+
+        steps = steps_per_epoch(len(read_manifest(dataset_dir, "train")), self.recipe.batch_size)
+        if self.recipe.max_steps_per_epoch:
+            steps = min(steps, self.recipe.max_steps_per_epoch)
+        # the cosine schedule needs the number of optimizer steps in advance
+        model = build_for_training(self.recipe, steps_per_epoch=steps, **overrides)
+        self.pretrained = None
+        if self.recipe.model == "resnet50_unet":
+            from lungkit.models.resnet_unet import encoder_weights_status
+
+            self.pretrained = encoder_weights_status(model)
+            if not self.pretrained.get("pretrained"):
+                print("No local ImageNet weights given: the ResNet50 encoder trains from scratch (recorded in the protocol).")
+        return model
+
+    def train(self, model, train_ds=None, validation_ds=None, verbose="auto"):
+        """Fit by the recipe; rerunning with the same ``run_dir`` resumes (or reuses a finished run)."""
+        from lungkit.training import train
+
+        if train_ds is None or validation_ds is None:
+            train_ds, validation_ds = self.datasets()
+        self.fit = train(model, self.recipe, train_ds, validation_ds, self.model_dir, verbose=verbose)
+        return self.fit
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def model_inputs(self, hu_batch: np.ndarray) -> np.ndarray:
+        """HU slices (N, H, W) -> model inputs (N, H, W, channels), by the recipe's per-image preprocessing."""
+        from lungkit.preprocess import get_preprocessing
+
+        preprocess = get_preprocessing(self.recipe.preprocessing)
+        images = np.stack([preprocess(np.asarray(hu, np.float32)) for hu in hu_batch])[..., None]
+        if self.recipe.input_channels == 3:
+            images = np.repeat(images, 3, axis=-1)
+        return images
+
+    def _predict_fn(self, model):
+        """HU slices (N, H, W) -> probabilities (N, H, W)."""
+        from lungkit.training import predict_probabilities
+
+        def predict(hu_batch: np.ndarray) -> np.ndarray:
+            images = self.model_inputs(hu_batch)
+            probabilities = predict_probabilities(
+                model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits
+            )
+            return probabilities[..., 0]
+
+        return predict
+
+    def evaluate(self, model, robustness: bool = True, notes: str = "") -> EvaluationResult:
+        """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
+
+        Args:
+            model: the trained model (the best checkpoint when :meth:`train` restored it).
+            robustness: also compute paper 004's robustness to intensity variation (6 extra test passes).
+            notes: free text added to the protocol.
+
+        Returns:
+            An :class:`EvaluationResult`.
+        """
+        from lungkit.data.prepare import read_dataset_info
+        from lungkit.evaluation import data_fingerprint, evaluate_segmentation, summarize, write_results
+        from lungkit.metrics import intensity_robustness_std
+        from lungkit.pipeline import load_split_arrays
+        from lungkit.postprocess import refine_batch
+        from lungkit.preprocess import needs_lung_mask
+
+        start = time.perf_counter()
+        dataset_dir = self.dataset_dir or self.prepare_data()
+        size = self.recipe.image_size
+        hu, masks, manifest = load_split_arrays(dataset_dir, "test", "hu", size, 1)
+        hu, masks = hu[..., 0], masks[..., 0]
+        display = np.clip((hu + 1000.0) / 1400.0, 0.0, 1.0)  # lung window [-1000, 400] for figures and the CRF
+
+        if needs_lung_mask(self.recipe.preprocessing):
+            images, _, _ = load_split_arrays(
+                dataset_dir, "test", self.recipe.preprocessing, size, self.recipe.input_channels
+            )
+            from lungkit.training import predict_probabilities
+
+            probabilities = predict_probabilities(
+                model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits
+            )[..., 0]
+            robustness = False  # the perturbation path feeds HU only; lung-masked inputs need the lung mask too
+        else:
+            predict = self._predict_fn(model)
+            probabilities = predict(hu)
+
+        if self.postprocess == "none":
+            predicted_masks, method_used = (probabilities >= 0.5).astype(np.uint8), "none"
+            scored_masks = None
+        else:
+            predicted_masks, method_used = refine_batch(
+                probabilities, display, method="auto", intensity_range=(0.0, 1.0)
+            )
+            scored_masks = predicted_masks
+
+        per_image = evaluate_segmentation(probabilities, masks, manifest, masks=scored_masks)
+        extra = {}
+        if robustness:
+            extra["intensity_robustness_std"] = intensity_robustness_std(predict, hu, masks).std
+        summary = summarize(per_image, extra_metrics=extra, seed=self.seed)
+
+        info = read_dataset_info(dataset_dir)
+        fit = getattr(self, "fit", None)
+        protocol = {
+            **self.recipe.protocol(),
+            "data_source": info.get("data_source", "unknown"),
+            "split": SPLIT_DESCRIPTION
+            + (f"; train expanded to {self.settings.augment_target} slices by offline augmentation (after the split)"
+               if self.training_data == "augmented" else ""),
+            "seed": self.seed,
+            "epochs": int(fit.epochs_completed) if fit is not None else self.recipe.epochs,
+            "epochs_recipe": self.paper_recipe.epochs,
+            "postprocess": method_used,
+            "postprocess_paper": self.postprocess,
+            "data_fingerprint": data_fingerprint(dataset_dir),
+            "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,
+            "environment": fit.environment if fit is not None else None,
+            "pretrained_encoder": getattr(self, "pretrained", None),
+            "notes": " ".join(x for x in (notes, self.recipe.notes) if x),
+        }
+        tables = sorted({row["table"] for row in self.rows})
+        summary_path = write_results(
+            self.results_dir,
+            per_image,
+            summary,
+            paper=self.paper_id,
+            tables=tables,
+            row=self.rows[0]["row"],
+            model=self.recipe.model,
+            task="segmentation",
+            protocol=protocol,
+            dataset_dir=dataset_dir,
+            wall_time_s=round(time.perf_counter() - start + (fit.wall_time_s if fit is not None else 0.0), 1),
+        )
+        np.savez_compressed(
+            self.results_dir / "predictions.npz",
+            images=display.astype(np.float16),
+            masks=masks.astype(np.uint8),
+            probabilities=probabilities.astype(np.float16),
+            dice=per_image["dice"].to_numpy(np.float32),
+        )
+        from lungkit.evaluation import load_summary
+
+        return EvaluationResult(
+            per_image=per_image,
+            summary=load_summary(summary_path),
+            summary_path=summary_path,
+            postprocess=method_used,
+            hu=hu,
+            images=display,
+            masks=masks,
+            probabilities=probabilities,
+            predicted_masks=predicted_masks,
+        )
+
+
+def load_predictions(run_dir: str | Path, paper_id: str, result_key: str) -> dict:
+    """``predictions.npz`` of one result (images, masks, probabilities, dice), as float32 / uint8 arrays."""
+    path = Path(run_dir) / "results" / paper_id / result_key / "predictions.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions; run that result's notebook first")
+    with np.load(path) as data:
+        return {key: data[key].astype(np.float32) if data[key].dtype == np.float16 else data[key] for key in data}
+
+
+def plot_predictions(evaluation: EvaluationResult, n: int = 4, title: str = ""):
+    """CT (lung window) with the ground truth in green and the prediction in red, for the best, median and worst
+    slices that contain a tumour (by Dice)."""
+    import matplotlib.pyplot as plt
+
+    dice = evaluation.per_image["dice"].to_numpy()
+    has_tumour = evaluation.masks.reshape(len(dice), -1).any(axis=1)
+    order = [i for i in np.argsort(-dice) if has_tumour[i]]
+    if not order:
+        order = list(range(len(dice)))
+    picks = [order[int(round(k))] for k in np.linspace(0, len(order) - 1, min(n, len(order)))]
+    figure, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
+    for axis, index in zip(axes[0], picks):
+        axis.imshow(evaluation.images[index], cmap="gray", vmin=0, vmax=1)
+        axis.contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        if evaluation.predicted_masks[index].any():
+            axis.contour(evaluation.predicted_masks[index], levels=[0.5], colors="red", linewidths=1.0)
+        row = evaluation.per_image.iloc[index]
+        axis.set_title(f"{row.get('label1', '')} Dice {row['dice']:.2f}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(title or "green: ground truth, red: prediction (best -> worst tumour slices)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_side_by_side(run_dir: str | Path, paper_id: str, result_keys: list[str], labels: list[str], n: int = 4,
+                      seed: int = 0):
+    """Ground truth beside several models' predictions on the same test slices (paper 004's comparison figure).
+
+    Slices are drawn at random (seeded) among those with a tumour; every model must have been evaluated at the same
+    image size.
+    """
+    import matplotlib.pyplot as plt
+
+    predictions = [load_predictions(run_dir, paper_id, key) for key in result_keys]
+    masks = predictions[0]["masks"]
+    for key, p in zip(result_keys, predictions):
+        if p["masks"].shape != masks.shape:
+            raise ValueError(f"{key}: predictions at {p['masks'].shape[1:]}, {result_keys[0]} at {masks.shape[1:]}")
+    candidates = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+    picks = np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False)
+    columns = 1 + len(result_keys)
+    figure, axes = plt.subplots(len(picks), columns, figsize=(3 * columns, 3 * len(picks)), squeeze=False)
+    for row_axes, index in zip(axes, picks):
+        image = predictions[0]["images"][index]
+        row_axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        row_axes[0].contour(masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        row_axes[0].set_title("ground truth", fontsize=9)
+        for axis, label, p in zip(row_axes[1:], labels, predictions):
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.imshow(np.ma.masked_less(p["probabilities"][index], 0.5), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+            axis.set_title(f"{label}  Dice {p['dice'][index]:.2f}", fontsize=9)
+        for axis in row_axes:
+            axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def plot_attention_maps(experiment: SegmentationExperiment, model, evaluation: EvaluationResult, n: int = 3):
+    """Attention U-Net gate coefficients over CT slices: where each gate lets skip features through.
+
+    One row per slice (the tumour slices with the largest tumours): the CT with the ground truth, then the
+    coefficient map of every gate, finest first, upsampled to the slice and laid over it.
+    """
+    import matplotlib.pyplot as plt
+    from skimage.transform import resize
+
+    from lungkit.models.attention_unet import attention_maps_model
+
+    maps_model = attention_maps_model(model)
+    areas = evaluation.masks.reshape(len(evaluation.masks), -1).sum(axis=1)
+    picks = np.argsort(-areas)[:n]
+    maps = maps_model.predict(experiment.model_inputs(evaluation.hu[picks]), verbose=0)
+    names = sorted(maps, key=lambda name: int(name.rsplit("_", 1)[-1]))
+    figure, axes = plt.subplots(len(picks), 1 + len(names), figsize=(2.8 * (1 + len(names)), 2.8 * len(picks)),
+                                squeeze=False)
+    for row, index in enumerate(picks):
+        image = evaluation.images[index]
+        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        axes[row, 0].set_title("CT + ground truth", fontsize=9)
+        for column, name in enumerate(names, start=1):
+            coefficients = resize(np.asarray(maps[name][row, ..., 0], np.float32), image.shape, order=1)
+            axes[row, column].imshow(image, cmap="gray", vmin=0, vmax=1)
+            axes[row, column].imshow(coefficients, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axes[row, column].set_title(name.replace("_", " "), fontsize=9)
+    for axis in axes.ravel():
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
