@@ -27,7 +27,6 @@ only on (input, seed): reruns, resumed runs and parallel tf.data maps give ident
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -372,10 +371,6 @@ def _plan_rows(source: pd.DataFrame, target_count: int, seed: int) -> pd.DataFra
     return plan
 
 
-def _fingerprint(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
 def expand_training_split(
     dataset_dir: str | Path, out_dir: str | Path, target_count: int, image_size: int = 256, seed: int = 0
 ) -> pd.DataFrame:
@@ -413,7 +408,7 @@ def expand_training_split(
     source = kit_dataset.read_manifest(dataset_dir)
     target_count, image_size = int(target_count), int(image_size)
     settings = {
-        "source_fingerprint": _fingerprint(dataset_dir / MANIFEST_NAME),
+        "source_fingerprint": kit_dataset.manifest_fingerprint(dataset_dir),
         "target_count": target_count,
         "image_size": image_size,
         "seed": int(seed),

@@ -19,7 +19,6 @@ Summary conventions:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from lungkit.data.kit_dataset import manifest_fingerprint as data_fingerprint  # the one fingerprint, re-exported
 from lungkit.metrics import (
     CLASSIFICATION_METRIC_KEYS,
     SEGMENTATION_METRIC_KEYS,
@@ -63,6 +63,7 @@ MANIFEST_COLUMNS_KEPT = (
     "equivalent_diameter_mm",
 )
 #: Protocol keys a summary must carry (values may be None only for ``epochs``, e.g. a zero-shot model).
+
 REQUIRED_PROTOCOL_KEYS = ("profile", "data_source", "split", "image_size", "epochs", "seed", "data_fingerprint")
 REQUIRED_SUMMARY_KEYS = (
     "paper", "tables", "row", "model", "task", "status", "protocol", "n_images", "metrics", "per_class",
@@ -495,27 +496,6 @@ def git_commit(repo_dir: str | Path | None = None) -> str:
         return "unknown"
     commit = result.stdout.strip()
     return commit if result.returncode == 0 and commit else "unknown"
-
-
-def data_fingerprint(dataset: str | Path) -> str:
-    """First 12 hex digits of the sha256 of a kit dataset's ``manifest.csv``.
-
-    Args:
-        dataset: the dataset folder or the manifest file itself.
-
-    Raises:
-        FileNotFoundError: if there is no manifest.
-    """
-    path = Path(dataset)
-    if path.is_dir():
-        path = path / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest.csv to fingerprint")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 def _json_ready(value):

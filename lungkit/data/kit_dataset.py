@@ -19,6 +19,7 @@ Why PNG: students can open any slice in an image viewer, the format is lossless,
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,25 @@ def read_manifest(dataset_dir: str | Path, split: str | None = None) -> pd.DataF
     for column in ("image_path", "mask_path", "lung_path"):
         manifest[column] = [str(dataset_dir / p) for p in manifest[column]]
     return manifest
+
+
+def manifest_fingerprint(dataset: str | Path) -> str:
+    """First 12 hex digits of the sha256 of a kit dataset's ``manifest.csv``: names the exact data and split
+    behind a result (every protocol line carries it).
+
+    Args:
+        dataset: the dataset folder or the manifest file itself.
+
+    Raises:
+        FileNotFoundError: if there is no manifest.
+    """
+    path = Path(dataset)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {MANIFEST_NAME} to fingerprint")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]

@@ -8,13 +8,13 @@ student can open any notebook first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import partial
 from pathlib import Path
 
 from lungkit.data.export import DATASET_INFO_NAME, convert_lungrads_to_kit
 from lungkit.data.kit_dataset import MANIFEST_NAME, is_complete
+from lungkit.data.kit_dataset import manifest_fingerprint as dataset_fingerprint  # re-export for callers
 from lungkit.data.lungrads import LUNGRADS_FILE_NAMES, find_lungrads_pickles
 from lungkit.data.phantom import phantom_pixel_spacing_mm, write_phantom_pickles
 from lungkit.data.splits import assign_validation_split
@@ -54,18 +54,6 @@ def read_dataset_info(dataset_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no dataset record; build the dataset with prepare_lungrads_dataset")
     return json.loads(path.read_text())
-
-
-def dataset_fingerprint(dataset_dir: str | Path) -> str:
-    """First 12 hex digits of the sha256 of ``manifest.csv``: names the exact data (and split) behind a result.
-
-    Raises:
-        FileNotFoundError: if the manifest is missing.
-    """
-    path = Path(dataset_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; build the dataset with prepare_lungrads_dataset")
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def prepare_lungrads_dataset(
