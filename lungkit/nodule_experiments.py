@@ -880,7 +880,7 @@ class NoduleCrops:
         return pd.concat([cases, crops], axis=1).fillna(0).astype(int)
 
 
-def crops_from_luna16(dataset_dir: str | Path, crop_size: int = 64, train_section_fraction: float = 0.8) -> NoduleCrops:
+def crops_from_luna16(dataset_dir: str | Path, crop_size: int = 32, train_section_fraction: float = 0.8) -> NoduleCrops:
     """Nodule crops from a LUNA16 kit dataset, labelled by paper 003's malignancy rule.
 
     One case per nodule with a malignancy score (``malignancy.csv`` beside ``annotations.csv``; > 3 malignant,
@@ -937,7 +937,7 @@ def crops_from_luna16(dataset_dir: str | Path, crop_size: int = 64, train_sectio
     )
 
 
-def crops_from_lungrads(dataset_dir: str | Path, crop_size: int = 64) -> NoduleCrops:
+def crops_from_lungrads(dataset_dir: str | Path, crop_size: int = 32) -> NoduleCrops:
     """Tumour crops from a Lung-RADS kit dataset, labelled by the Lung-RADS PROXY (``LUNGRADS_PROXY_LABELS``).
 
     One case per slice with a tumour, cropped around the centre of the tumour mask's bounding box. The data has no
@@ -1046,31 +1046,42 @@ def crops_to_inputs(crops: np.ndarray, image_size: int, channels: int = 3) -> np
     return np.repeat(np.clip(resized, 0.0, 1.0), channels, axis=-1).astype(np.float32)
 
 
-def crop_augmenter(seed: int = 0, rotation: float = 0.5, zoom: float = 0.1):
-    """Paper 003's augmentation (rotations, flips, scaling; Figure 7) as Keras preprocessing layers.
+def crop_augmenter(seed: int = 0, max_angle_deg: float = 15.0, zoom: float = 0.1):
+    """Paper 003's augmentation (rotations, flips, scaling; Figure 7) for one crop ``(s, s, c)`` in [0, 1].
+
+    Quarter turns and flips (the 8 symmetries of a square: exact, nothing to fill; a nodule has no orientation),
+    then a small rotation (up to ``max_angle_deg``, "small angle rotations", line 242) and a zoom in or out by up to
+    ``zoom`` (small enough to keep the size that separates the classes), both filling the thin border they uncover
+    by reflection. Large free rotations are avoided on purpose: their empty corners would make training crops look
+    unlike the validation and test crops.
 
     Args:
-        seed: layer seeds.
-        rotation: largest rotation as a fraction of a full turn (0.5 = any angle: a nodule has no orientation).
-        zoom: largest zoom in or out (0.1 = +-10 %, small enough to keep the size that separates the classes).
+        seed: seeds of the random draws.
+        max_angle_deg: largest small-angle rotation in degrees.
+        zoom: largest relative zoom.
+
+    Returns:
+        A function ``image -> augmented image`` (TensorFlow ops and Keras layers; usable in ``tf.data.map``).
     """
     import keras
+    import tensorflow as tf
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            # Constant 0 (air after min-max) where a rotated or zoomed-out crop has no pixels; reflecting would
-            # mirror structures near the border into the crop.
-            keras.layers.RandomRotation(rotation, fill_mode="constant", fill_value=0.0, seed=seed + 1),
-            keras.layers.RandomZoom(zoom, fill_mode="constant", fill_value=0.0, seed=seed + 2),
-        ],
-        name="crop_augmentation",
-    )
+    flip = keras.layers.RandomFlip("horizontal_and_vertical", seed=seed)
+    rotate = keras.layers.RandomRotation(max_angle_deg / 360.0, fill_mode="reflect", seed=seed + 1)
+    scale = keras.layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2)
+
+    def augment(image):
+        quarter_turns = tf.random.uniform([], 0, 4, dtype=tf.int32, seed=seed + 3)
+        image = tf.image.rot90(image, quarter_turns)
+        image = scale(rotate(flip(image, training=True), training=True), training=True)
+        return tf.clip_by_value(image, 0.0, 1.0)
+
+    return augment
 
 
 def make_crop_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
                       augment: bool = False, seed: int = 0):
-    """Batched ``(image, label)`` tf.data pipeline; augmentation only when asked (the training split).
+    """Batched ``(image, label)`` tf.data pipeline; augmentation (per crop) only when asked: the training split.
 
     Returns:
         ``tf.data.Dataset`` of float32 images ``(b, s, s, c)`` and float32 labels ``(b, 1)``.
@@ -1080,12 +1091,10 @@ def make_crop_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, s
     dataset = tf.data.Dataset.from_tensor_slices((images.astype(np.float32), labels.astype(np.float32)[:, None]))
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
     if augment:
         augmenter = crop_augmenter(seed)
-        dataset = dataset.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 1.0), y),
-                              num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 # ============================================================================================== classifier: run
@@ -1127,7 +1136,7 @@ class ClassifierExperiment:
     profile: str
     run_dir: Path
     seed: int = 0
-    crop_size: int = 64
+    crop_size: int = 32
     label_source: str = "malignancy"
     luna16_dir: str = ""
     data_dir: str = ""
@@ -1296,7 +1305,8 @@ class ClassifierExperiment:
             "split": crops.split_description + (
                 "; one test/validation case per nodule (its central-slice crop), training crops from near-central "
                 "slices" if crops.label_source == "malignancy" else "; one case per tumour slice"
-            ) + "; classes balanced by oversampling and augmentation (flips, rotations, +-10 % zoom) on train only",
+            ) + "; classes balanced by oversampling and augmentation (flips, quarter turns, +-15 degree rotations, "
+              "+-10 % zoom) on train only",
             "seed": self.seed,
             "epochs": int(fit.epochs_completed) if fit is not None else self.recipe.epochs,
             "epochs_recipe": self.paper_recipe.epochs,
@@ -1359,7 +1369,8 @@ def plot_augmentation_preview(crop: np.ndarray, image_size: int, n: int = 6, see
     import matplotlib.pyplot as plt
 
     inputs = crops_to_inputs(np.repeat(np.asarray(crop, np.float32)[None], n, axis=0), image_size, 1)
-    augmented = np.asarray(crop_augmenter(seed)(inputs, training=True))
+    augmenter = crop_augmenter(seed)
+    augmented = np.stack([np.asarray(augmenter(image)) for image in inputs])
     figure, axes = plt.subplots(1, n + 1, figsize=(2.0 * (n + 1), 2.3))
     axes[0].imshow(inputs[0, ..., 0], cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("crop", fontsize=8)
