@@ -175,7 +175,7 @@ def _write_slice(item: LungRadsSlice, staging: Path, slice_id: str) -> dict[str,
     return paths
 
 
-def _finish(staging: Path, out_dir: Path, overwrite: bool) -> None:
+def move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Move the finished staging folder to ``out_dir``, replacing an old one only when asked to."""
     if out_dir.exists():
         if overwrite:
@@ -283,7 +283,7 @@ def convert_lungrads_to_kit(
     }
     _atomic_write_bytes(json.dumps(info, indent=2, default=str).encode(), staging / DATASET_INFO_NAME)
     _atomic_write_bytes(b"", staging / COMPLETE_MARKER)
-    _finish(staging, out_dir, overwrite)
+    move_into_place(staging, out_dir, overwrite)
     return read_manifest(out_dir)
 
 

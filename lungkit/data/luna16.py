@@ -32,7 +32,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungkit.data import kit_dataset
-from lungkit.data.export import DATASET_INFO_NAME, staging_dir, tumour_statistics, write_png
+from lungkit.data.export import DATASET_INFO_NAME, move_into_place, staging_dir, tumour_statistics, write_png
 from lungkit.data.nodule_slices import (
     box_around_disc,
     disc_mask,
@@ -410,23 +410,6 @@ def nodule_slices(
 # ----------------------------------------------------------------------------------------------- export
 
 
-def _move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    """Rename the finished staging folder to ``out_dir`` (the same rule as ``lungkit.data.export``)."""
-    if out_dir.exists():
-        if overwrite:
-            trash = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, trash)
-            shutil.rmtree(trash)
-        elif out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        else:
-            raise FileExistsError(
-                f"{out_dir}: exists and is not a finished kit dataset; delete it or pass overwrite=True "
-                f"(the finished conversion is waiting in {staging})"
-            )
-    os.replace(staging, out_dir)
-
-
 def convert_luna16_to_kit(
     root: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -605,7 +588,7 @@ def convert_luna16_to_kit(
     }
     _write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2))
     _write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
-    _move_into_place(staging, out_dir, overwrite)
+    move_into_place(staging, out_dir, overwrite)
     return kit_dataset.read_manifest(out_dir)
 
 
