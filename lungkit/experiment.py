@@ -227,6 +227,17 @@ class SegmentationExperiment:
 
         return predict
 
+    def _split_description(self) -> str:
+        """The protocol's split line when the dataset's ``dataset.json`` records none (the Lung-RADS datasets)."""
+        if self.training_data == "augmented":
+            return (f"{SPLIT_DESCRIPTION}; train expanded to {self.settings.augment_target} slices by offline "
+                    "augmentation (after the split)")
+        return SPLIT_DESCRIPTION
+
+    def _protocol_extra(self, dataset_dir: Path) -> dict:
+        """More protocol entries of a subclass's data (none for the Lung-RADS slices)."""
+        return {}
+
     def evaluate(self, model, robustness: bool = True, notes: str = "") -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
@@ -286,9 +297,7 @@ class SegmentationExperiment:
         protocol = {
             **self.recipe.protocol(),
             "data_source": info.get("data_source", "unknown"),
-            "split": SPLIT_DESCRIPTION
-            + (f"; train expanded to {self.settings.augment_target} slices by offline augmentation (after the split)"
-               if self.training_data == "augmented" else ""),
+            "split": info.get("split_description") or self._split_description(),
             "seed": self.seed,
             "epochs": int(fit.epochs_completed) if fit is not None else self.recipe.epochs,
             "epochs_recipe": self.paper_recipe.epochs,
@@ -299,6 +308,7 @@ class SegmentationExperiment:
             "environment": fit.environment if fit is not None else None,
             "pretrained_encoder": getattr(self, "pretrained", None),
             "notes": " ".join(x for x in (notes, self.recipe.notes) if x),
+            **self._protocol_extra(dataset_dir),
         }
         tables = sorted({row["table"] for row in self.rows})
         summary_path = write_results(

@@ -65,10 +65,6 @@ SLICE_RULE = "slab"
 BOX_SIZE = "nodule"
 #: Side of the U-Net's windows around each box centre, in kit pixels (1 mm).
 WINDOW_PX = 64
-#: LUNA16-layout phantom volumes per profile. More than ``Profile.phantom_volumes``: the split is by series, so
-#: smoke needs one series per split, and at 2-4 nodules per volume the classifier needs about 24 volumes in quick
-#: for a test set of a dozen nodules.
-PHANTOM_VOLUMES = {"smoke": 3, "quick": 24, "paper": 64}
 
 SAM_STAND_IN = (
     "SAM (v1) from keras-hub standing in for SAM2: keras-hub has SAM and SAM3 but no SAM2, and no Keras port of SAM2 "
@@ -162,9 +158,8 @@ def lung_window(hu: np.ndarray) -> np.ndarray:
 
 
 def phantom_volume_count(profile: str | Profile) -> int:
-    """Volumes of the LUNA16-layout phantom for a profile (``PHANTOM_VOLUMES``, else the profile's count)."""
-    profile = _profile(profile)
-    return int(PHANTOM_VOLUMES.get(profile.name, profile.phantom_volumes))
+    """Volumes of the LUNA16-layout phantom for a profile (``Profile.phantom_volumes``)."""
+    return int(_profile(profile).phantom_volumes)
 
 
 def prepare_luna16_dataset(
@@ -781,26 +776,22 @@ class LunaUNetBaseline(SegmentationExperiment):
         self.training_data = "converted"
 
     def evaluate(self, model, robustness: bool = False, notes: str = ""):
-        """Score the test windows (see the parent); the protocol gets the LUNA16 split line, mask source and window.
+        """Score the test windows (see the parent); the protocol gets the LUNA16 split line (from the dataset's
+        ``dataset.json``), the mask source and the window size.
 
         ``robustness`` defaults to False here: paper 003 has no intensity-robustness metric.
         """
-        from lungkit.data.prepare import read_dataset_info
-        from lungkit.data.kit_dataset import read_manifest
-        from lungkit.evaluation import load_summary
-
         flag = mask_source_flag(self.dataset_dir)
-        result = super().evaluate(model, robustness=robustness, notes=" ".join(x for x in (flag, notes) if x))
-        info = read_dataset_info(self.dataset_dir)
-        document = json.loads(result.summary_path.read_text(encoding="utf-8"))
-        document["protocol"].update(
-            split=info.get("split_description", document["protocol"]["split"]),
-            mask_source=_mask_source(read_manifest(self.dataset_dir, "test")),
-            window_px=info.get("window_px"),
-        )
-        _write_text_atomic(result.summary_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
-        result.summary = load_summary(result.summary_path)
-        return result
+        return super().evaluate(model, robustness=robustness, notes=" ".join(x for x in (flag, notes) if x))
+
+    def _protocol_extra(self, dataset_dir: Path) -> dict:
+        from lungkit.data.kit_dataset import read_manifest
+        from lungkit.data.prepare import read_dataset_info
+
+        return {
+            "mask_source": _mask_source(read_manifest(dataset_dir, "test")),
+            "window_px": read_dataset_info(dataset_dir).get("window_px"),
+        }
 
 
 def comparison_table(run_dir: str | Path) -> pd.DataFrame:
