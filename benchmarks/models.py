@@ -56,54 +56,6 @@ SMALL_CHANNELS = {"resnet50_unet": 3, "densenet121_classifier": 3, "sam": 3}
 INFERENCE_ONLY = {"sam"}
 
 
-def build_random_sam_base(image_size: int = 1024):
-    """A random-initialised SAM ViT-B with the architecture of keras-hub's ``sam_base_sa1b`` preset.
-
-    Same layers and sizes as the preset (93,735,728 parameters at 1024 px), so the same compute; the weights mean
-    nothing. Used only to time SAM at its paper size without downloading weights.
-
-    Args:
-        image_size: side of the square frame (1024 for the real model; a multiple of 16 x 14).
-
-    Returns:
-        ``keras_hub.models.SAMImageSegmenter`` without preprocessor.
-    """
-    import keras_hub
-
-    patch = 16
-    encoder = keras_hub.models.ViTDetBackbone(
-        hidden_size=768,
-        num_layers=12,
-        intermediate_dim=3072,
-        num_heads=12,
-        global_attention_layer_indices=[2, 5, 8, 11],
-        patch_size=patch,
-        num_output_channels=256,
-        window_size=14,
-        image_shape=(image_size, image_size, 3),
-    )
-    prompt_encoder = keras_hub.layers.SAMPromptEncoder(
-        hidden_size=256,
-        image_embedding_size=(image_size // patch, image_size // patch),
-        input_image_size=(image_size, image_size),
-        mask_in_channels=16,
-    )
-    mask_decoder = keras_hub.layers.SAMMaskDecoder(
-        num_layers=2,
-        hidden_size=256,
-        intermediate_dim=2048,
-        num_heads=8,
-        embedding_dim=256,
-        num_multimask_outputs=3,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-    )
-    backbone = keras_hub.models.SAMBackbone(
-        image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder
-    )
-    return keras_hub.models.SAMImageSegmenter(backbone=backbone)
-
-
 def _sam_inputs(model, batch: int, side: int):
     """One box prompt per image, as :func:`lungkit.models.sam.segment_with_boxes` builds them."""
     import numpy as np
@@ -154,6 +106,7 @@ def _child(spec: dict) -> dict:
     import tensorflow as tf
 
     from lungkit.models import build_model
+    from lungkit.models.sam import build_random_sam
     from lungkit.training import Recipe, compile_model, configure_precision, gpu_present
 
     precision = configure_precision()
@@ -164,7 +117,7 @@ def _child(spec: dict) -> dict:
     batch = int(spec["batch_size"])
     started = time.perf_counter()
     if name == "sam" and scale == "paper":
-        model = build_random_sam_base(shape[0])
+        model = build_random_sam("base", shape[0])
     elif name == "sam":
         model = build_model("sam", scale="tiny", input_shape=shape)
     else:

@@ -153,6 +153,9 @@ def test_tiny_sam_end_to_end(tiny_sam):
     np.testing.assert_allclose(stacked[0], stacked[1], atol=1e-5)  # same image, same box, same answer
     with pytest.raises(ValueError, match="one box per image"):
         segment_with_boxes(tiny_sam, images, boxes[:1])
+    for too_many_or_none in (0, 9):
+        with pytest.raises(ValueError, match="1 to 8 images per forward pass"):
+            segment_with_boxes(tiny_sam, images, boxes, batch_size=too_many_or_none)
 
 
 def test_registry_style_builder(monkeypatch, tmp_path):

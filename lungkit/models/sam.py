@@ -114,58 +114,84 @@ def load_sam(preset_dir: str | os.PathLike):
     return keras_hub.models.SAMImageSegmenter.from_preset(str(preset_dir))
 
 
-def build_tiny_sam(image_size: int = 64, seed: int = 0):
-    """A random-initialised miniature SAM with the real architecture, for wiring tests only.
+#: Random-initialised SAM architectures (keras-hub building blocks). ``tiny``: wiring tests only (hidden size 16,
+#: 2 encoder layers, patch 8, one decoder layer; about 19 thousand parameters). ``base``: the layers and sizes of
+#: keras-hub's ``sam_base_sa1b`` preset (93,735,728 parameters at 1024 px), for timing SAM without its weights.
+RANDOM_SAM_ARCHITECTURES = {
+    "tiny": {
+        "patch_size": 8,
+        "frame_multiple": 32,  # patch 8, windows of 4 patches
+        "encoder": dict(hidden_size=16, num_layers=2, intermediate_dim=32, num_heads=2,
+                        global_attention_layer_indices=[1], num_output_channels=16, window_size=4),
+        "prompt": dict(hidden_size=16, mask_in_channels=4),
+        "decoder": dict(num_layers=1, hidden_size=16, intermediate_dim=32, num_heads=2, embedding_dim=16,
+                        num_multimask_outputs=3, iou_head_depth=2, iou_head_hidden_dim=16),
+    },
+    "base": {
+        "patch_size": 16,
+        "frame_multiple": 16,  # ViTDet pads the 14-patch windows itself
+        "encoder": dict(hidden_size=768, num_layers=12, intermediate_dim=3072, num_heads=12,
+                        global_attention_layer_indices=[2, 5, 8, 11], num_output_channels=256, window_size=14),
+        "prompt": dict(hidden_size=256, mask_in_channels=16),
+        "decoder": dict(num_layers=2, hidden_size=256, intermediate_dim=2048, num_heads=8, embedding_dim=256,
+                        num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256),
+    },
+}
 
-    Same building blocks as ``sam_base_sa1b`` (ViTDet encoder with windowed + global attention and relative
-    positions, SAM prompt encoder, two-way-transformer mask decoder with 3 multimask outputs), shrunk:
-    hidden size 16, 2 encoder layers, patch 8, one decoder layer. About 19 thousand parameters.
+
+def build_random_sam(architecture: str, image_size: int, seed: int = 0):
+    """A random-initialised SAM of one of :data:`RANDOM_SAM_ARCHITECTURES`; its numbers mean nothing.
+
+    Same building blocks as the presets: ViTDet encoder with windowed + global attention and relative positions,
+    SAM prompt encoder, two-way-transformer mask decoder with 3 multimask outputs.
 
     Args:
-        image_size: side of the square SAM frame (a multiple of 32).
+        architecture: ``tiny`` or ``base``.
+        image_size: side of the square SAM frame (a multiple of the architecture's ``frame_multiple``).
         seed: weight initialisation seed.
 
     Returns:
         An uncompiled ``keras_hub.models.SAMImageSegmenter`` without preprocessor (inputs in [0, 1]).
+
+    Raises:
+        ValueError: an unknown architecture, or a frame side that is not a multiple of ``frame_multiple``.
     """
     import keras
     import keras_hub
 
-    if image_size % 32:
-        raise ValueError(f"image_size must be a multiple of 32 (patch 8, windows of 4 patches), got {image_size}")
+    if architecture not in RANDOM_SAM_ARCHITECTURES:
+        raise ValueError(f"unknown SAM architecture {architecture!r}; expected one of {sorted(RANDOM_SAM_ARCHITECTURES)}")
+    spec = RANDOM_SAM_ARCHITECTURES[architecture]
+    patch = spec["patch_size"]
+    if image_size % spec["frame_multiple"]:
+        raise ValueError(
+            f"image_size must be a multiple of {spec['frame_multiple']} for the {architecture} SAM, got {image_size}"
+        )
     keras.utils.set_random_seed(seed)
-    patch = 8
     encoder = keras_hub.models.ViTDetBackbone(
-        hidden_size=16,
-        num_layers=2,
-        intermediate_dim=32,
-        num_heads=2,
-        global_attention_layer_indices=[1],
-        patch_size=patch,
-        num_output_channels=16,
-        window_size=4,
-        image_shape=(image_size, image_size, 3),
+        patch_size=patch, image_shape=(image_size, image_size, 3), **spec["encoder"]
     )
     prompt_encoder = keras_hub.layers.SAMPromptEncoder(
-        hidden_size=16,
         image_embedding_size=(image_size // patch, image_size // patch),
         input_image_size=(image_size, image_size),
-        mask_in_channels=4,
+        **spec["prompt"],
     )
-    mask_decoder = keras_hub.layers.SAMMaskDecoder(
-        num_layers=1,
-        hidden_size=16,
-        intermediate_dim=32,
-        num_heads=2,
-        embedding_dim=16,
-        num_multimask_outputs=3,
-        iou_head_depth=2,
-        iou_head_hidden_dim=16,
-    )
+    mask_decoder = keras_hub.layers.SAMMaskDecoder(**spec["decoder"])
     backbone = keras_hub.models.SAMBackbone(
         image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder
     )
     return keras_hub.models.SAMImageSegmenter(backbone=backbone)
+
+
+def build_tiny_sam(image_size: int = 64, seed: int = 0):
+    """A random-initialised miniature SAM with the real architecture, for wiring tests only
+    (``build_random_sam("tiny", ...)``; see :data:`RANDOM_SAM_ARCHITECTURES`).
+
+    Args:
+        image_size: side of the square SAM frame (a multiple of 32).
+        seed: weight initialisation seed.
+    """
+    return build_random_sam("tiny", image_size, seed)
 
 
 def sam_frame_size(model) -> int:
@@ -344,6 +370,11 @@ def _input_scaler(model):
     return lambda pixels: pixels * scale + offset
 
 
+#: Largest forward-pass batch: keras-hub 0.32's SAM aborts the process (a native crash, not a Python error) on
+#: batches above 8 on the TensorFlow backend, so :func:`segment_with_boxes` refuses them up front.
+MAX_SAM_BATCH = 8
+
+
 def segment_with_boxes(
     model,
     images,
@@ -369,7 +400,8 @@ def segment_with_boxes(
         model: a ``SAMImageSegmenter`` (:func:`load_sam` or :func:`build_tiny_sam`).
         images: a list of 2-D slices (sizes may differ) or an array ``(n, height, width)``; HU are fine.
         boxes: ``(n, 4)`` boxes ``(x0, y0, x1, y1)`` in each image's pixels.
-        batch_size: images per forward pass (SAM-B at 1024 needs about 1 GB of activations per image).
+        batch_size: images per forward pass, 1 to :data:`MAX_SAM_BATCH` (SAM-B at 1024 needs about 1 GB of
+            activations per image).
         hu_window: optional HU window before the min-max scaling.
         jitter_fraction: box jitter (see :func:`jitter_box`), seeded by ``seed``; 0 = exact boxes.
         seed: jitter seed.
@@ -379,9 +411,17 @@ def segment_with_boxes(
     Returns:
         Probabilities in [0, 1]: an array ``(n, height, width)`` when ``images`` is an array, else a list of
         ``(height_i, width_i)`` arrays.
+
+    Raises:
+        ValueError: a batch size outside 1..``MAX_SAM_BATCH``, or not one box per image.
     """
     import keras
 
+    if not 1 <= int(batch_size) <= MAX_SAM_BATCH:
+        raise ValueError(
+            f"batch_size={batch_size}: SAM runs 1 to {MAX_SAM_BATCH} images per forward pass (keras-hub's SAM "
+            f"crashes the process on larger batches)"
+        )
     stacked = isinstance(images, np.ndarray)
     image_list = list(images)
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
