@@ -24,46 +24,20 @@ import re
 
 import keras
 
+from lungkit.models import unet
 from lungkit.models.blocks import (
     AttentionGate,
     check_divisible_input,
     conv_block,
-    encoder_step,
     resolve_config,
     segmentation_head,
+    unet_encoder,
     upsample,
 )
 
-CONFIGS = {
-    "tiny": {
-        "input_shape": (32, 32, 1),
-        "base_filters": 4,
-        "depth": 2,
-        "batch_norm": False,
-        "residual": False,
-        "up_activation": "relu",
-        "output_activation": "sigmoid",
-    },
-    # same widths as unet "small" (BatchNorm for fast CPU convergence) so the two are compared like for like
-    "small": {
-        "input_shape": (128, 128, 1),
-        "base_filters": 16,
-        "depth": 4,
-        "batch_norm": True,
-        "residual": False,
-        "up_activation": "relu",
-        "output_activation": "sigmoid",
-    },
-    "paper": {
-        "input_shape": (256, 256, 1),
-        "base_filters": 64,
-        "depth": 4,
-        "batch_norm": False,
-        "residual": False,
-        "up_activation": "relu",
-        "output_activation": "sigmoid",
-    },
-}
+#: The U-Net's configurations (``lungkit.models.unet.CONFIGS``), so that the two compare like for like at every
+#: scale: the gates are the only difference.
+CONFIGS = unet.CONFIGS
 
 GATE_NAME_PATTERN = re.compile(r"^attention_gate_(\d+)$")
 
@@ -90,12 +64,7 @@ def build_attention_unet(scale: str = "paper", input_shape=None, **overrides) ->
     conv_kwargs = {"batch_norm": config["batch_norm"], "residual": config["residual"]}
 
     inputs = keras.Input(shape=config["input_shape"], name="image")
-    x = inputs
-    skips = []
-    for level in range(1, depth + 1):
-        skip, x = encoder_step(x, base * 2 ** (level - 1), name=f"encoder_{level}", **conv_kwargs)
-        skips.append(skip)
-    x = conv_block(x, base * 2**depth, name="bottleneck", **conv_kwargs)
+    x, skips = unet_encoder(inputs, depth, base, **conv_kwargs)
     for level in range(depth, 0, -1):
         filters = base * 2 ** (level - 1)
         # gate the skip with the coarser decoder features *before* they are upsampled (Oktay et al.)

@@ -207,6 +207,27 @@ def decoder_step(
     return conv_block(x, filters, name=name, **conv_kwargs)
 
 
+def unet_encoder(x, depth: int, base_filters: int, **conv_kwargs):
+    """U-Net contracting path plus bottleneck: ``depth`` encoder steps (filters doubling from ``base_filters``),
+    then a conv block with ``base_filters * 2**depth`` filters.
+
+    Args:
+        x: input tensor (N, H, W, C), H and W divisible by ``2**depth``.
+        depth: number of poolings.
+        base_filters: filters of the first level.
+        **conv_kwargs: passed to every :func:`conv_block` (``batch_norm``, ``residual``).
+
+    Returns:
+        ``(bottleneck, skips)``; ``skips[l - 1]`` is level ``l``'s features before pooling (finest first), named
+        ``encoder_<l>``.
+    """
+    skips = []
+    for level in range(1, depth + 1):
+        skip, x = encoder_step(x, base_filters * 2 ** (level - 1), name=f"encoder_{level}", **conv_kwargs)
+        skips.append(skip)
+    return conv_block(x, base_filters * 2**depth, name="bottleneck", **conv_kwargs), skips
+
+
 #: Initial foreground probability of every pixel (the head's bias), as the focal-loss paper (Lin et al. 2017,
 #: section 4.1, "prior probability" pi = 0.01) prescribes for rare foreground. Tumours cover ~0.1-2% of a slice;
 #: starting at p = 0.5 everywhere leaves Dice-type losses with almost no gradient (sum(p) dwarfs the tumour) and

@@ -18,10 +18,9 @@ import keras
 from lungkit.models.blocks import (
     check_divisible_input,
     decoder_step,
-    encoder_step,
-    conv_block,
     resolve_config,
     segmentation_head,
+    unet_encoder,
 )
 
 CONFIGS = {
@@ -83,12 +82,7 @@ def build_unet(scale: str = "paper", input_shape=None, **overrides) -> keras.Mod
     conv_kwargs = {"batch_norm": config["batch_norm"], "residual": config["residual"]}
 
     inputs = keras.Input(shape=config["input_shape"], name="image")
-    x = inputs
-    skips = []
-    for level in range(1, depth + 1):
-        skip, x = encoder_step(x, base * 2 ** (level - 1), name=f"encoder_{level}", **conv_kwargs)
-        skips.append(skip)
-    x = conv_block(x, base * 2**depth, name="bottleneck", **conv_kwargs)
+    x, skips = unet_encoder(inputs, depth, base, **conv_kwargs)
     for level in range(depth, 0, -1):
         x = decoder_step(
             x,
