@@ -110,3 +110,36 @@ def read_binary(path) -> np.ndarray:
     stored = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert stored is not None and stored.dtype == np.uint8, path
     return (stored > 0).astype(np.uint8)
+
+
+def disc_slices(count: int, size: int, channels: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` noisy images with one bright disc each, and the disc masks: float32 ``(count, size, size,
+    channels)`` and ``(count, size, size, 1)``. The overfitting checks of the model tests train on these."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    masks = []
+    for _ in range(count):
+        radius = rng.uniform(size / 8, size / 4)
+        centre_row, centre_col = rng.uniform(radius, size - radius, 2)
+        masks.append((rows - centre_row) ** 2 + (cols - centre_col) ** 2 <= radius**2)
+    masks = np.stack(masks)[..., None].astype("float32")
+    images = masks + rng.normal(0.0, 0.2, masks.shape).astype("float32")
+    return np.repeat(images, channels, axis=-1), masks
+
+
+def assert_overfits(model, images, masks, optimizer, steps: int, loss=None, save_to: Path | None = None) -> list:
+    """Train ``model`` on one batch for ``steps`` steps and check that the training loss falls below 40% of its
+    first value (the wiring check of every model test). With ``save_to`` the model is also saved there, reloaded
+    and checked to predict the same. Returns the losses."""
+    import keras
+
+    model.compile(optimizer, loss or keras.losses.BinaryCrossentropy(), jit_compile=False)
+    losses = [float(model.train_on_batch(images, masks)) for _ in range(steps)]
+    assert losses[-1] < 0.4 * losses[0], losses
+    if save_to is not None:
+        model.save(save_to)
+        reloaded = keras.saving.load_model(save_to)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(reloaded(images)), keras.ops.convert_to_numpy(model(images)), atol=1e-6
+        )
+    return losses

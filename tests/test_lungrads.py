@@ -20,7 +20,6 @@ from lungkit.data.lungrads import (
     find_lungrads_pickles,
     iter_lungrads_slices,
     load_lungrads_pickle,
-    validate_lungrads_frame,
 )
 
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
+from kit_fixtures import assert_overfits, disc_slices
 from lungkit.models import build_model
 from lungkit.models.swin_unet import (
     MASK_VALUE,
@@ -23,20 +24,6 @@ from lungkit.models.swin_unet import (
     window_partition,
     window_reverse,
 )
-
-
-def disc_slices(count: int, size: int, seed: int = 0):
-    """``count`` noisy images with one bright disc each, and the disc masks: (count, size, size, 1) float32."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:size, :size]
-    masks = []
-    for _ in range(count):
-        radius = rng.uniform(size / 8, size / 4)
-        centre_row, centre_col = rng.uniform(radius, size - radius, 2)
-        masks.append((rows - centre_row) ** 2 + (cols - centre_col) ** 2 <= radius**2)
-    masks = np.stack(masks)[..., None].astype("float32")
-    images = masks + rng.normal(0.0, 0.2, masks.shape).astype("float32")
-    return images, masks
 
 
 def reference_param_count(
@@ -231,13 +218,4 @@ def test_tiny_model_overfits_four_slices_and_reloads(tmp_path):
     model = build_model("swin_unet", scale="tiny")
     assert model.output_shape == (None, 32, 32, 1)
     images, masks = disc_slices(4, 32)
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(), jit_compile=False)
-    losses = [float(model.train_on_batch(images, masks)) for _ in range(20)]
-    assert losses[-1] < 0.4 * losses[0], losses
-
-    path = tmp_path / "swin_unet_tiny.keras"
-    model.save(path)
-    reloaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(
-        ops.convert_to_numpy(reloaded(images)), ops.convert_to_numpy(model(images)), atol=1e-6
-    )
+    assert_overfits(model, images, masks, keras.optimizers.Adam(3e-3), steps=20, save_to=tmp_path / "swin.keras")

@@ -56,21 +56,21 @@ def lidc_nodule_table(patient_ids=None, min_readers: int = 1, clustering_toleran
     rows = []
     for scan in query:
         kwargs = {} if clustering_tolerance_mm is None else {"tol": clustering_tolerance_mm}
-        for nodule_index, annotations in enumerate(scan.cluster_annotations(**kwargs)):
-            if len(annotations) < min_readers:
+        for nodule_index, readings in enumerate(scan.cluster_annotations(**kwargs)):
+            if len(readings) < min_readers:
                 continue
-            malignancy = float(np.mean([a.malignancy for a in annotations]))
+            malignancy = float(np.mean([a.malignancy for a in readings]))
             label = malignancy_to_label(malignancy)
-            centroid = np.mean([a.centroid for a in annotations], axis=0)
+            centroid = np.mean([a.centroid for a in readings], axis=0)
             rows.append(
                 {
                     "patient_id": scan.patient_id,
                     "seriesuid": scan.series_instance_uid,
                     "nodule_index": nodule_index,
-                    "n_readers": len(annotations),
+                    "n_readers": len(readings),
                     "malignancy": malignancy,
                     "label_binary": label if label is not None else pd.NA,
-                    "diameter_mm": float(np.mean([a.diameter for a in annotations])),
+                    "diameter_mm": float(np.mean([a.diameter for a in readings])),
                     "centre_i": float(centroid[0]),
                     "centre_j": float(centroid[1]),
                     "centre_k": float(centroid[2]),

@@ -93,7 +93,7 @@ def _make_volume(rng: np.random.Generator, depth: int, side: int, spacing: tuple
     """HU array, lung mask and vessel points of one phantom chest."""
     spacing_x, spacing_y, spacing_z = spacing
     z, y, x = np.meshgrid(np.arange(depth), np.arange(side), np.arange(side), indexing="ij")
-    x_mm, y_mm, z_mm = x * spacing_x, y * spacing_y, z * spacing_z
+    x_mm, y_mm = x * spacing_x, y * spacing_y
     centre_x, centre_y = (side - 1) * spacing_x / 2, (side - 1) * spacing_y / 2
     half_width, half_height = 0.46 * side * spacing_x, 0.36 * side * spacing_y
     body = ((x_mm - centre_x) / half_width) ** 2 + ((y_mm - centre_y) / half_height) ** 2 <= 1.0

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from lungkit.data.export import DATASET_INFO_NAME, convert_lungrads_to_kit
-from lungkit.data.kit_dataset import MANIFEST_NAME, is_complete
+from lungkit.data.kit_dataset import is_complete
 from lungkit.data.kit_dataset import manifest_fingerprint as dataset_fingerprint  # re-export for callers
 from lungkit.data.lungrads import LUNGRADS_FILE_NAMES, find_lungrads_pickles
 from lungkit.data.phantom import phantom_pixel_spacing_mm, write_phantom_pickles
