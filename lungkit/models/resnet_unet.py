@@ -48,7 +48,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from lungkit.models.blocks import conv_block, resolve_config
+from lungkit.models.blocks import conv_block, prior_bias_initializer, resolve_config
 
 MODEL_NAME = "resnet50_unet"
 
@@ -60,18 +60,26 @@ WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/res
 # md5 of the official file, from keras.applications.resnet.WEIGHTS_HASHES["resnet50"][1].
 WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 
+#: Keras' ``momentum`` equivalent to PyTorch's default BatchNorm ``momentum=0.1`` (running = 0.9 running + 0.1
+#: batch). Paper 001 trained smp's model in PyTorch; Keras' default 0.99 makes the moving statistics lag ten times
+#: longer, and in our quick CPU runs (400 steps from scratch) the inference-mode model then predicted nothing while
+#: the training-mode one was learning (validation Dice 0.00 vs 0.18 with 0.9 after 160 steps).
+PYTORCH_BATCH_NORM_MOMENTUM = 0.9
+
 CONFIGS = {
     # For tests: ResNet50 stays ResNet50 (23.6M encoder weights); only the decoder and the input are small.
     "tiny": {
         "input_shape": (64, 64, 3),
         "decoder_filters": (32, 16, 16, 8, 8),
         "weights": None,
+        "batch_norm_momentum": PYTORCH_BATCH_NORM_MOMENTUM,
         "output_activation": None,
     },
     "small": {
         "input_shape": (128, 128, 3),
         "decoder_filters": (256, 128, 64, 32, 16),
         "weights": None,
+        "batch_norm_momentum": PYTORCH_BATCH_NORM_MOMENTUM,
         "output_activation": None,
     },
     # Paper 001: smp Unet(resnet50), 3-channel input, one output channel, logits (BCEWithLogitsLoss); 256 px data.
@@ -79,6 +87,7 @@ CONFIGS = {
         "input_shape": (256, 256, 3),
         "decoder_filters": (256, 128, 64, 32, 16),
         "weights": None,
+        "batch_norm_momentum": PYTORCH_BATCH_NORM_MOMENTUM,
         "output_activation": None,
     },
 }
@@ -90,6 +99,11 @@ PAPER_PARAM_COUNT = 32_602_769
 # + 3x3 head 145.
 REFERENCE_PARAM_COUNT = 32_521_105
 REFERENCE_PARAM_SOURCE = "segmentation_models_pytorch Unet('resnet50', classes=1), decoder 256-128-64-32-16"
+#: The difference between PAPER_PARAM_COUNT and REFERENCE_PARAM_COUNT, in words.
+PARAM_GAP = (
+    "+26,560 conv biases of keras.applications' ResNet50 (torchvision has none) and +55,104 BatchNorm moving "
+    "statistics, which Keras counts as weights and PyTorch as buffers"
+)
 
 _STATUS_ATTRIBUTE = "_lungkit_encoder_weights"
 
@@ -182,6 +196,15 @@ def encoder_weights_status(model: keras.Model) -> dict:
     return dict(status)
 
 
+def _set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
+    """Set ``momentum`` on every BatchNormalization layer, nested models (the encoder) included."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum
+        elif isinstance(layer, keras.Model):
+            _set_batch_norm_momentum(layer, momentum)
+
+
 def build_resnet50_unet(scale: str = "paper", input_shape=None, **overrides) -> keras.Model:
     """Build a ResNet50-UNet.
 
@@ -191,7 +214,8 @@ def build_resnet50_unet(scale: str = "paper", input_shape=None, **overrides) -> 
         input_shape: (height, width, channels), sides multiples of 32, channels 1 (copied to 3 inside) or 3;
             the config's when None.
         **overrides: settings of ``CONFIGS[scale]``: ``decoder_filters`` (five ints, coarse to fine), ``weights``
-            (None, or the local path of the ImageNet notop ``.h5`` file or of its folder), ``output_activation``
+            (None, or the local path of the ImageNet notop ``.h5`` file or of its folder), ``batch_norm_momentum``
+            (every BatchNorm layer, encoder and decoder; default PyTorch's equivalent 0.9), ``output_activation``
             (None / ``"linear"`` for logits, the default, or ``"sigmoid"``).
 
     Returns:
@@ -233,10 +257,15 @@ def build_resnet50_unet(scale: str = "paper", input_shape=None, **overrides) -> 
         1,
         3,
         padding="same",
+        # smp's head starts near zero (p = 0.5 everywhere); lungkit starts it at the foreground prior (see
+        # blocks.FOREGROUND_PRIOR), an initialisation that spares Adam 1e-4 hundreds of steps of learning the base
+        # rate (recorded in the protocol).
+        bias_initializer=prior_bias_initializer(),
         activation=None if activation == "linear" else activation,
         dtype="float32",  # keep the output float32 under mixed precision
         name="segmentation_head",
     )(x)
     model = keras.Model(inputs, outputs, name=MODEL_NAME)
+    _set_batch_norm_momentum(model, float(config["batch_norm_momentum"]))
     setattr(model, _STATUS_ATTRIBUTE, status)
     return model
