@@ -29,9 +29,16 @@ Two details of the reference code that its paper figure does not show, both kept
 Parameter count. Cao et al. report 27.17M for Swin-UNet (Synapse: 3 input channels, 9 classes). This builder
 with ``input_shape=(224, 224, 3), num_classes=9`` gives 27,168,900 = 27.17M, parameter for parameter the reference
 inventory (``tests/test_swin_unet.py`` checks it against an independent count). The lungkit paper configuration
-has one input channel (CT) and one output channel: 27,165,060 (``PAPER_PARAM_COUNT``); the 3,840 difference is
-the patch-embedding kernel (2 x 16 x 96) and the head (8 x 96). The relative position index and the shift masks
-are constants, not weights, as the reference's buffers are.
+has one input channel (CT), one output channel and a bias on the head: 27,165,061 (``PAPER_PARAM_COUNT``); the
+3,840 fewer are the patch-embedding kernel (2 x 16 x 96) and the head (8 x 96), the one more is the head's bias.
+The relative position index and the shift masks are constants, not weights, as the reference's buffers are.
+
+Head bias (``head_bias=True``, one parameter the reference does not have). The reference's bias-free 1x1 head was
+made for 9-class softmax on Synapse. With one sigmoid channel and BCE on slices where the tumour is ~0.15% of the
+pixels, a bias-free head has to push the base rate (logit ~ -6.6) through the LayerNorm-ed features themselves. In
+our quick CPU runs the bias-free model sat at the base-rate loss (an empty prediction) for all 400 steps; the
+bias, started at the foreground prior (``blocks.FOREGROUND_PRIOR``), frees the features for the tumour.
+``head_bias=False`` rebuilds the reference exactly.
 
 Drop path 0.2 follows the reference config (linearly increasing over the encoder blocks, re-used by the
 mirrored decoder stages).
@@ -43,7 +50,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from lungkit.models.blocks import resolve_config
+from lungkit.models.blocks import prior_bias_initializer, resolve_config
 from lungkit.models.vit_blocks import (
     MultiHeadSelfAttention,
     PatchEmbedding,
@@ -72,6 +79,7 @@ CONFIGS = {
         "attention_dropout": 0.0,
         "drop_path_rate": 0.0,
         "num_classes": 1,
+        "head_bias": True,
         "output_activation": "sigmoid",
     },
     # CPU-trainable: the paper's layout at half width on 128x128 (grids 32, 16, 8, 4). Window 4 keeps 8x8
@@ -90,6 +98,7 @@ CONFIGS = {
         "attention_dropout": 0.0,
         "drop_path_rate": 0.1,
         "num_classes": 1,
+        "head_bias": True,
         "output_activation": "sigmoid",
     },
     # Paper 001 / Cao et al.: 224 input, patch 4, C = 96, window 7, depths 2-2-2-2, heads 3-6-12-24, drop path 0.2.
@@ -107,16 +116,22 @@ CONFIGS = {
         "attention_dropout": 0.0,
         "drop_path_rate": 0.2,
         "num_classes": 1,
+        "head_bias": True,
         "output_activation": "sigmoid",
     },
 }
 
-# Measured with this builder at CONFIGS["paper"] (224x224x1 -> 1 channel).
-PAPER_PARAM_COUNT = 27_165_060
+# Measured with this builder at CONFIGS["paper"] (224x224x1 -> 1 channel, with the head's one bias).
+PAPER_PARAM_COUNT = 27_165_061
 # Cao et al. (Swin-Unet, Table 1 / README): 27.17M, for 3 input channels and 9 Synapse classes; this builder
-# reproduces it exactly with input_shape=(224, 224, 3), num_classes=9.
+# reproduces it exactly with input_shape=(224, 224, 3), num_classes=9, head_bias=False.
 REFERENCE_PARAM_COUNT = 27_168_900
 REFERENCE_PARAM_SOURCE = "Cao et al. 2022, Swin-Unet: 27.17M params (224x224x3 input, 9 classes)"
+#: The difference between PAPER_PARAM_COUNT and REFERENCE_PARAM_COUNT, in words.
+PARAM_GAP = (
+    "-3,840 for one input channel instead of 3 (patch embedding) and one class instead of 9 (head); +1 for the head's "
+    "bias (absent in the reference; head_bias=False rebuilds it: 27,168,900 = 27.17M exactly)"
+)
 
 # The reference fills masked attention scores with -100 rather than -inf: exp(-100) is 0 in float32 and the
 # softmax never sees a row that is entirely -inf.
@@ -549,6 +564,7 @@ def build_swin_unet(scale: str = "paper", input_shape=None, **overrides) -> kera
         **overrides: settings of ``CONFIGS[scale]`` to change: ``patch_size``, ``embed_dim``, ``depths``,
             ``decoder_depths`` (decoding order, one per decoder stage), ``num_heads``, ``window_size``,
             ``mlp_ratio``, ``qkv_bias``, ``dropout``, ``attention_dropout``, ``drop_path_rate``, ``num_classes``,
+            ``head_bias`` (a bias on the 1x1 head, started at the foreground prior; False as in the reference),
             ``output_activation`` (``"sigmoid"``, or None / ``"linear"`` for logits).
 
     Returns:
@@ -597,10 +613,12 @@ def build_swin_unet(scale: str = "paper", input_shape=None, **overrides) -> kera
     x = PatchExpanding(config["patch_size"], embed_dim, name="final_patch_expanding")(x)
 
     activation = config["output_activation"]
+    head_bias = bool(config["head_bias"])
     outputs = layers.Conv2D(
         config["num_classes"],
         1,
-        use_bias=False,  # the reference's output convolution has no bias
+        use_bias=head_bias,
+        bias_initializer=prior_bias_initializer() if head_bias else "zeros",
         activation=None if activation == "linear" else activation,
         dtype="float32",  # keep the output float32 under mixed precision
         name="segmentation_head",
