@@ -218,3 +218,16 @@ def test_builders_reject_bad_settings():
         build_unet("tiny", output_activation="softmax")
     with pytest.raises(ValueError, match="height, width, channels"):
         build_attention_unet("tiny", input_shape=(32, 32))
+
+
+def test_parameter_counts_table_reads_the_checked_constants():
+    from lungkit.models import parameter_counts
+    from lungkit.models import resnet_unet, swin_unet, unetr
+
+    table = parameter_counts(["swin_unet", "unetr", "resnet50_unet"])
+    for name, module in (("swin_unet", swin_unet), ("unetr", unetr), ("resnet50_unet", resnet_unet)):
+        assert table.loc[name, "lungkit (paper config)"] == f"{module.PAPER_PARAM_COUNT:,}"
+        assert table.loc[name, "published"] == f"{module.REFERENCE_PARAM_COUNT:,}"
+        assert table.loc[name, "gap explained"]
+    with pytest.raises(ValueError, match="records no published parameter count"):
+        parameter_counts(["unet"])

@@ -44,6 +44,39 @@ def get_builder(name: str):
     return getattr(module, function_name)
 
 
+def parameter_counts(names) -> "pandas.DataFrame":
+    """The paper configuration's parameter count beside the published one of the reference implementation.
+
+    Read from each model file's constants (``PAPER_PARAM_COUNT``, ``REFERENCE_PARAM_COUNT``,
+    ``REFERENCE_PARAM_SOURCE``, ``PARAM_GAP``), which the model tests check against a build and an independent
+    count of the reference's modules; nothing is built here (the paper models take minutes on a CPU).
+
+    Args:
+        names: registry names.
+
+    Returns:
+        One row per model: ``lungkit (paper config)``, ``published``, ``published for``, ``gap explained``.
+
+    Raises:
+        ValueError: a name that is unknown or whose file records no counts.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in names:
+        module = importlib.import_module(get_builder(name).__module__)
+        if not hasattr(module, "REFERENCE_PARAM_COUNT"):
+            raise ValueError(f"model {name!r} records no published parameter count")
+        rows.append({
+            "model": name,
+            "lungkit (paper config)": f"{module.PAPER_PARAM_COUNT:,}",
+            "published": f"{module.REFERENCE_PARAM_COUNT:,}",
+            "published for": module.REFERENCE_PARAM_SOURCE,
+            "gap explained": module.PARAM_GAP,
+        })
+    return pd.DataFrame(rows).set_index("model")
+
+
 def build_model(name: str, scale: str = "paper", input_shape=None, **overrides):
     """Build a registered model.
 

@@ -240,7 +240,9 @@ RECIPES = {
             "minimum amount of training epochs of 100 epochs'. Offline augmentation to ~3,400 samples (lines 42-44), "
             "so no on-the-fly augmentation. " + _NOT_PRINTED + ": batch_size (8 chosen), maximum epochs (200 chosen "
             "so that early stopping decides), monitored quantity (val_loss chosen), input channels (1), intensity "
-            "mapping of the pkl->png conversion (lungkit uses the fixed HU window [-1000, 400] -> [0, 1])."
+            "mapping of the pkl->png conversion (lungkit uses the fixed HU window [-1000, 400] -> [0, 1]). lungkit "
+            "choice beyond the paper: a bias on the 1x1 head (one parameter; the reference head has none), started at "
+            "the foreground prior p = 0.01."
         ),
     },
     "unetr": {
@@ -301,7 +303,10 @@ RECIPES = {
             "lungkit downloads no weights: the encoder is ImageNet-initialised only when the weights are already "
             "available locally, otherwise random (the protocol line says which). " + _NOT_PRINTED + ": batch_size "
             "(8 chosen), image size (256, the paper's resize), which checkpoint was tested (best val_loss chosen), "
-            "intensity mapping (HU window [-1000, 400] -> [0, 1], replicated to 3 channels)."
+            "intensity mapping (HU window [-1000, 400] -> [0, 1], replicated to 3 channels). lungkit choices beyond "
+            "the paper: BatchNorm momentum 0.9 everywhere (PyTorch's default 0.1 in Keras terms: the paper trained in "
+            "PyTorch; Keras' 0.99 left the inference-mode model predicting nothing after a few hundred steps) and the "
+            "head's bias started at the foreground prior p = 0.01 (smp starts near p = 0.5)."
         ),
     },
 }
