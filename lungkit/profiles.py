@@ -4,8 +4,8 @@ Every notebook's ``parameters`` cell has ``profile``; the notebook asks :func:`g
 
 - ``smoke``: tiny data, tiny models, one short epoch. Checks the wiring only; its numbers mean nothing.
 - ``quick``: the default main job on a 2-core CPU (aimed at 20 minutes for every notebook together; measured about
-  35, see the README's Timings). Small models
-  trained for a few minutes each on phantom data: numbers show that each model learns, not what it can reach.
+  35, see the README's Timings). Small models trained for a few minutes each on phantom data: numbers show that
+  each model learns, not what it can reach.
 - ``paper``: each paper's own configuration (model size, image size, epochs, augmentation target). Meant for a
   GPU and the real data.
 
