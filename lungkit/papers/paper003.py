@@ -4,6 +4,8 @@ Data only: the paper's setup, its two results tables quoted exactly as printed (
 DenseNet-121 training recipe, and the zero-shot SAM evaluation (no training, so it is not a recipe).
 """
 
+from lungkit.papers.paper004 import RECIPES as PAPER004_RECIPES
+
 _NOT_PRINTED = "Not printed in the paper"
 
 PAPER = dict(
@@ -287,26 +289,10 @@ BASELINES = {
         "row": "U-Net trained on LUNA16 nodule windows (lungkit baseline, not in the paper)",
         "table": "lungkit_baselines",
         "notebook": "30_sam_box_prompts",
+        # paper 004's U-Net recipe, on 64 px windows
         "recipe": {
-            "model": "unet",
+            **PAPER004_RECIPES["unet"],
             "image_size": 64,
-            "input_channels": 1,
-            "preprocessing": "hu_window_zscore",
-            "optimizer": "adam",
-            "learning_rate": 1e-3,
-            "lr_schedule": None,
-            "loss": "dice",
-            "loss_kwargs": {},
-            "from_logits": False,
-            "batch_size": 8,
-            "epochs": 50,
-            "min_epochs": 0,
-            "early_stopping_patience": 10,
-            "reduce_lr_patience": None,
-            "reduce_lr_factor": 0.1,
-            "min_lr": 0.0,
-            "monitor": "val_dice",
-            "augment_on_the_fly": False,
             "notes": (
                 "lungkit baseline, not in the paper: paper 004's U-Net recipe (Dice loss, Adam 1e-3, HU clipped to "
                 "[-1000, 400] and z-scored) trained on 64 x 64 px windows (64 mm at the kit's 1 mm spacing) centred "
