@@ -317,12 +317,6 @@ def _read_png(path: str, dtype: type, what: str, row_id: str) -> np.ndarray:
     return array
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def _load_slice(row) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stored = _read_png(row.image_path, np.uint16, "image", row.id)
     tumour = _read_png(row.mask_path, np.uint8, "mask", row.id)
@@ -430,7 +424,7 @@ def expand_training_split(
     elif (out_dir / MANIFEST_NAME).exists():
         raise ValueError(f"{out_dir} already holds a kit dataset that is not an augmentation output; choose another")
     else:
-        _write_text_atomic(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+        export.write_text_atomic(settings_path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     plan = _plan_rows(source, target_count, seed)
     for folder in (IMAGE_DIR, MASK_DIR, LUNG_DIR):
@@ -477,7 +471,7 @@ def expand_training_split(
     temporary = out_dir / f".{MANIFEST_NAME}.{os.getpid()}.tmp"
     manifest.to_csv(temporary, index=False)
     os.replace(temporary, out_dir / MANIFEST_NAME)
-    _write_text_atomic(out_dir / COMPLETE_MARKER, "complete\n")
+    export.write_text_atomic(out_dir / COMPLETE_MARKER, "complete\n")
     return read_augmented_manifest(out_dir)
 
 

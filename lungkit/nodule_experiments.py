@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from lungkit import papers
+from lungkit.data.export import write_text_atomic
 from lungkit.experiment import SegmentationExperiment
 from lungkit.profiles import Profile, get_profile
 
@@ -90,16 +91,6 @@ CLASS_NAMES = ("benign", "malignant")
 
 
 # ============================================================================================== small helpers
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict:
@@ -236,7 +227,7 @@ def prepare_luna16_dataset(
     info = _read_json(info_path)
     wanted = {"data_source": data_source, "phantom": phantom, "split_description": split_description(seed)}
     if any(info.get(key) != value for key, value in wanted.items()):
-        _write_text_atomic(info_path, json.dumps({**info, **wanted}, indent=2))
+        write_text_atomic(info_path, json.dumps({**info, **wanted}, indent=2))
     return kit_dir
 
 
@@ -305,7 +296,7 @@ def write_nodule_windows(kit_dir: str | Path, out_dir: str | Path, window_px: in
         row["prompt_box"] = format_box(box - np.array([left, top, left, top], dtype=np.float32))
         rows.append(row)
     frame = pd.DataFrame(rows)
-    _write_text_atomic(staging / kit_dataset.MANIFEST_NAME, frame.to_csv(index=False))
+    write_text_atomic(staging / kit_dataset.MANIFEST_NAME, frame.to_csv(index=False))
     info = {
         "data_source": source_info.get("data_source", "luna16"),
         "split_description": source_info.get("split_description", ""),
@@ -314,8 +305,8 @@ def write_nodule_windows(kit_dir: str | Path, out_dir: str | Path, window_px: in
         "n_slices": int(len(frame)),
         "mask_source_counts": {str(k): int(v) for k, v in frame["mask_source"].value_counts().items()},
     }
-    _write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2))
-    _write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
+    write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2))
+    write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
     if out_dir.exists():
         trash = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
         os.replace(out_dir, trash)
@@ -670,7 +661,7 @@ def write_sam_result(
     if not wiring:
         np.savez_compressed(results_dir / "predictions.npz", **_common_display_arrays(predictions))
         if sensitivity is not None:
-            _write_text_atomic(results_dir / "prompt_sensitivity.csv", sensitivity.to_csv(index=False))
+            write_text_atomic(results_dir / "prompt_sensitivity.csv", sensitivity.to_csv(index=False))
     return path
 
 

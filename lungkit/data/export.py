@@ -50,6 +50,13 @@ def staging_dir(out_dir: str | Path) -> Path:
     return out_dir.with_name(out_dir.name + _STAGING_SUFFIX)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write UTF-8 text atomically (temp file + ``os.replace``), creating the parent folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(text.encode("utf-8"), path)
+
+
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -32,7 +32,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungkit.data import kit_dataset
-from lungkit.data.export import DATASET_INFO_NAME, move_into_place, staging_dir, tumour_statistics, write_png
+from lungkit.data.export import (
+    DATASET_INFO_NAME,
+    move_into_place,
+    staging_dir,
+    tumour_statistics,
+    write_png,
+    write_text_atomic,
+)
 from lungkit.data.nodule_slices import (
     box_around_disc,
     disc_mask,
@@ -567,7 +574,7 @@ def convert_luna16_to_kit(
 
     manifest = pd.DataFrame(rows, columns=kit_dataset.MANIFEST_COLUMNS + EXTRA_MANIFEST_COLUMNS)
     manifest["label_binary"] = manifest["label_binary"].astype("Int64")
-    _write_text_atomic(staging / kit_dataset.MANIFEST_NAME, manifest.to_csv(index=False))
+    write_text_atomic(staging / kit_dataset.MANIFEST_NAME, manifest.to_csv(index=False))
     info = {
         "data_source": "luna16",
         "source": str(root.resolve()),
@@ -586,13 +593,7 @@ def convert_luna16_to_kit(
         "split_counts": {k: int(v) for k, v in manifest["split"].value_counts().items()},
         "mask_source_counts": {k: int(v) for k, v in manifest["mask_source"].value_counts().items()},
     }
-    _write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2))
-    _write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
+    write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2))
+    write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
     move_into_place(staging, out_dir, overwrite)
     return kit_dataset.read_manifest(out_dir)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temp.write_text(text)
-    os.replace(temp, path)

@@ -11,6 +11,10 @@ published configuration), ``overrides`` change single settings of that config.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas
 
 # name -> "module:function" inside lungkit.models
 _BUILDERS = {
