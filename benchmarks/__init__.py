@@ -110,27 +110,15 @@ def configure_tensorflow_threads(threads: int) -> None:
 
 
 def write_json_atomic(payload: dict, path: str | Path) -> None:
-    """Write ``payload`` as indented JSON via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write ``payload`` as indented JSON, atomically (lungkit's own writer: temp file + ``os.replace``)."""
+    write_text_atomic(json.dumps(payload, indent=2, default=str) + "\n", path)
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write ``text`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write ``text`` atomically with :func:`lungkit.data.export.write_text_atomic` (arguments in this order)."""
+    from lungkit.data.export import write_text_atomic as write_atomically
+
+    write_atomically(path, text)
 
 
 def run_child(
