@@ -8,6 +8,8 @@ name                   loss
 ``dice``               :class:`DiceLoss`, paper 004 eq. 4/7, per image, mean over the batch
 ``focal``              ``keras.losses.BinaryFocalCrossentropy`` with alpha balancing (paper 004 eq. 8)
 ``hybrid_dice_focal``  :class:`HybridDiceFocalLoss`: lam * Dice + (1 - lam) * Focal (paper 004 eq. 9)
+``dice_bce``           :class:`DiceBCELoss`: dice_weight * Dice + bce_weight * BCE (MONAI's ``DiceCELoss``, the
+                       loss of the UNETR and Swin-UNet authors)
 =====================  ==========================================================================================
 
 Why not ``keras.losses.Dice``: it computes 1 - 2 sum(p g) / (sum(p) + sum(g) + 1e-7), with no epsilon in the
@@ -204,6 +206,62 @@ class HybridDiceFocalLoss(keras.losses.Loss):
         return config
 
 
+@keras.saving.register_keras_serializable(package="lungkit")
+class DiceBCELoss(keras.losses.Loss):
+    """``dice_weight * Dice + bce_weight * BCE``, both per image, mean over the batch.
+
+    The binary form of MONAI's ``DiceCELoss`` (``lambda_dice = lambda_ce = 1`` by default), which the UNETR authors
+    trained with; Cao et al.'s Swin-UNet uses 0.6 Dice + 0.4 CE. The Dice term keeps a slice's few tumour pixels from
+    being outvoted by tens of thousands of background pixels; the BCE term gives smooth per-pixel gradients. With
+    the batch mean as reduction the BCE term equals ``keras.losses.BinaryCrossentropy`` and the Dice term
+    :class:`DiceLoss` (tested).
+
+    Args:
+        dice_weight, bce_weight: non-negative weights, not both zero.
+        epsilon: Dice smoothing constant.
+        from_logits: ``y_pred`` are logits.
+        reduction, name, dtype: as for ``keras.losses.Loss``.
+    """
+
+    def __init__(
+        self,
+        dice_weight: float = 1.0,
+        bce_weight: float = 1.0,
+        epsilon: float = DEFAULT_DICE_EPSILON,
+        from_logits: bool = False,
+        reduction="sum_over_batch_size",
+        name="dice_bce_loss",
+        dtype=None,
+    ):
+        super().__init__(reduction=reduction, name=name, dtype=dtype)
+        if dice_weight < 0 or bce_weight < 0 or dice_weight + bce_weight == 0:
+            raise ValueError(f"weights must be >= 0 and not both 0; got dice {dice_weight}, bce {bce_weight}")
+        self.dice_weight = float(dice_weight)
+        self.bce_weight = float(bce_weight)
+        self.epsilon = float(epsilon)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        dice = 1.0 - soft_dice_per_image(y_true, y_pred, self.epsilon, self.from_logits)
+        y_pred = ops.convert_to_tensor(y_pred)
+        y_true = ops.cast(y_true, y_pred.dtype)
+        if len(y_pred.shape) == 3:  # (B, H, W): give Keras a channel axis to average over
+            y_pred, y_true = y_pred[..., None], y_true[..., None]
+        per_pixel = keras.losses.binary_crossentropy(y_true, y_pred, from_logits=self.from_logits)
+        bce = ops.mean(per_pixel, axis=_image_axes(per_pixel))
+        return self.dice_weight * dice + self.bce_weight * bce
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            dice_weight=self.dice_weight,
+            bce_weight=self.bce_weight,
+            epsilon=self.epsilon,
+            from_logits=self.from_logits,
+        )
+        return config
+
+
 def _bce(from_logits=False, **kwargs):
     return keras.losses.BinaryCrossentropy(from_logits=from_logits, **kwargs)
 
@@ -228,6 +286,7 @@ _LOSSES = {
     "dice": DiceLoss,
     "focal": _focal,
     "hybrid_dice_focal": HybridDiceFocalLoss,
+    "dice_bce": DiceBCELoss,
 }
 
 
@@ -240,7 +299,7 @@ def get_loss(name: str, **kwargs) -> keras.losses.Loss:
     """Build a registered loss.
 
     Args:
-        name: ``bce``, ``bce_logits``, ``dice``, ``focal`` or ``hybrid_dice_focal``.
+        name: ``bce``, ``bce_logits``, ``dice``, ``focal``, ``hybrid_dice_focal`` or ``dice_bce``.
         **kwargs: passed to the loss (e.g. ``from_logits``, ``lam``, ``alpha``, ``gamma``, ``epsilon``).
 
     Returns:

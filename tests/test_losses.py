@@ -89,6 +89,20 @@ def test_hybrid_is_the_weighted_sum(lam):
     assert hybrid == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("dice_weight, bce_weight", [(1.0, 1.0), (0.6, 0.4), (0.0, 1.0)])
+def test_dice_bce_is_the_weighted_sum_of_dice_and_keras_bce(dice_weight, bce_weight):
+    y_true, y_pred = sample(7)
+    combined = float(L.get_loss("dice_bce", dice_weight=dice_weight, bce_weight=bce_weight)(y_true, y_pred))
+    dice = numpy_dice_loss(y_true, y_pred, 1.0)
+    bce = float(keras.losses.BinaryCrossentropy()(y_true, y_pred))
+    assert combined == pytest.approx(dice_weight * dice + bce_weight * bce, rel=1e-4)
+    logits = np.log(y_pred / (1 - y_pred))
+    on_logits = float(L.get_loss("dice_bce", dice_weight=dice_weight, bce_weight=bce_weight, from_logits=True)(
+        y_true, logits
+    ))
+    assert on_logits == pytest.approx(combined, rel=1e-4)
+
+
 def test_hybrid_from_logits_equals_hybrid_on_probabilities():
     y_true, y_pred = sample(6)
     logits = np.log(y_pred / (1 - y_pred))
@@ -97,7 +111,7 @@ def test_hybrid_from_logits_equals_hybrid_on_probabilities():
     assert on_logits == pytest.approx(on_probs, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["bce", "dice", "focal", "hybrid_dice_focal"])
+@pytest.mark.parametrize("name", ["bce", "dice", "focal", "hybrid_dice_focal", "dice_bce"])
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_gradients_are_finite_and_point_the_right_way(name, from_logits):
     # one image: pixel 0 is tumour, pixel 1 background, both predicted 0.5
@@ -114,7 +128,7 @@ def test_gradients_are_finite_and_point_the_right_way(name, from_logits):
 
 
 def test_registry_errors():
-    assert L.available_losses() == ["bce", "bce_logits", "dice", "focal", "hybrid_dice_focal"]
+    assert L.available_losses() == ["bce", "bce_logits", "dice", "dice_bce", "focal", "hybrid_dice_focal"]
     with pytest.raises(ValueError, match="bce_logits"):
         L.get_loss("cross_entropy")
     with pytest.raises(ValueError, match="logits"):
@@ -123,6 +137,8 @@ def test_registry_errors():
         L.get_loss("dice", lam=0.5)
     with pytest.raises(ValueError, match="lam"):
         L.get_loss("hybrid_dice_focal", lam=1.5)
+    with pytest.raises(ValueError, match="weights"):
+        L.get_loss("dice_bce", dice_weight=0.0, bce_weight=0.0)
 
 
 def test_losses_compile_train_save_and_load(tmp_path):
