@@ -230,6 +230,11 @@ def protocol_line(summary: dict) -> str:
         parts.append(f"{label} {'not recorded' if value == '' else 'none' if value is None else value}")
     if summary.get("n_images") is not None:
         parts.append(f"n test images {summary['n_images']}")
+    if protocol.get("overridden"):
+        changes = ", ".join(
+            f"{key} {change['recipe']} -> {change['used']}" for key, change in protocol["overridden"].items()
+        )
+        parts.append(f"this profile departs from the paper's recipe: {changes} (reason in the notes)")
     line = "; ".join(parts)
     if protocol.get("notes"):
         line += f"; notes: {protocol['notes']}"

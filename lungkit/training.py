@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+
+from lungkit.data import export
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,10 @@ RECIPE_KEYS = (
     "monitor",
     "augment_on_the_fly",
     "notes",
+    "profile_overrides",
 )
+# What a profile override may change: training settings, never the model or the paper's notes.
+OVERRIDABLE_RECIPE_KEYS = tuple(key for key in RECIPE_KEYS if key not in ("model", "notes", "profile_overrides"))
 REQUIRED_RECIPE_KEYS = (
     "model",
     "image_size",
@@ -132,7 +136,13 @@ class Recipe:
         profile: set by :meth:`for_profile`: the run profile's name.
         model_scale: set by :meth:`for_profile`: ``tiny`` / ``small`` / ``paper``.
         max_steps_per_epoch: set by :meth:`for_profile`: cap on training steps per epoch.
+        profile_overrides: ``{profile name: {key: value}}``: settings a profile trains with instead of the paper's,
+            for a measured reason the recipe's notes must give (e.g. paper 001's Swin-UNet: at the ``quick`` step
+            budget the printed BCE / lr 0.005 ends at the empty prediction). Applied by :meth:`for_profile` and
+            recorded in ``overridden``; the ``paper`` profile is meant to have none.
         capped: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every capped key.
+        overridden: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every key the
+            profile's override changed.
 
     Raises:
         ValueError: for any value outside what is expected, naming the key.
@@ -163,6 +173,8 @@ class Recipe:
     model_scale: str | None = None
     max_steps_per_epoch: int | None = None
     capped: dict = field(default_factory=dict)
+    profile_overrides: dict = field(default_factory=dict)
+    overridden: dict = field(default_factory=dict)
 
     def __post_init__(self):
         problems = []
@@ -215,6 +227,22 @@ class Recipe:
         expect(isinstance(self.augment_on_the_fly, bool), "augment_on_the_fly", "True or False")
         expect(isinstance(self.notes, str), "notes", "a string")
         expect(
+            isinstance(self.profile_overrides, dict)
+            and all(
+                isinstance(changes, dict) and set(changes) <= set(OVERRIDABLE_RECIPE_KEYS)
+                for changes in self.profile_overrides.values()
+            ),
+            "profile_overrides",
+            f"{{profile name: {{key: value}}}} with keys among {list(OVERRIDABLE_RECIPE_KEYS)}",
+        )
+        from lungkit.profiles import PROFILES
+
+        expect(
+            not isinstance(self.profile_overrides, dict) or set(self.profile_overrides) <= set(PROFILES),
+            "profile_overrides",
+            f"profile names among {sorted(PROFILES)}",
+        )
+        expect(
             not (self.lr_schedule == "cosine" and self.reduce_lr_patience is not None),
             "reduce_lr_patience",
             "None when lr_schedule='cosine' (a schedule owns the learning rate; choose one)",
@@ -260,20 +288,23 @@ class Recipe:
             raise ValueError(f"{error}{where}") from None
 
     def for_profile(self, profile) -> "Recipe":
-        """Cap the recipe for a run profile and record what was capped.
+        """Cap the recipe for a run profile, then apply the profile's override (``profile_overrides``); record both.
 
-        Epochs, image size and batch size are capped (``min`` of the recipe's and the profile's value; the
-        profile never raises a value); ``min_epochs`` follows a capped ``epochs``. The profile's model scale and
-        steps-per-epoch cap are recorded for :func:`build_for_training` and :func:`train`.
+        Epochs, image size and batch size are capped (``min`` of the recipe's and the profile's value; a cap never
+        raises a value); ``min_epochs`` follows a capped ``epochs``. An override comes last and wins over a cap
+        (it is an explicit, recorded decision for that profile, e.g. more epochs for a model that needs them).
+        The profile's model scale and steps-per-epoch cap are recorded for :func:`build_for_training` and
+        :func:`train`.
 
         Args:
             profile: a ``lungkit.profiles.Profile`` or its name (``smoke``, ``quick``, ``paper``).
 
         Returns:
-            A new :class:`Recipe` with ``profile``, ``model_scale``, ``max_steps_per_epoch`` and ``capped`` set.
+            A new :class:`Recipe` with ``profile``, ``model_scale``, ``max_steps_per_epoch``, ``capped`` and
+            ``overridden`` (``{key: {"recipe": paper value, "used": value}}``) set.
 
         Raises:
-            ValueError: for an unknown profile name.
+            ValueError: for an unknown profile name, or an override that makes the recipe invalid.
         """
         from lungkit.profiles import Profile, get_profile
 
@@ -289,8 +320,15 @@ class Recipe:
             if cap is not None and cap < value:
                 changes[key] = cap
                 capped[key] = {"recipe": capped.get(key, {}).get("recipe", value), "used": cap}
+        overridden = dict(self.overridden)
+        override = self.profile_overrides.get(profile.name, {})
+        for key, value in override.items():
+            if getattr(self, key) != value:
+                overridden[key] = {"recipe": getattr(self, key), "used": value}
+            capped.pop(key, None)
+            changes[key] = value
         epochs = changes.get("epochs", self.epochs)
-        if self.min_epochs > epochs:
+        if "min_epochs" not in override and self.min_epochs > epochs:
             changes["min_epochs"] = epochs
             capped["min_epochs"] = {"recipe": capped.get("min_epochs", {}).get("recipe", self.min_epochs), "used": epochs}
         return dataclasses.replace(
@@ -300,6 +338,7 @@ class Recipe:
             model_scale=profile.model_scale,
             max_steps_per_epoch=profile.max_steps_per_epoch,
             capped=capped,
+            overridden=overridden,
         )
 
     def to_dict(self) -> dict:
@@ -348,6 +387,7 @@ class Recipe:
             "monitor": self.monitor,
             "augment_on_the_fly": self.augment_on_the_fly,
             "capped": {key: dict(value) for key, value in self.capped.items()},
+            "overridden": {key: dict(value) for key, value in self.overridden.items()},
         }
 
 
@@ -703,15 +743,7 @@ def tensorboard_available() -> bool:
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, default=str)
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    export.write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def _load_checkpoint(model: keras.Model, path: Path) -> None:
@@ -871,10 +903,7 @@ def train(
         # keep only epochs the backup covers (the interrupted epoch may have been logged but not backed up)
         history = _read_history(history_path)
         history = history[history["epoch"] < resumed_from_epoch]
-        handle, temp_name = tempfile.mkstemp(dir=run_dir, prefix=".history.", suffix=".tmp")
-        os.close(handle)
-        history.to_csv(temp_name, index=False)
-        os.replace(temp_name, history_path)
+        export.write_text_atomic(history_path, history.to_csv(index=False))
         if recipe.monitor in history and history[recipe.monitor].notna().any():
             values = history[recipe.monitor].astype(float)
             best_so_far = float(values.min() if mode == "min" else values.max())

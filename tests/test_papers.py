@@ -34,12 +34,13 @@ PAPERS_DIR = SHARED / "papers"
 SEGMENTATION_METRICS = {"dice", "iou", "precision", "recall", "specificity", "accuracy", "f1", "rmse",
                         "small_tumour_recall", "intensity_robustness_std"}
 CLASSIFICATION_METRICS = {"accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"}
-# Recipe keys of the contract (lungkit.training.Recipe.from_dict); momentum is optional (SGD only).
+# Recipe keys of the contract (lungkit.training.Recipe.from_dict); momentum is optional (SGD only), and so are
+# profile_overrides (a measured departure at a small profile, explained in the notes).
 RECIPE_KEYS = {"model", "image_size", "input_channels", "preprocessing", "optimizer", "learning_rate", "momentum",
                "lr_schedule", "loss", "loss_kwargs", "from_logits", "batch_size", "epochs", "min_epochs",
                "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor", "min_lr", "monitor",
                "augment_on_the_fly", "notes"}
-LOSSES = {"bce", "bce_logits", "dice", "focal", "hybrid_dice_focal"}
+LOSSES = {"bce", "bce_logits", "dice", "focal", "hybrid_dice_focal", "dice_bce"}
 PREPROCESSING = {"hu_window_zscore", "minmax", "lung_masked_hu", "hu_window_unit"}
 
 
@@ -288,7 +289,7 @@ def test_every_reproducible_row_names_an_existing_recipe_or_zero_shot_setup():
 @pytest.mark.parametrize("pid", ["paper000", "paper001", "paper002", "paper003", "paper004"])
 def test_recipes_use_the_contract_keys_and_registered_names(pid):
     for key, recipe in get_paper(pid).RECIPES.items():
-        assert set(recipe) <= RECIPE_KEYS, set(recipe) - RECIPE_KEYS
+        assert set(recipe) <= RECIPE_KEYS | {"profile_overrides"}, set(recipe) - RECIPE_KEYS
         assert RECIPE_KEYS - {"momentum"} <= set(recipe), RECIPE_KEYS - set(recipe)
         assert recipe["model"] in available_models()
         assert recipe["optimizer"] in ("adam", "sgd")
@@ -301,6 +302,11 @@ def test_recipes_use_the_contract_keys_and_registered_names(pid):
         assert recipe["input_channels"] in (1, 3)
         assert recipe["min_epochs"] <= recipe["epochs"]
         assert "not printed in the paper" in recipe["notes"].lower(), key
+        # the paper profile is the paper's configuration; a departure names its profile and says why
+        overrides = recipe.get("profile_overrides", {})
+        assert "paper" not in overrides, key
+        for profile in overrides:
+            assert profile in recipe["notes"] and "measured" in recipe["notes"], (key, profile)
 
 
 def test_recipes_carry_the_papers_printed_settings():

@@ -127,9 +127,17 @@ def test_table_frame_computes_reported_reproduced_and_difference(tmp_path):
     assert swin["rmse_reported_printed"] == "0.01193"
     assert math.isnan(swin["rmse_reproduced"]) and math.isnan(swin["rmse_difference"])  # not in the summary
     assert "profile quick" in swin["protocol"] and "data fingerprint 0123456789ab" in swin["protocol"]
+    assert "departs" not in swin["protocol"]
     for _, other in frame.iloc[1:].iterrows():
         assert other["status"] == reports.STATUS_NOT_YET
         assert math.isnan(other["dice_reproduced"]) and math.isnan(other["dice_difference"])
+
+
+def test_protocol_line_names_a_profile_departure_from_the_recipe(tmp_path):
+    summary = json.loads(write_summary(tmp_path, "paper001", "swin_unet").read_text())
+    summary["protocol"]["overridden"] = {"learning_rate": {"recipe": 0.005, "used": 0.0005}}
+    line = reports.protocol_line(summary)
+    assert "departs from the paper's recipe: learning_rate 0.005 -> 0.0005" in line
 
 
 def test_reference_rows_and_rows_lungkit_lacks(tmp_path):

@@ -132,6 +132,38 @@ def test_for_profile_caps_and_records():
         recipe.for_profile("huge")
 
 
+def test_profile_overrides_apply_to_their_profile_only_and_are_recorded():
+    override = {"loss": "dice_bce", "loss_kwargs": {"dice_weight": 0.6, "bce_weight": 0.4}, "learning_rate": 5e-4}
+    recipe = recipe_with(learning_rate=0.01, profile_overrides={"quick": override})
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    quick = recipe.for_profile("quick")
+    assert (quick.loss, quick.loss_kwargs, quick.learning_rate) == ("dice_bce", override["loss_kwargs"], 5e-4)
+    assert quick.overridden == {
+        "loss": {"recipe": "bce", "used": "dice_bce"},
+        "loss_kwargs": {"recipe": {}, "used": {"dice_weight": 0.6, "bce_weight": 0.4}},
+        "learning_rate": {"recipe": 0.01, "used": 5e-4},
+    }
+    protocol = quick.protocol()
+    assert protocol["overridden"] == quick.overridden
+    assert protocol["loss"].startswith("dice_bce(") and protocol["optimizer"].startswith("adam lr=0.0005")
+    paper = recipe.for_profile("paper")
+    assert (paper.loss, paper.learning_rate, paper.overridden) == ("bce", 0.01, {})
+    # the caps still apply to what the override leaves alone
+    assert quick.epochs == min(recipe.epochs, get_profile("quick").max_epochs)
+    # an override wins over a cap, and is recorded as an override, not a cap
+    longer = recipe_with(epochs=100, min_epochs=50, profile_overrides={"quick": {"epochs": 25}}).for_profile("quick")
+    assert get_profile("quick").max_epochs < 25
+    assert longer.epochs == 25 and "epochs" not in longer.capped
+    assert longer.min_epochs == 25 and longer.capped["min_epochs"] == {"recipe": 50, "used": 25}
+    assert longer.overridden == {"epochs": {"recipe": 100, "used": 25}}
+    with pytest.raises(ValueError, match="profile_overrides"):
+        recipe_with(profile_overrides={"quick": {"model": "unet"}})
+    with pytest.raises(ValueError, match="profile names among"):
+        recipe_with(profile_overrides={"fast": {"learning_rate": 1e-3}})
+    with pytest.raises(ValueError, match="learning_rate"):
+        recipe_with(profile_overrides={"quick": {"learning_rate": -1.0}}).for_profile("quick")
+
+
 def test_cosine_schedule_decays_to_min_lr():
     recipe = recipe_with(lr_schedule="cosine", learning_rate=1e-3, min_lr=1e-5, epochs=4)
     optimizer = make_optimizer(recipe, steps_per_epoch=5)
