@@ -10,7 +10,10 @@ Every notebook's ``parameters`` cell has ``profile``; the notebook asks :func:`g
   GPU and the real data.
 
 A paper's recipe (``lungkit.papers``) holds the paper's settings; a profile caps them (epochs, image size, model
-scale). The caps are part of every result's protocol line, so a number is never shown without them.
+scale). The caps are part of every result's protocol line, so a number is never shown without them. Where a model
+measurably cannot learn under a small profile with the paper's settings, its recipe may name a departure for that
+profile (``profile_overrides``, e.g. paper 001's Swin-UNet at ``quick``: lr 5e-4 and 25 epochs); the override wins
+over the caps, its reason is in the recipe's notes, and the protocol line names it.
 """
 
 from __future__ import annotations
