@@ -434,7 +434,8 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
     paper = module.PAPER
     by_key = _summaries_by_result_key(paper_id, summaries)
     lines = [f"# {paper_id}: {paper['title']}", ""]
-    source = f"results of `{run_dir}`" if run_dir is not None else "the summaries passed in"
+    # the run's id, not its absolute path: a committed report must not carry one machine's folders
+    source = f"the results of run `{Path(run_dir).name}`" if run_dir is not None else "the summaries passed in"
     lines += [f"*{paper['short_title']}*. Paper text: `shared/papers/{paper['file']}`. "
               f"Reproduced numbers from {source}.", ""]
     lines += ["## What the paper did", "", f"**Data.** {paper['data']}", "", "**Systems.**", ""]

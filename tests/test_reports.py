@@ -214,6 +214,7 @@ def test_paper_report_has_reported_vs_reproduced_protocol_and_caveats(tmp_path):
     assert (md_path.name, csv_path.name) == ("paper001.md", "paper001.csv")
     md = md_path.read_text()
     assert md.startswith("# paper001: Final project: Lung cancer segmentation")
+    assert f"the results of run `{tmp_path.name}`" in md and str(tmp_path) not in md  # no machine paths
     # printed to the paper's precision (4 decimals here): reported, reproduced [CI], difference
     assert "| SwinUNET | 0.7969 | 0.7012 [0.6512, 0.7512] | -0.0957 |" in md
     assert "| 0.01193 | not computed |  |" in table_line(md, "SwinUNET")  # RMSE not in the summary
