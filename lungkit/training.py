@@ -137,9 +137,9 @@ class Recipe:
         model_scale: set by :meth:`for_profile`: ``tiny`` / ``small`` / ``paper``.
         max_steps_per_epoch: set by :meth:`for_profile`: cap on training steps per epoch.
         profile_overrides: ``{profile name: {key: value}}``: settings a profile trains with instead of the paper's,
-            for a measured reason the recipe's notes must give (e.g. paper 001's Swin-UNet: at the ``quick`` step
-            budget the printed BCE / lr 0.005 ends at the empty prediction). Applied by :meth:`for_profile` and
-            recorded in ``overridden``; the ``paper`` profile is meant to have none.
+            for a measured reason the recipe's notes must give (e.g. paper 001's Swin-UNet: at the small scale the
+            printed lr 0.005 could not fit one batch). Applied by :meth:`for_profile` and recorded in
+            ``overridden``; the ``paper`` profile is meant to have none.
         capped: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every capped key.
         overridden: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every key the
             profile's override changed.

@@ -244,12 +244,12 @@ RECIPES = {
             "choice beyond the paper: a bias on the 1x1 head (one parameter; the reference head has none), started at "
             "the foreground prior p = 0.01. Departure at the smoke and quick profiles (profile_overrides, measured on "
             "the quick phantom data at the small scale, from scratch): with Adam lr 0.005 lungkit's Swin-UNet could "
-            "not fit even one batch of 8 slices in 200 steps (loss stuck at the empty prediction's, also with an "
-            "80-step warm-up), while lr 5e-4 fitted that batch (Dice 1.0) in 125 steps; on the full data lr 5e-4 "
-            "still predicted nothing above 0.5 for 560 steps and first predicted tumour after about 600, so quick "
-            "trains it for 25 epochs of 40 steps (1,000 steps; the other models get 400). Dice + BCE at lr 5e-4 did "
-            "no better in 400 steps. The paper profile keeps the printed lr 0.005; whether it trains at the paper's "
-            "scale is untested here (no GPU)."
+            "not fit even one batch of 8 slices (loss stuck at the empty prediction's for 150 steps, and again once "
+            "a 100-step linear warm-up reached 0.005), while lr 5e-4 fitted that batch (Dice 1.0) in 125 steps. On "
+            "the full data lr 5e-4 still predicted nothing above 0.5 for 560 steps and first predicted tumour after "
+            "about 600, so quick trains it for 25 epochs of 40 steps (1,000 steps; the other models get 400). Dice + "
+            "BCE at lr 5e-4 did no better in 400 steps, nor lr 1e-3 in 520. The paper profile keeps the printed lr "
+            "0.005; whether it trains at the paper's scale is untested here (no GPU)."
         ),
         "profile_overrides": {
             "smoke": {"learning_rate": 5e-4},
@@ -285,7 +285,8 @@ RECIPES = {
             "(Dice + BCE chosen, weights 1 and 1: the UNETR authors' DiceCE loss (Hatamizadeh et al. 2022, MONAI "
             "DiceCELoss). BCE alone, as the paper uses for the other two models, was tried first and measured: over "
             "the quick profile's 400 steps the validation loss stayed at the base rate of an empty prediction and "
-            "validation Dice at 0, while Dice + BCE reached validation Dice 0.23), input size (256, the paper's resize, 16x16 patches of 16), "
+            "validation Dice at 0, while Dice + BCE reached validation Dice 0.23), input size (256, the paper's "
+            "resize, 16x16 patches of 16), "
             "SGD momentum (0.0, the Keras default), ReduceLROnPlateau patience and factor (Keras defaults 10 and 0.1), "
             "input channels (1), intensity mapping (HU window [-1000, 400] -> [0, 1])."
         ),
