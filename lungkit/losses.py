@@ -112,6 +112,17 @@ class DiceLoss(keras.losses.Loss):
         return config
 
 
+def _pixel_loss_per_image(pixel_loss, y_true, y_pred, **kwargs):
+    """Mean of a Keras per-pixel binary loss (``keras.losses.binary_crossentropy``, ``binary_focal_crossentropy``)
+    over each image: tensor (B,). Keras averages over the last axis, so (B, H, W) inputs get a channel axis."""
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if len(y_pred.shape) == 3:
+        y_pred, y_true = y_pred[..., None], y_true[..., None]
+    per_pixel = pixel_loss(y_true, y_pred, **kwargs)
+    return ops.mean(per_pixel, axis=_image_axes(per_pixel))
+
+
 def focal_per_image(
     y_true,
     y_pred,
@@ -133,11 +144,8 @@ def focal_per_image(
     Returns:
         Tensor (B,).
     """
-    y_pred = ops.convert_to_tensor(y_pred)
-    y_true = ops.cast(y_true, y_pred.dtype)
-    if len(y_pred.shape) == 3:  # (B, H, W): give Keras a channel axis to average over
-        y_pred, y_true = y_pred[..., None], y_true[..., None]
-    per_pixel = keras.losses.binary_focal_crossentropy(
+    return _pixel_loss_per_image(
+        keras.losses.binary_focal_crossentropy,
         y_true,
         y_pred,
         apply_class_balancing=apply_class_balancing,
@@ -145,7 +153,6 @@ def focal_per_image(
         gamma=gamma,
         from_logits=from_logits,
     )
-    return ops.mean(per_pixel, axis=_image_axes(per_pixel))
 
 
 @keras.saving.register_keras_serializable(package="lungkit")
@@ -243,12 +250,7 @@ class DiceBCELoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         dice = 1.0 - soft_dice_per_image(y_true, y_pred, self.epsilon, self.from_logits)
-        y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(y_true, y_pred.dtype)
-        if len(y_pred.shape) == 3:  # (B, H, W): give Keras a channel axis to average over
-            y_pred, y_true = y_pred[..., None], y_true[..., None]
-        per_pixel = keras.losses.binary_crossentropy(y_true, y_pred, from_logits=self.from_logits)
-        bce = ops.mean(per_pixel, axis=_image_axes(per_pixel))
+        bce = _pixel_loss_per_image(keras.losses.binary_crossentropy, y_true, y_pred, from_logits=self.from_logits)
         return self.dice_weight * dice + self.bce_weight * bce
 
     def get_config(self):
