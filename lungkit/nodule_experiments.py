@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from lungkit import papers
-from lungkit.data.export import write_text_atomic
+from lungkit.data.export import move_into_place, write_text_atomic
 from lungkit.experiment import SegmentationExperiment
 from lungkit.profiles import Profile, get_profile
 
@@ -307,11 +306,7 @@ def write_nodule_windows(kit_dir: str | Path, out_dir: str | Path, window_px: in
     }
     write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2))
     write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
-    if out_dir.exists():
-        trash = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, trash)
-        shutil.rmtree(trash)
-    os.replace(staging, out_dir)
+    move_into_place(staging, out_dir, overwrite=True)  # windows are derived data: a rebuild replaces them
     return out_dir
 
 
