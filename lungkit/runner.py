@@ -4,6 +4,11 @@ Every notebook in ``notebooks/`` has a cell tagged ``parameters`` with at least 
 ``run_dir``, ``reports_dir`` and ``seed``. :func:`run_notebooks` executes them in file-name order (the numeric
 prefixes are the story's order), each into ``<run_dir>/notebooks/<name>.ipynb`` with its outputs, and stops at the
 first failure with an error that names the notebook, the cell and the exception, and points at the executed copy.
+
+A run folder can be continued: ``<run_dir>/notebook_runs.json`` records the parameters and every notebook's outcome,
+and a rerun into the same folder skips the notebooks recorded ``ok`` with the same parameters, reruns the failed or
+unfinished one (its training resumes from the last completed epoch, because it gets the same ``run_dir``) and refuses
+a folder whose recorded profile, data folder or seed differ from the ones asked for.
 """
 
 from __future__ import annotations
@@ -12,11 +17,19 @@ import datetime as _dt
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+RUN_RECORD_NAME = "notebook_runs.json"
+#: The parameters that make two runs the same run: a folder recorded with other values is never continued.
+RUN_IDENTITY_PARAMETERS = ("profile", "data_dir", "seed")
+
+DEAD_KERNEL_HINT = (
+    "the kernel died: most often the process ran out of memory (check `dmesg` for the OOM killer; reduce the "
+    "batch_size or use a smaller profile)"
+)
 
 
 class NotebookFailed(RuntimeError):
@@ -31,6 +44,10 @@ class NotebookFailed(RuntimeError):
         super().__init__(f"notebook {notebook.name} failed in {where}: {error}\n  executed copy: {executed_copy}")
 
 
+class RunParametersMismatch(ValueError):
+    """A run folder was recorded with other parameters than the ones asked for, so it cannot be continued."""
+
+
 @dataclass
 class NotebookRun:
     """What happened to one notebook."""
@@ -38,8 +55,9 @@ class NotebookRun:
     notebook: str
     output: str
     seconds: float
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed", "running" (started, not finished: the process was killed) or "skipped"
     error: str = ""
+    parameters: dict = field(default_factory=dict)  # what it ran with: a rerun skips it only with the same ones
 
 
 def discover_notebooks(notebooks_dir: str | Path = DEFAULT_NOTEBOOKS_DIR, only: list[str] | None = None) -> list[Path]:
@@ -50,14 +68,21 @@ def discover_notebooks(notebooks_dir: str | Path = DEFAULT_NOTEBOOKS_DIR, only: 
         only: keep only notebooks whose name starts with one of these prefixes (e.g. ``["00", "10"]``).
 
     Raises:
-        FileNotFoundError: if the folder holds no notebook (or none matches ``only``).
+        FileNotFoundError: if the folder holds no notebook, or a prefix of ``only`` matches none (a typo in a list
+            of prefixes must not silently drop a notebook).
     """
     notebooks_dir = Path(notebooks_dir)
     notebooks = sorted(p for p in notebooks_dir.glob("*.ipynb") if not p.name.startswith("."))
-    if only:
-        notebooks = [p for p in notebooks if any(p.name.startswith(prefix) for prefix in only)]
     if not notebooks:
-        raise FileNotFoundError(f"no notebooks to run in {notebooks_dir} (filter: {only})")
+        raise FileNotFoundError(f"no notebooks to run in {notebooks_dir}")
+    if only:
+        unmatched = [prefix for prefix in only if not any(p.name.startswith(prefix) for p in notebooks)]
+        if unmatched:
+            raise FileNotFoundError(
+                f"--only prefix(es) {unmatched} match no notebook in {notebooks_dir}; "
+                f"expected prefixes of {[p.name for p in notebooks]}"
+            )
+        notebooks = [p for p in notebooks if any(p.name.startswith(prefix) for prefix in only)]
     return notebooks
 
 
@@ -71,6 +96,37 @@ def new_run_dir(runs_root: str | Path, profile: str) -> Path:
         run_dir = Path(runs_root) / f"{stamp}-{profile}-{suffix}"
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def _cell_that_was_running(executed_copy: Path) -> tuple[int, str] | None:
+    """The cell a kernel was executing when it died, read from the partial copy papermill writes as it goes.
+
+    papermill marks a cell ``running`` while it executes; when the kernel dies it may already have relabelled every
+    cell, so the last code cell that has a start time (or an execution count) is the one that was running.
+
+    Returns:
+        (index in the executed copy, first source line), or None when no cell had started (or no copy exists).
+    """
+    try:
+        cells = json.loads(executed_copy.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    started = None
+    for index, cell in enumerate(cells):
+        if cell.get("cell_type") != "code":
+            continue
+        papermill_metadata = cell.get("metadata", {}).get("papermill", {})
+        if papermill_metadata.get("status") == "running":
+            started = index
+            break
+        if papermill_metadata.get("start_time") or cell.get("execution_count"):
+            started = index
+    if started is None:
+        return None
+    source = cells[started].get("source", "")
+    source = "".join(source) if isinstance(source, list) else source
+    first_line = source.strip().splitlines()[:1]
+    return started, first_line[0][:80] if first_line else ""
 
 
 def run_notebook(
@@ -92,7 +148,8 @@ def run_notebook(
         log_output: stream cell outputs to this process's log, as MONAI's runner does.
 
     Raises:
-        NotebookFailed: naming the notebook, the failing cell and the error.
+        NotebookFailed: naming the notebook, the failing cell (index in the executed copy and its first source
+            line) and the error; when the kernel died, the cell it was running and the likely cause.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -121,8 +178,104 @@ def run_notebook(
             output,
         ) from error
     except Exception as error:  # kernel death, missing kernel, invalid notebook JSON ...
-        raise NotebookFailed(notebook, None, f"{type(error).__name__}: {error}", output) from error
-    return NotebookRun(notebook.name, str(output), time.perf_counter() - start, "ok")
+        # a kernel that dies mid-cell raises here, not as an execution error: the partial copy says which cell
+        running = _cell_that_was_running(output)
+        message = f"{type(error).__name__}: {error}"
+        if running is not None:
+            message += f"  [cell starts: {running[1]!r}]"
+        if type(error).__name__ == "DeadKernelError" or "kernel died" in str(error).lower():
+            message += f"; {DEAD_KERNEL_HINT}"
+        raise NotebookFailed(notebook, running[0] if running else None, message, output) from error
+    return NotebookRun(notebook.name, str(output), time.perf_counter() - start, "ok", parameters=dict(parameters))
+
+
+def read_run_record(run_dir: str | Path) -> dict | None:
+    """The ``notebook_runs.json`` of a run folder, or None when the folder has none.
+
+    Raises:
+        ValueError: naming the file, when it is not the JSON object :func:`run_notebooks` writes.
+    """
+    path = Path(run_dir) / RUN_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); expected the record lungkit reproduce writes") from error
+    if not isinstance(record, dict) or not isinstance(record.get("parameters"), dict) \
+            or not isinstance(record.get("notebooks"), list):
+        raise ValueError(f"{path}: expected an object with 'parameters' (object) and 'notebooks' (list)")
+    return record
+
+
+def _identity(profile: str, data_dir: str | None, seed: int) -> dict:
+    """The run-identity parameters as :func:`run_notebooks` records them (data folder resolved, '' for phantom)."""
+    return {"profile": profile, "data_dir": str(Path(data_dir).resolve()) if data_dir else "", "seed": int(seed)}
+
+
+def check_run_parameters(run_dir: str | Path, profile: str, data_dir: str | None, seed: int) -> dict | None:
+    """Refuse to continue a run folder that was recorded with another profile, data folder or seed.
+
+    Args:
+        run_dir: the folder to continue; one without ``notebook_runs.json`` (or not there yet) is accepted.
+        profile, data_dir, seed: what the new run asks for.
+
+    Returns:
+        The folder's record, or None when it has none.
+
+    Raises:
+        RunParametersMismatch: naming the folder and every parameter that differs, recorded vs asked.
+        ValueError: when the record cannot be read.
+    """
+    record = read_run_record(run_dir)
+    if record is None:
+        return None
+    asked = _identity(profile, data_dir, seed)
+    differences = [
+        f"{name} recorded {record['parameters'].get(name)!r}, asked {asked[name]!r}"
+        for name in RUN_IDENTITY_PARAMETERS
+        if record["parameters"].get(name) != asked[name]
+    ]
+    if differences:
+        raise RunParametersMismatch(
+            f"run folder {run_dir} was made with other parameters ({'; '.join(differences)}); continuing it would "
+            "mix two runs. Continue it with the recorded values, or start a new run (without --run-dir / --resume)."
+        )
+    return record
+
+
+def find_resumable_run(runs_root: str | Path, profile: str, data_dir: str | None, seed: int) -> Path:
+    """The newest run folder under ``runs_root`` recorded with the same profile, data folder and seed.
+
+    Newest means the most recently written ``notebook_runs.json`` (a run's record is rewritten after every notebook),
+    so a run that crashed is found even when a later run with other parameters exists.
+
+    Raises:
+        FileNotFoundError: when no run folder matches, saying what was looked for.
+    """
+    asked = _identity(profile, data_dir, seed)
+    candidates = []
+    for record_path in Path(runs_root).glob(f"*/{RUN_RECORD_NAME}"):
+        try:
+            record = read_run_record(record_path.parent)
+        except ValueError:
+            continue  # an unreadable record is no run to continue; --run-dir on it says why
+        if all(record["parameters"].get(name) == asked[name] for name in RUN_IDENTITY_PARAMETERS):
+            candidates.append((record_path.stat().st_mtime, record_path.parent.name, record_path.parent))
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume: no run folder under {runs_root} was recorded with profile {asked['profile']!r}, data dir "
+            f"{asked['data_dir'] or '(phantom)'!r} and seed {asked['seed']}; start a new run without --resume"
+        )
+    return max(candidates)[2]
+
+
+def _save_record(record_path: Path, parameters: dict, entries: dict[str, dict]) -> None:
+    # atomic: a run killed while writing must leave the previous record readable, or it cannot be continued
+    from lungkit.data.export import write_text_atomic
+
+    record = {"parameters": parameters, "notebooks": [entries[name] for name in sorted(entries)]}
+    write_text_atomic(record_path, json.dumps(record, indent=2))
 
 
 def run_notebooks(
@@ -137,7 +290,11 @@ def run_notebooks(
     kernel_name: str | None = None,
     log_output: bool = True,
 ) -> list[NotebookRun]:
-    """Run the notebooks in order, stopping at the first failure.
+    """Run the notebooks in order, stopping at the first failure; continue a run folder that has a record.
+
+    A notebook recorded ``ok`` in ``<run_dir>/notebook_runs.json`` with exactly these parameters (and whose executed
+    copy exists) is skipped; every other one runs. Training inside a notebook resumes from its last completed epoch
+    because it gets the same ``run_dir``.
 
     Args:
         run_dir: the run's folder; every notebook reads and writes inside it.
@@ -152,57 +309,139 @@ def run_notebooks(
         log_output: stream cell outputs.
 
     Returns:
-        One :class:`NotebookRun` per notebook run; also written to ``<run_dir>/notebook_runs.json``.
+        One :class:`NotebookRun` per selected notebook, status ``ok`` or ``skipped`` (ok in an earlier attempt);
+        the record ``<run_dir>/notebook_runs.json`` keeps every notebook's latest outcome.
 
     Raises:
         NotebookFailed: at the first failing notebook (the runs before it are recorded in the JSON file).
+        RunParametersMismatch: when ``run_dir`` was recorded with another profile, data folder or seed.
+        ValueError: for an unknown profile, before any kernel starts.
+        FileNotFoundError: when there is no notebook to run or a prefix of ``only`` matches none.
     """
     from lungkit.profiles import get_profile
 
     get_profile(profile)  # fail before starting any kernel on a typo
+    notebooks = discover_notebooks(notebooks_dir, only)
     run_dir = Path(run_dir).resolve()
+    previous = check_run_parameters(run_dir, profile, data_dir, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     reports_dir = Path(reports_dir).resolve() if reports_dir else REPO_ROOT / "reports"
     parameters = {
-        "profile": profile,
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else "",
+        **_identity(profile, data_dir, seed),
         "run_dir": str(run_dir),
         "reports_dir": str(reports_dir),
-        "seed": int(seed),
         **(extra_parameters or {}),
     }
+    # every notebook's latest outcome, earlier attempts included, so a record covers the whole run folder
+    entries: dict[str, dict] = {entry["notebook"]: entry for entry in (previous or {}).get("notebooks", [])}
     runs: list[NotebookRun] = []
-    record = run_dir / "notebook_runs.json"
+    record = run_dir / RUN_RECORD_NAME
 
-    def save_record():
-        record.write_text(json.dumps({"parameters": parameters, "notebooks": [r.__dict__ for r in runs]}, indent=2))
-
-    for notebook in discover_notebooks(notebooks_dir, only):
+    for notebook in notebooks:
         output = run_dir / "notebooks" / notebook.name
+        earlier = entries.get(notebook.name)
+        # records written before per-notebook parameters existed hold them once, at the top
+        earlier_parameters = (earlier or {}).get("parameters") or (previous or {}).get("parameters")
+        if earlier and earlier.get("status") == "ok" and earlier_parameters == parameters and output.is_file():
+            print(f"[lungkit] skipping {notebook.name}: it ran ok in this run folder with the same parameters "
+                  f"({earlier.get('seconds', 0):.0f} s); executed copy {output}", flush=True)
+            runs.append(NotebookRun(notebook.name, str(output), 0.0, "skipped", parameters=dict(parameters)))
+            continue
         print(f"[lungkit] running {notebook.name} (profile={profile}) -> {output}", flush=True)
+        # recorded before it starts, so a run killed from outside still shows which notebook was unfinished
+        entries[notebook.name] = NotebookRun(notebook.name, str(output), 0.0, "running",
+                                             parameters=dict(parameters)).__dict__
+        _save_record(record, parameters, entries)
         try:
             runs.append(run_notebook(notebook, output, parameters, kernel_name=kernel_name, log_output=log_output))
         except NotebookFailed as failure:
-            runs.append(NotebookRun(notebook.name, str(output), 0.0, "failed", str(failure)))
-            save_record()
+            entries[notebook.name] = NotebookRun(notebook.name, str(output), 0.0, "failed", str(failure),
+                                                 parameters=dict(parameters)).__dict__
+            _save_record(record, parameters, entries)
             raise
+        entries[notebook.name] = runs[-1].__dict__
         print(f"[lungkit] {notebook.name} done in {runs[-1].seconds:.0f} s", flush=True)
-        save_record()
+        _save_record(record, parameters, entries)
     return runs
 
 
+def resolve_run_dir(runs_root: str | Path, profile: str, data_dir: str | None, seed: int,
+                    run_dir: str | Path | None = None, resume: bool = False) -> tuple[Path, bool]:
+    """The run folder the main job uses, checked before anything is created.
+
+    Args:
+        runs_root: folder of the runs (``runs``).
+        profile, data_dir, seed: the run's identity.
+        run_dir: a folder to use or continue (created when absent).
+        resume: continue the newest run under ``runs_root`` with the same profile, data folder and seed.
+
+    Returns:
+        (the folder, whether it is new). A new folder under ``runs_root`` is not created here.
+
+    Raises:
+        ValueError: when both ``run_dir`` and ``resume`` are given, or ``run_dir`` is a file.
+        RunParametersMismatch: when the folder was recorded with other parameters.
+        FileNotFoundError: when ``resume`` finds no matching run.
+    """
+    if run_dir is not None and resume:
+        raise ValueError("give either a run folder (--run-dir) or --resume, not both")
+    if resume:
+        return find_resumable_run(runs_root, profile, data_dir, seed), False
+    if run_dir is None:
+        return Path(runs_root), True
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--run-dir {run_dir} is a file; expected a run folder (existing or to be created)")
+    check_run_parameters(run_dir, profile, data_dir, seed)
+    return run_dir, False
+
+
 def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, reports_dir: str | None, seed: int,
-                   only: list[str] | None) -> int:
-    """The main job: a fresh run folder, every notebook in order, a non-zero exit naming what failed."""
-    run_dir = new_run_dir(runs_root, profile)
+                   only: list[str] | None, run_dir: str | Path | None = None, resume: bool = False,
+                   notebooks_dir: str | Path = DEFAULT_NOTEBOOKS_DIR) -> int:
+    """The main job: a fresh run folder (or the one given / found by ``resume``), every notebook in order.
+
+    Args:
+        profile, data_dir, runs_root, reports_dir, seed, only: see :func:`run_notebooks`; ``runs_root`` holds the
+            new run folder.
+        run_dir: use or continue this folder instead of a new one.
+        resume: continue the newest run under ``runs_root`` with the same profile, data folder and seed.
+        notebooks_dir: folder of the notebooks.
+
+    Returns:
+        0 when every notebook ran, 1 when one failed (named on stderr), 2 when the arguments are refused (nothing
+        was run and no folder created).
+    """
+    try:
+        from lungkit.profiles import get_profile
+
+        get_profile(profile)
+        discover_notebooks(notebooks_dir, only)
+        chosen, is_new = resolve_run_dir(runs_root, profile, data_dir, seed, run_dir, resume)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"[lungkit] refused: {error}", file=sys.stderr)
+        return 2
+    if is_new:
+        run_dir = new_run_dir(chosen, profile)
+        print(f"[lungkit] new run folder {run_dir}", flush=True)
+    else:
+        run_dir = chosen
+        print(f"[lungkit] continuing run folder {run_dir} (notebooks recorded ok there with the same parameters "
+              "are skipped)", flush=True)
     start = time.perf_counter()
     try:
-        runs = run_notebooks(run_dir, profile=profile, data_dir=data_dir, reports_dir=reports_dir, seed=seed, only=only)
+        runs = run_notebooks(run_dir, profile=profile, data_dir=data_dir, reports_dir=reports_dir, seed=seed,
+                             only=only, notebooks_dir=notebooks_dir)
     except NotebookFailed as failure:
         print(f"\n[lungkit] FAILED: {failure}", file=sys.stderr)
+        print(f"[lungkit] continue this run where it stopped: python -m lungkit reproduce --run-dir {run_dir} "
+              f"--profile {profile} --seed {seed}" + (f" --data-dir {data_dir}" if data_dir else ""),
+              file=sys.stderr)
         return 1
     total = time.perf_counter() - start
-    print(f"\n[lungkit] {len(runs)} notebooks ran in {total / 60:.1f} min; run folder {run_dir}")
+    ran = [run for run in runs if run.status == "ok"]
+    print(f"\n[lungkit] {len(ran)} notebooks ran in {total / 60:.1f} min"
+          f"{f', {len(runs) - len(ran)} skipped (ok earlier)' if len(ran) < len(runs) else ''}; run folder {run_dir}")
     for run in runs:
-        print(f"  {run.notebook:40s} {run.seconds:7.0f} s")
+        print(f"  {run.notebook:40s} " + (f"{run.seconds:7.0f} s" if run.status == "ok" else "skipped (ok earlier)"))
     return 0

@@ -7,7 +7,8 @@ import json
 import nbformat
 import pytest
 
-from lungkit.runner import NotebookFailed, discover_notebooks, new_run_dir, run_notebooks
+from lungkit import cli, runner
+from lungkit.runner import NotebookFailed, RunParametersMismatch, discover_notebooks, new_run_dir, run_notebooks
 
 
 def _write_notebook(path, cells):
@@ -26,6 +27,9 @@ def test_discover_orders_by_name_and_filters(tmp_path):
     assert [p.name for p in discover_notebooks(tmp_path, only=["10"])] == ["10_b.ipynb"]
     with pytest.raises(FileNotFoundError):
         discover_notebooks(tmp_path / "empty")
+    # one mistyped prefix among good ones is refused, not silently dropped
+    with pytest.raises(FileNotFoundError, match=r"prefix\(es\) \['99'\] match no notebook"):
+        discover_notebooks(tmp_path, only=["10", "99"])
 
 
 def test_new_run_dir_is_unique(tmp_path):
@@ -56,3 +60,115 @@ def test_runner_injects_parameters_and_stops_at_failing_cell(tmp_path):
 def test_unknown_profile_is_refused_before_any_kernel(tmp_path):
     with pytest.raises(ValueError, match="unknown profile"):
         run_notebooks(tmp_path, profile="fast", notebooks_dir=tmp_path)
+
+
+def test_a_kernel_that_dies_mid_cell_names_that_cell_and_memory(tmp_path):
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    # cells: 0 parameters, 1 papermill's injected parameters, 2 "x = 1", 3 the one that kills its own kernel
+    _write_notebook(notebooks / "00_dies.ipynb", ["x = 1", "import os\nos._exit(1)", "never = True"])
+    with pytest.raises(NotebookFailed) as failure:
+        run_notebooks(tmp_path / "run", profile="smoke", notebooks_dir=notebooks, log_output=False)
+    message = str(failure.value)
+    assert failure.value.cell_index == 3
+    assert "failed in cell 3" in message and "start-up" not in message
+    assert "[cell starts: 'import os']" in message
+    assert "DeadKernelError" in message and "ran out of memory" in message
+
+
+def _resumable_notebooks(tmp_path):
+    """00 appends to a log; 10 appends, then raises while a flag file exists; 20 appends."""
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    append = "from pathlib import Path\nwith open(Path(run_dir, 'log.txt'), 'a') as log:\n    log.write('{}\\n')"
+    _write_notebook(notebooks / "00_first.ipynb", [append.format("00")])
+    _write_notebook(notebooks / "10_flaky.ipynb", [
+        append.format("10"),
+        "if Path(run_dir, 'fail.flag').exists():\n    raise RuntimeError('flag file present')",
+    ])
+    _write_notebook(notebooks / "20_last.ipynb", [append.format("20")])
+    return notebooks
+
+
+def test_rerun_into_the_same_run_dir_skips_what_ran_ok_and_finishes(tmp_path, capsys):
+    notebooks = _resumable_notebooks(tmp_path)
+    run_dir = tmp_path / "runs" / "crashed"
+    run_dir.mkdir(parents=True)
+    (run_dir / "fail.flag").touch()
+    arguments = dict(profile="smoke", data_dir=None, runs_root=tmp_path / "runs", reports_dir=str(tmp_path / "rep"),
+                     seed=3, only=None, notebooks_dir=notebooks)
+    assert runner.main_reproduce(**arguments, run_dir=run_dir) == 1
+    assert (run_dir / "log.txt").read_text().split() == ["00", "10"]
+    assert "--run-dir" in capsys.readouterr().err  # the failure says how to continue
+
+    (run_dir / "fail.flag").unlink()
+    assert runner.main_reproduce(**arguments, run_dir=run_dir) == 0
+    assert (run_dir / "log.txt").read_text().split() == ["00", "10", "10", "20"]  # 00 not rerun
+    assert "skipping 00_first.ipynb" in capsys.readouterr().out
+    record = json.loads((run_dir / "notebook_runs.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in record["notebooks"]] == [
+        ("00_first.ipynb", "ok"), ("10_flaky.ipynb", "ok"), ("20_last.ipynb", "ok")]
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]  # no second run folder
+
+    # --resume finds the same folder by its profile, data dir and seed; everything is done, nothing reruns
+    assert runner.main_reproduce(**arguments, resume=True) == 0
+    assert (run_dir / "log.txt").read_text().split() == ["00", "10", "10", "20"]
+
+
+def test_a_run_dir_recorded_with_other_parameters_is_refused(tmp_path):
+    notebooks = _resumable_notebooks(tmp_path)
+    run_dir = tmp_path / "run"
+    run_notebooks(run_dir, profile="smoke", seed=3, notebooks_dir=notebooks, only=["00"], log_output=False)
+    with pytest.raises(RunParametersMismatch, match=r"profile recorded 'smoke', asked 'quick'.*seed recorded 3"):
+        run_notebooks(run_dir, profile="quick", seed=4, notebooks_dir=notebooks, log_output=False)
+    assert (run_dir / "log.txt").read_text().split() == ["00"]
+
+
+def test_resume_picks_the_newest_run_with_the_same_parameters(tmp_path):
+    runs_root = tmp_path / "runs"
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        (runs_root / name).mkdir(parents=True)
+        record = {"parameters": {"profile": "smoke", "data_dir": "", "seed": seed}, "notebooks": []}
+        (runs_root / name / "notebook_runs.json").write_text(json.dumps(record))
+    import os
+    os.utime(runs_root / "a" / "notebook_runs.json", (2e9, 2e9))  # a's record was written last
+    assert runner.find_resumable_run(runs_root, "smoke", None, 0) == runs_root / "a"
+    assert runner.find_resumable_run(runs_root, "smoke", "", 1) == runs_root / "c"
+    with pytest.raises(FileNotFoundError, match="no run folder under"):
+        runner.find_resumable_run(runs_root, "quick", None, 0)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+@pytest.mark.parametrize(
+    "arguments,expected",
+    [
+        (["--profile", "fast"], "invalid choice: 'fast'"),
+        (["--only", "99"], "['99'] match no notebook"),
+        (["--only"], "expected at least one argument"),
+        (["--data-dir", "no/such/folder"], "--data-dir no/such/folder: no such folder"),
+        (["--resume"], "no run folder under"),
+        (["--resume", "--run-dir", "x"], "not allowed with argument"),
+    ],
+)
+def test_cli_refuses_bad_arguments_with_usage_and_no_run_folder(tmp_path, capsys, arguments, expected):
+    runs_root = tmp_path / "runs"
+    with pytest.raises(SystemExit) as leave:
+        cli.main(["reproduce", "--runs-root", str(runs_root), *arguments])
+    assert leave.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("usage: lungkit reproduce") and expected in stderr
+    assert not runs_root.exists()
+
+
+def test_cli_refuses_a_run_dir_with_other_parameters(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = {"parameters": {"profile": "quick", "data_dir": "", "seed": 0}, "notebooks": []}
+    (run_dir / "notebook_runs.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as leave:
+        cli.main(["reproduce", "--profile", "smoke", "--run-dir", str(run_dir), "--runs-root", str(tmp_path / "r")])
+    assert leave.value.code == 2
+    assert "profile recorded 'quick', asked 'smoke'" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notebook_runs.json"]
