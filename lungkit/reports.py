@@ -15,6 +15,11 @@ Honesty rules the reports follow:
 
 Outputs (``reports/<paper_id>.md`` / ``.csv``, ``reports/leaderboard.md`` / ``.csv``, ``reports/figures/*.png``)
 are written atomically: to a temporary name in the same folder, then ``os.replace``.
+
+A partial run (``--only``) never erases results it did not produce. ``reports/results.json`` keeps the summary behind
+every row of ``reports/`` with the run it came from; :func:`write_all_reports` merges a run's summaries into it by
+``<paper>/<result_key>``, rewrites only the papers (and figures) the run produced results for, and keeps every other
+row as written, with its run named in its protocol line.
 """
 
 from __future__ import annotations
@@ -100,7 +105,8 @@ def read_summary(path: str | os.PathLike) -> dict:
         path: ``<run_dir>/results/<paper_id>/<result_key>/summary.json``.
 
     Returns:
-        The summary dict with ``_result_key`` (the folder name) and ``_path`` added.
+        The summary dict with ``_result_key`` (the folder name) and ``_path`` added (:func:`collect_summaries`
+        also adds ``_run``, the run folder's name).
 
     Raises:
         ValueError: naming the file, for invalid JSON, a missing key, an unknown status or paper, or a ``paper``
@@ -141,7 +147,8 @@ def collect_summaries(run_dir: str | os.PathLike) -> list[dict]:
         run_dir: the run directory; a run without a ``results`` folder gives an empty list.
 
     Returns:
-        Summaries (see :func:`read_summary`), sorted by paper then result key.
+        Summaries (see :func:`read_summary`) tagged with ``_run`` (the run folder's name), sorted by paper then
+        result key.
 
     Raises:
         FileNotFoundError: when ``run_dir`` does not exist.
@@ -150,7 +157,15 @@ def collect_summaries(run_dir: str | os.PathLike) -> list[dict]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
-    return [read_summary(path) for path in sorted((run_dir / "results").glob("*/*/summary.json"))]
+    summaries = [read_summary(path) for path in sorted((run_dir / "results").glob("*/*/summary.json"))]
+    for summary in summaries:
+        # the run id travels with the summary, so a row kept in reports/ after later runs still names its run
+        summary["_run"] = _run_id(run_dir)
+    return summaries
+
+
+def _run_id(run_dir: str | os.PathLike) -> str:
+    return Path(run_dir).resolve().name
 
 
 def summary_result_key(summary: dict) -> str:
@@ -222,12 +237,15 @@ def metric_from_summary(summary: dict, metric: str, basis: str = "per_image") ->
 
 def protocol_line(summary: dict) -> str:
     """One line saying how a result was produced: every protocol field, ``not recorded`` where the summary lacks
-    it and ``none`` where it records None (e.g. the epochs of a zero-shot model)."""
+    it and ``none`` where it records None (e.g. the epochs of a zero-shot model), and the run it came from when
+    the summary carries one (``_run``)."""
     protocol = summary.get("protocol") or {}
     parts = []
     for key, label in _PROTOCOL_FIELDS:
         value = protocol.get(key, "")
         parts.append(f"{label} {'not recorded' if value == '' else 'none' if value is None else value}")
+    if summary.get("_run"):
+        parts.append(f"run {summary['_run']}")
     if summary.get("n_images") is not None:
         parts.append(f"n test images {summary['n_images']}")
     if protocol.get("overridden"):
@@ -435,7 +453,13 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
     by_key = _summaries_by_result_key(paper_id, summaries)
     lines = [f"# {paper_id}: {paper['title']}", ""]
     # the run's id, not its absolute path: a committed report must not carry one machine's folders
-    source = f"the results of run `{Path(run_dir).name}`" if run_dir is not None else "the summaries passed in"
+    source = f"the results of run `{_run_id(run_dir)}`" if run_dir is not None else "the summaries passed in"
+    kept = {key: s["_run"] for key, s in sorted(by_key.items())
+            if s.get("_run") and (run_dir is None or s["_run"] != _run_id(run_dir))}
+    if kept:
+        source += ("; rows that run did not produce are kept from earlier runs: "
+                   + ", ".join(f"`{key}` from run `{run}`" for key, run in kept.items())
+                   + " (each row's protocol line names its run)")
     lines += [f"*{paper['short_title']}*. Paper text: `shared/papers/{paper['file']}`. "
               f"Reproduced numbers from {source}.", ""]
     lines += ["## What the paper did", "", f"**Data.** {paper['data']}", "", "**Systems.**", ""]
@@ -619,7 +643,8 @@ def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
 
     Returns:
         Columns ``split_group``, ``task``, ``paper``, ``result_key``, ``model``, ``paper_rows``, ``profile``,
-        ``data_source``, ``image_size``, ``epochs``, ``seed``, ``n_images``, then ``<metric>_mean``,
+        ``data_source``, ``image_size``, ``epochs``, ``seed``, ``n_images``, ``run`` (the run folder's name, when
+        known), then ``<metric>_mean``,
         ``<metric>_ci_low``, ``<metric>_ci_high`` for the segmentation and classification metrics, then
         ``dice_<class>_mean`` / ``_ci_low`` / ``_ci_high`` for LR2, LR3, LR4A, LR4B and any other class present.
     """
@@ -629,7 +654,7 @@ def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
         classes += [c for c in (summary.get("per_class") or {}) if c not in classes]
     metrics = list(dict.fromkeys(SEGMENTATION_LEADERBOARD_METRICS + CLASSIFICATION_LEADERBOARD_METRICS))
     columns = ["split_group", "task", "paper", "result_key", "model", "paper_rows", "profile", "data_source",
-               "image_size", "epochs", "seed", "n_images"]
+               "image_size", "epochs", "seed", "n_images", "run"]
     columns += [f"{m}_{part}" for m in metrics for part in ("mean", "ci_low", "ci_high")]
     columns += [f"dice_{c}_{part}" for c in classes for part in ("mean", "ci_low", "ci_high")]
     records = []
@@ -650,6 +675,7 @@ def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
             "epochs": protocol.get("epochs"),
             "seed": protocol.get("seed"),
             "n_images": summary.get("n_images"),
+            "run": summary.get("_run", ""),
         }
         for metric in metrics + [f"dice@{c}" for c in classes]:
             value = metric_from_summary(summary, metric)
@@ -686,12 +712,12 @@ def write_leaderboard(summaries: Iterable[dict], reports_dir: str | os.PathLike)
     for (group, task), part in frame.groupby(["split_group", "task"], sort=False):
         lines += [f"## {task}: {group}", ""]
         metrics = SEGMENTATION_LEADERBOARD_METRICS if task != "classification" else CLASSIFICATION_LEADERBOARD_METRICS
-        header = ["paper", "result", "model", "profile", "image size", "epochs", "n"] + list(metrics)
+        header = ["paper", "result", "model", "run", "profile", "image size", "epochs", "n"] + list(metrics)
         if task != "classification":
             header += [f"Dice {c}" for c in classes]
         body = []
         for _, record in part.iterrows():
-            cells = [record["paper"], record["result_key"], record["model"], record["profile"],
+            cells = [record["paper"], record["result_key"], record["model"], record["run"], record["profile"],
                      record["image_size"], record["epochs"], record["n_images"]]
             cells += [_format_with_ci(record[f"{m}_mean"], record[f"{m}_ci_low"], record[f"{m}_ci_high"])
                       for m in metrics]
@@ -867,46 +893,172 @@ def _load_gallery_arrays(result_dir: Path) -> tuple | None:
     return images, masks, probabilities, dice
 
 
-def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike) -> list[Path]:
-    """Write every paper's report, the leaderboard and the figures of one run.
+RESULTS_INDEX_NAME = "results.json"
+#: Row statuses that show a lungkit result: a rewrite that turned one into ``not reproduced yet`` would erase it.
+_STATUSES_WITH_A_RESULT = (STATUS_REPRODUCED, STATUS_WIRING)
 
-    Every paper gets a report, with or without results. Figures (``reports/figures``): a reported-vs-reproduced bar
-    chart for every table with at least one reproduced row, and a best/median/worst gallery for every reproduced
-    segmentation result whose evaluation saved ``predictions.npz``.
+
+def _index_key(summary: dict) -> str:
+    return f"{summary['paper']}/{summary_result_key(summary)}"
+
+
+def read_results_index(reports_dir: str | os.PathLike) -> dict[str, dict]:
+    """The summaries behind the rows of a reports folder (``<reports_dir>/results.json``), by ``paper/result_key``.
+
+    Args:
+        reports_dir: a folder :func:`write_all_reports` wrote; one without ``results.json`` gives ``{}``.
+
+    Returns:
+        ``{"paper004/unet": summary}``; each summary carries ``_result_key`` and ``_run`` (no ``_path``: the run
+        folder that held it may be gone).
+
+    Raises:
+        ValueError: naming the file, when it is not the index :func:`write_all_reports` writes.
+    """
+    path = Path(reports_dir) / RESULTS_INDEX_NAME
+    if not path.is_file():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8")).get("results")
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{path}: not the results index lungkit writes ({error})") from error
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: expected an object with 'results': {{'<paper>/<result_key>': summary}}")
+    for key, summary in results.items():
+        missing = [name for name in REQUIRED_SUMMARY_KEYS if name not in (summary or {})]
+        if missing or key != _index_key(summary):
+            raise ValueError(f"{path}: entry {key!r} is not a summary of that result (missing {missing})")
+    return results
+
+
+def _write_results_index(reports_dir: Path, summaries: list[dict]) -> Path:
+    results = {_index_key(s): {k: v for k, v in s.items() if k != "_path"} for s in summaries}
+    document = {
+        "about": "The summary.json behind every lungkit row of this folder's reports, with the run it came from "
+                 "(_run); lungkit.reports.write_all_reports merges each run into it, so a partial run keeps the "
+                 "rows it did not produce.",
+        "results": dict(sorted(results.items())),
+    }
+    return _write_text(reports_dir / RESULTS_INDEX_NAME, json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+def _results_a_rewrite_would_erase(reports_dir: Path, paper_ids: list[str], rewrite_leaderboard: bool,
+                                   merged_keys: set[str]) -> list[str]:
+    """Results the existing reports show that the merged summaries lack (e.g. reports written before
+    ``results.json`` existed): rewriting those files would turn them into ``not reproduced yet``."""
+    shown = set()
+    for paper_id in paper_ids:
+        csv_path = reports_dir / f"{paper_id}.csv"
+        if csv_path.is_file():
+            frame = pd.read_csv(csv_path, usecols=lambda c: c in ("status", "result_key"), dtype=str)
+            if {"status", "result_key"} <= set(frame.columns):
+                keys = frame.loc[frame["status"].isin(_STATUSES_WITH_A_RESULT), "result_key"].dropna()
+                shown |= {f"{paper_id}/{key}" for key in keys}
+    leaderboard_csv = reports_dir / "leaderboard.csv"
+    if rewrite_leaderboard and leaderboard_csv.is_file():
+        frame = pd.read_csv(leaderboard_csv, usecols=lambda c: c in ("paper", "result_key"), dtype=str)
+        if {"paper", "result_key"} <= set(frame.columns):
+            shown |= {f"{paper}/{key}" for paper, key in zip(frame["paper"], frame["result_key"])}
+    return sorted(shown - merged_keys)
+
+
+def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike,
+                      say: Callable[[str], None] = print) -> list[Path]:
+    """Merge one run's results into a reports folder: every paper's report, the leaderboard and the figures.
+
+    The run's summaries replace the rows of the same ``paper/result_key``; every other row is kept as an earlier run
+    wrote it (its summary is in ``<reports_dir>/results.json``, and its protocol line names its run). Only what the
+    run changes is rewritten: a paper's report and its table figures when the run produced a result of that paper
+    (or the report does not exist yet), the leaderboard when the run produced any result, a gallery when the run
+    saved ``predictions.npz`` for that result. A run with no results (``--only 90``) leaves the folder as it was.
+
+    When the reports folder shows results that neither the run nor ``results.json`` holds (reports written before
+    the index existed), merging would erase them: then the whole report goes to ``<run_dir>/reports`` instead and
+    ``reports_dir`` is left untouched.
+
+    Figures: a reported-vs-reproduced bar chart for every table with at least one reproduced row, and a
+    best/median/worst gallery for every reproduced segmentation result whose evaluation saved ``predictions.npz``.
 
     Args:
         run_dir: the run directory (``results/`` inside may be absent or empty).
         reports_dir: output folder, e.g. ``reports``.
+        say: receives one line per decision (rows kept and from which run, files left alone, a redirect).
 
     Returns:
-        Paths written: figures first, then per paper its markdown and CSV, then the leaderboard's.
+        Paths written: per paper its figures, markdown and CSV, then the leaderboard's and ``results.json``.
     """
     run_dir, reports_dir = Path(run_dir), Path(reports_dir)
-    summaries = collect_summaries(run_dir)
+    produced = collect_summaries(run_dir)
+    index = read_results_index(reports_dir)
+    produced_keys = {_index_key(s) for s in produced}
+    kept = [summary for key, summary in sorted(index.items()) if key not in produced_keys]
+    merged = produced + kept
+    papers_produced = {s["paper"] for s in produced}
+    papers_to_write = [p for p in all_paper_ids()
+                       if p in papers_produced or not (reports_dir / f"{p}.md").exists()]
+    rewrite_leaderboard = bool(produced) or not (reports_dir / "leaderboard.md").exists()
+
+    erased = _results_a_rewrite_would_erase(reports_dir, papers_to_write, rewrite_leaderboard,
+                                            {_index_key(s) for s in merged})
+    if erased:
+        target = run_dir / "reports"
+        say(f"[reports] {reports_dir} left untouched: it shows {', '.join(erased)}, which neither this run nor "
+            f"{reports_dir / RESULTS_INDEX_NAME} holds, so rewriting it would erase them. This run's reports went to "
+            f"{target}; a run that produces those results too (e.g. a full run) updates {reports_dir}.")
+        return write_all_reports(run_dir, target, say)
+
+    for paper_id in all_paper_ids():
+        if paper_id not in papers_to_write:
+            say(f"[reports] {reports_dir / paper_id}.md kept as it was: this run produced no {paper_id} result")
+    for summary in kept:
+        say(f"[reports] kept {_index_key(summary)} from run {summary.get('_run', 'unknown')} "
+            "(this run did not produce it)")
+
     figures_dir = reports_dir / "figures"
     written: list[Path] = []
-    for paper_id in all_paper_ids():
-        for table_id in get_paper(paper_id).TABLES:
-            frame = paper_table_frame(paper_id, table_id, summaries)
+    for paper_id in papers_to_write:
+        paper_summaries = [s for s in merged if s["paper"] == paper_id]
+        paper_produced_keys = {summary_result_key(s) for s in produced if s["paper"] == paper_id}
+        for table_id, table in get_paper(paper_id).TABLES.items():
+            figure_path = figures_dir / _figure_name(paper_id, table_id)
+            table_keys = {row["reproduced_by"]["result_key"] for row in table["rows"] if row["reproduced_by"]}
+            # a chart changes only when this run changed one of its rows; the others stay byte for byte
+            if figure_path.exists() and not table_keys & paper_produced_keys:
+                continue
+            frame = paper_table_frame(paper_id, table_id, paper_summaries)
             if (frame["status"] == STATUS_REPRODUCED).any():
-                figure = plot_reported_vs_reproduced(paper_id, table_id, summaries)
-                written.append(_save_figure(figures_dir / _figure_name(paper_id, table_id), figure))
-        for summary in summaries:
-            if summary["paper"] != paper_id or summary["status"] != "reproduced":
-                continue
-            if summary.get("task", "segmentation") != "segmentation" or not summary.get("_path"):
-                continue
-            arrays = _load_gallery_arrays(Path(summary["_path"]).parent)
-            if arrays is None:
+                figure = plot_reported_vs_reproduced(paper_id, table_id, paper_summaries)
+                written.append(_save_figure(figure_path, figure))
+            elif figure_path.exists():
+                figure_path.unlink()  # its bars would show a result the table no longer has
+                say(f"[reports] removed {figure_path}: no reproduced row of {paper_id} {table_id} is left")
+        for summary in produced:
+            if summary["paper"] != paper_id:
                 continue
             key = summary_result_key(summary)
+            gallery_path = figures_dir / _gallery_name(paper_id, key)
+            arrays = None
+            if summary["status"] == "reproduced" and summary.get("task", "segmentation") == "segmentation":
+                arrays = _load_gallery_arrays(Path(summary["_path"]).parent)
+            if arrays is None:
+                if gallery_path.exists():
+                    # an earlier run's predictions beside this run's numbers would be out of step with the table
+                    gallery_path.unlink()
+                    say(f"[reports] removed {gallery_path}: it showed an earlier run's predictions and this run "
+                        "saved none for that result")
+                continue
             protocol = summary.get("protocol") or {}
             title = (f"{paper_id} / {key} ({summary['model']}): data {protocol.get('data_source')}, "
-                     f"profile {protocol.get('profile')}, {protocol.get('image_size')} px")
+                     f"profile {protocol.get('profile')}, {protocol.get('image_size')} px, run {summary['_run']}")
             figure = plot_prediction_gallery(*arrays, title=title)
-            written.append(_save_figure(figures_dir / _gallery_name(paper_id, key), figure))
-        written.extend(write_paper_report(paper_id, summaries, reports_dir, run_dir=run_dir))
-    written.extend(write_leaderboard(summaries, reports_dir))
+            written.append(_save_figure(gallery_path, figure))
+        written.extend(write_paper_report(paper_id, paper_summaries, reports_dir, run_dir=run_dir))
+    if rewrite_leaderboard:
+        written.extend(write_leaderboard(merged, reports_dir))
+    else:
+        say(f"[reports] {reports_dir / 'leaderboard.md'} kept as it was: this run produced no result")
+    if written:
+        written.append(_write_results_index(reports_dir, merged))
     return written
 
 
@@ -924,6 +1076,7 @@ __all__ = [
     "plot_prediction_gallery",
     "plot_reported_vs_reproduced",
     "protocol_line",
+    "read_results_index",
     "read_summary",
     "summary_result_key",
     "write_all_reports",

@@ -256,7 +256,7 @@ def test_write_all_reports_on_an_empty_run_writes_every_paper(tmp_path):
     written = reports.write_all_reports(run_dir, tmp_path / "reports")
     names = sorted(path.name for path in written)
     expected = sorted([f"{pid}.{ext}" for pid in all_paper_ids() for ext in ("md", "csv")]
-                      + ["leaderboard.md", "leaderboard.csv"])
+                      + ["leaderboard.md", "leaderboard.csv", "results.json"])
     assert names == expected
     for pid in all_paper_ids():
         assert (tmp_path / "reports" / f"{pid}.md").read_text().startswith(f"# {pid}: ")
@@ -282,6 +282,90 @@ def test_write_all_reports_draws_bars_and_galleries_when_data_exists(tmp_path):
     md = (tmp_path / "reports" / "paper004.md").read_text()
     assert "](figures/paper004_table2_reported_vs_reproduced.png)" in md
     assert "](figures/paper004_unet_gallery.png)" in md
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _save_predictions(summary_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 16, 16), dtype=np.uint8)
+    masks[:, 5:9, 5:9] = 1
+    np.savez(summary_path.parent / "predictions.npz", images=rng.normal(size=(4, 16, 16)), masks=masks,
+             probabilities=rng.random((4, 16, 16)), dice=np.array([0.2, 0.9, 0.5, 0.1]))
+
+
+def _full_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run-a"
+    _save_predictions(write_summary(run, "paper004", "unet", metrics={"dice": stat(0.6), "iou": stat(0.5)}))
+    write_summary(run, "paper004", "attention_unet", metrics={"dice": stat(0.7), "iou": stat(0.55)})
+    write_summary(run, "paper001", "swin_unet", metrics={"dice": stat(0.7012), "iou": stat(0.6)})
+    return run
+
+
+def test_a_run_without_results_leaves_the_reports_as_they_were(tmp_path):
+    reports_dir = tmp_path / "reports"
+    reports.write_all_reports(_full_run(tmp_path), reports_dir, say=lambda line: None)
+    before = _snapshot(reports_dir)
+    assert "figures/paper004_unet_gallery.png" in before and "results.json" in before
+    only_90 = tmp_path / "run-90"
+    only_90.mkdir()
+    said = []
+    assert reports.write_all_reports(only_90, reports_dir, say=said.append) == []
+    assert _snapshot(reports_dir) == before  # nothing rewritten, nothing turned into "not reproduced yet"
+    assert any("paper004/attention_unet from run run-a" in line for line in said)
+
+
+def test_a_partial_run_updates_its_rows_and_keeps_the_others_with_their_run(tmp_path):
+    reports_dir = tmp_path / "reports"
+    reports.write_all_reports(_full_run(tmp_path), reports_dir, say=lambda line: None)
+    before = _snapshot(reports_dir)
+    partial = tmp_path / "run-b"  # --only 10: the U-Net again, no predictions saved this time
+    write_summary(partial, "paper004", "unet", metrics={"dice": stat(0.65), "iou": stat(0.52)})
+    said = []
+    written = reports.write_all_reports(partial, reports_dir, say=said.append)
+    after = _snapshot(reports_dir)
+
+    md = after["paper004.md"].decode()
+    assert "| 0.82 | 0.650 [0.600, 0.700] |" in table_line(md, "Traditional U-Net")  # updated from run-b
+    attention = table_line(md, "Proposed Attention U-Net")
+    assert "| 0.89 | 0.700 [0.650, 0.750] |" in attention and attention.endswith("| reproduced |")  # kept
+    assert "`attention_unet` from run `run-a`" in md and "results of run `run-b`" in md
+    frame = pd.read_csv(reports_dir / "paper004.csv")
+    protocols = dict(zip(frame.loc[frame["table"] == "table2", "result_key"],
+                         frame.loc[frame["table"] == "table2", "protocol"]))
+    assert "run run-b" in protocols["unet"] and "run run-a" in protocols["attention_unet"]
+    assert any("kept paper004/attention_unet from run run-a" in line for line in said)
+    # paper 001 had nothing from this run: its report and chart are the earlier bytes
+    for name in ("paper001.md", "paper001.csv", "figures/paper001_table3_reported_vs_reproduced.png"):
+        assert after[name] == before[name], name
+    # paper 004's charts were redrawn with the new U-Net number; the stale U-Net gallery is gone, not left beside it
+    assert after["figures/paper004_table2_reported_vs_reproduced.png"] != \
+        before["figures/paper004_table2_reported_vs_reproduced.png"]
+    assert "figures/paper004_unet_gallery.png" not in after
+    assert "paper004_unet_gallery.png" not in md
+    index = reports.read_results_index(reports_dir)
+    assert {key: summary["_run"] for key, summary in index.items()} == {
+        "paper001/swin_unet": "run-a", "paper004/attention_unet": "run-a", "paper004/unet": "run-b"}
+    leaderboard = pd.read_csv(reports_dir / "leaderboard.csv")
+    assert dict(zip(leaderboard["result_key"], leaderboard["run"])) == {
+        "attention_unet": "run-a", "unet": "run-b", "swin_unet": "run-a"}
+    assert reports_dir / "paper001.md" not in written
+
+
+def test_reports_without_an_index_are_not_overwritten_by_a_partial_run(tmp_path):
+    reports_dir = tmp_path / "reports"
+    reports.write_all_reports(_full_run(tmp_path), reports_dir, say=lambda line: None)
+    (reports_dir / "results.json").unlink()  # reports written before the index existed (the committed ones)
+    before = _snapshot(reports_dir)
+    partial = tmp_path / "run-b"
+    write_summary(partial, "paper004", "unet", metrics={"dice": stat(0.65)})
+    said = []
+    reports.write_all_reports(partial, reports_dir, say=said.append)
+    assert _snapshot(reports_dir) == before
+    assert any("paper004/attention_unet" in line and "left untouched" in line for line in said)
+    assert "0.650" in table_line((partial / "reports" / "paper004.md").read_text(), "Traditional U-Net")
 
 
 # ------------------------------------------------------------------------------------------------ leaderboard
