@@ -2,11 +2,14 @@
 #   make reproduce   set up .venv, then run every notebook headless on the phantom data -> reports/
 #   make test        set up .venv, then run the test suite (what CI runs)
 # Options: PROFILE=smoke|quick|paper  DATA_DIR=/path/to/lungrads/pickles  SEED=0  PYTHON=python3.11
+#          RUN_DIR=runs/<run-id>  continue that run: notebooks that ran ok there are skipped, the one that
+#                                 failed or was cut off reruns (training resumes from its last epoch)
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 PROFILE ?= quick
 DATA_DIR ?=
+RUN_DIR ?=
 SEED ?= 0
 EXTRAS ?= dev,crf
 BIN := $(VENV)/bin
@@ -24,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce: setup
-	$(BIN)/python -m lungkit reproduce --profile $(PROFILE) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(BIN)/python -m lungkit reproduce --profile $(PROFILE) --seed $(SEED) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) \
+		$(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: setup
 	$(BIN)/python -m pytest
