@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -130,7 +131,6 @@ def test_resume_picks_the_newest_run_with_the_same_parameters(tmp_path):
         (runs_root / name).mkdir(parents=True)
         record = {"parameters": {"profile": "smoke", "data_dir": "", "seed": seed}, "notebooks": []}
         (runs_root / name / "notebook_runs.json").write_text(json.dumps(record))
-    import os
     os.utime(runs_root / "a" / "notebook_runs.json", (2e9, 2e9))  # a's record was written last
     assert runner.find_resumable_run(runs_root, "smoke", None, 0) == runs_root / "a"
     assert runner.find_resumable_run(runs_root, "smoke", "", 1) == runs_root / "c"
