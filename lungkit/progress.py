@@ -3,6 +3,11 @@
 ``tqdm.auto`` makes the same choice, but in a kernel without ipywidgets it first warns
 ``TqdmWarning: IProgress not found. Please update jupyter and ipywidgets.``, which a student reads as a failure
 and which says nothing they need to act on: the text bar that follows works. This module makes the choice quietly.
+
+ipywidgets is deliberately not a pinned dependency (Colab ships it; a local Jupyter may add it). Measured with
+ipywidgets 8.1.9 on notebook 01 run by papermill: a widget bar's only text is its state when first shown, so the
+CLI's log and the executed notebook outside Jupyter showed ``augment:   0%| | 0/42`` for a finished loop, and the
+bar needs the widget extension in the Jupyter server's environment too. The text bar shows the final count everywhere.
 """
 
 from __future__ import annotations
