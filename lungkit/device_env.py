@@ -48,9 +48,10 @@ CPU_ONLY_SETTINGS: dict[str, str] = {
 
 # Device nodes and driver files that mean an accelerator may be usable: NVIDIA, AMD ROCm, Google TPU VMs.
 _ACCELERATOR_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
-_ACCELERATOR_GLOBS = ("/dev/nvidia[0-9]*", "/dev/accel[0-9]*")
-# Colab / Cloud TPU runtimes announce themselves through these.
-_TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE")
+_ACCELERATOR_GLOBS = ("/dev/nvidia[0-9]*", "/dev/accel*")
+# Colab / Cloud TPU runtimes announce themselves through these. Keep this and the /dev/accel* glob a superset of
+# lungkit.training's TPU evidence: where training would look for a TPU, the TPU device factory must stay on.
+_TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_ID")
 
 
 def _libcuda_loadable() -> bool:
