@@ -9,6 +9,13 @@ One subpackage or module per pipeline stage:
 - ``lungkit.losses`` / ``lungkit.metrics`` / ``lungkit.postprocess`` / ``lungkit.evaluation``.
 - ``lungkit.training``: recipes -> compile/fit.
 - ``lungkit.papers`` / ``lungkit.reports``: reported tables as data, reproduced tables as files.
+
+Importing lungkit first sets up TensorFlow's environment on a machine without an accelerator (see
+``lungkit.device_env``): it has to happen before TensorFlow is imported, so it is the first thing the package does.
 """
+
+from lungkit.device_env import quiet_cpu_tensorflow as _quiet_cpu_tensorflow
+
+_quiet_cpu_tensorflow()
 
 __version__ = "0.1.0"

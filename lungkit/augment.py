@@ -38,11 +38,11 @@ import numpy as np
 import pandas as pd
 from albumentations.core.pydantic import SymmetricRangeType
 from albumentations.core.transforms_interface import BaseTransformInitSchema
-from tqdm.auto import tqdm
 
 from lungkit import preprocess
 from lungkit.data import export, kit_dataset
 from lungkit.data.kit_dataset import COMPLETE_MARKER, IMAGE_DIR, LUNG_DIR, MANIFEST_COLUMNS, MANIFEST_NAME, MASK_DIR
+from lungkit.progress import progress_bar
 
 #: HU put where a rotation or elastic warp uncovers the image: air.
 AIR_HU = -1000.0
@@ -434,7 +434,7 @@ def expand_training_split(
     compose = build_train_augmentation(image_size, seed)
 
     records = []
-    for row in tqdm(plan.itertuples(index=False), total=len(plan), desc="augment", unit="slice"):
+    for row in progress_bar(plan.itertuples(index=False), total=len(plan), desc="augment", unit="slice"):
         relative = {folder: f"{folder}/{row.id}.png" for folder in (IMAGE_DIR, MASK_DIR, LUNG_DIR)}
         targets = {folder: out_dir / path for folder, path in relative.items()}
         if all(path.is_file() for path in targets.values()):

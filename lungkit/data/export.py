@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from lungkit.data.kit_dataset import (
     COMPLETE_MARKER,
@@ -36,6 +35,7 @@ from lungkit.data.kit_dataset import (
     read_manifest,
 )
 from lungkit.data.lungrads import LungRadsSlice, frame_slices, load_lungrads_pickle
+from lungkit.progress import progress_bar
 
 #: Sidecar with the provenance of a converted dataset (source files, spacing, plus the caller's metadata).
 DATASET_INFO_NAME = "dataset.json"
@@ -252,7 +252,7 @@ def convert_lungrads_to_kit(
     for split, path in sources.items():
         frame = load_lungrads_pickle(path)
         slices = frame_slices(frame, path.name)
-        bar = tqdm(slices, total=len(frame), desc=f"{split}: {path.name}", unit="slice", disable=not progress)
+        bar = progress_bar(slices, total=len(frame), desc=f"{split}: {path.name}", unit="slice", disable=not progress)
         for item in bar:
             slice_id = f"{split}_{item.source_row:06d}"
             relative_paths = _write_slice(item, staging, slice_id)

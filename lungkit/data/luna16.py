@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from lungkit.data import kit_dataset
 from lungkit.data.export import (
@@ -56,6 +55,7 @@ from lungkit.data.volumes import (
     resample_volume,
     world_to_index,
 )
+from lungkit.progress import progress_bar
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
@@ -503,7 +503,7 @@ def convert_luna16_to_kit(
 
     rows = []
     outside = []
-    for uid in tqdm(annotated, desc="LUNA16 series", unit="series", disable=not progress):
+    for uid in progress_bar(annotated, desc="LUNA16 series", unit="series", disable=not progress):
         volume = read_volume(series_paths[uid])
         label = None
         if label_dir is not None:
