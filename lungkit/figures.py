@@ -1,9 +1,10 @@
-"""Every figure the notebooks show, in the order of the pipeline: data, training, reports.
+"""Every figure the notebooks show, in the order of the pipeline: data, training, segmentation, prompted
+segmentation, classification, reports.
 
 Each function takes what its stage produced (a dataset folder, a training history, an evaluation result, a summary)
-and returns a matplotlib ``Figure``; the notebook shows it and saves it with ``savefig``. matplotlib and the stages'
-modules are imported inside each function, so importing this module (as :mod:`lungkit.reports` does) stays cheap
-and needs no display.
+and returns a matplotlib ``Figure``; the notebook shows it and saves it with ``savefig``. The experiments and data
+modules draw nothing, so they never import matplotlib; here matplotlib and the stages' modules are imported inside
+each function, so importing this module (as :mod:`lungkit.reports` does) stays cheap and needs no display.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from lungkit.experiments.classification import NoduleCrops
+    from lungkit.experiments.prompted import SlicePredictions
+    from lungkit.experiments.segmentation import EvaluationResult, SegmentationExperiment
 
 
 # ================================================================================================================= data
@@ -162,6 +167,292 @@ def plot_training_curves(history: pd.DataFrame):
     return figure
 
 
+# ========================================================================================================= segmentation
+
+
+def plot_predictions(evaluation: EvaluationResult, n: int = 4, title: str = ""):
+    """CT (lung window) with the ground truth in green and the prediction in red, for the best, median and worst
+    slices that contain a tumour (by Dice)."""
+    import matplotlib.pyplot as plt
+
+    dice = evaluation.per_image["dice"].to_numpy()
+    has_tumour = evaluation.masks.reshape(len(dice), -1).any(axis=1)
+    order = [i for i in np.argsort(-dice) if has_tumour[i]]
+    if not order:
+        order = list(range(len(dice)))
+    picks = [order[int(round(k))] for k in np.linspace(0, len(order) - 1, min(n, len(order)))]
+    figure, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
+    for axis, index in zip(axes[0], picks):
+        axis.imshow(evaluation.images[index], cmap="gray", vmin=0, vmax=1)
+        axis.contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        if evaluation.predicted_masks[index].any():
+            axis.contour(evaluation.predicted_masks[index], levels=[0.5], colors="red", linewidths=1.0)
+        row = evaluation.per_image.iloc[index]
+        axis.set_title(f"{row.get('label1', '')} Dice {row['dice']:.2f}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(title or "green: ground truth, red: prediction (best -> worst tumour slices)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_side_by_side(run_dir: str | Path, paper_id: str, result_keys: list[str], labels: list[str], n: int = 4,
+                      seed: int = 0):
+    """Ground truth beside several models' predictions on the same test slices (paper 004's comparison figure).
+
+    Slices are drawn at random (seeded) among those with a tumour; every model must have been evaluated at the same
+    image size.
+    """
+    import matplotlib.pyplot as plt
+
+    from lungkit.experiments.segmentation import load_predictions
+
+    predictions = [load_predictions(run_dir, paper_id, key) for key in result_keys]
+    masks = predictions[0]["masks"]
+    for key, p in zip(result_keys, predictions):
+        if p["masks"].shape != masks.shape:
+            raise ValueError(f"{key}: predictions at {p['masks'].shape[1:]}, {result_keys[0]} at {masks.shape[1:]}")
+    candidates = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+    picks = np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False)
+    columns = 1 + len(result_keys)
+    figure, axes = plt.subplots(len(picks), columns, figsize=(3 * columns, 3 * len(picks)), squeeze=False)
+    for row_axes, index in zip(axes, picks):
+        image = predictions[0]["images"][index]
+        row_axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        row_axes[0].contour(masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        row_axes[0].set_title("ground truth", fontsize=9)
+        for axis, label, p in zip(row_axes[1:], labels, predictions):
+            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+            axis.imshow(np.ma.masked_less(p["probabilities"][index], 0.5), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
+            axis.set_title(f"{label}  Dice {p['dice'][index]:.2f}", fontsize=9)
+        for axis in row_axes:
+            axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def plot_attention_maps(experiment: SegmentationExperiment, model, evaluation: EvaluationResult, n: int = 3):
+    """Attention U-Net gate coefficients over CT slices: where each gate lets skip features through.
+
+    One row per slice (the tumour slices with the largest tumours): the CT with the ground truth, then the
+    coefficient map of every gate, finest first, upsampled to the slice and laid over it.
+    """
+    import matplotlib.pyplot as plt
+    from skimage.transform import resize
+
+    from lungkit.models.attention_unet import attention_maps_model
+
+    maps_model = attention_maps_model(model)
+    areas = evaluation.masks.reshape(len(evaluation.masks), -1).sum(axis=1)
+    picks = np.argsort(-areas)[:n]
+    maps = maps_model.predict(experiment.model_inputs(evaluation.hu[picks]), verbose=0)
+    names = sorted(maps, key=lambda name: int(name.rsplit("_", 1)[-1]))
+    figure, axes = plt.subplots(len(picks), 1 + len(names), figsize=(2.8 * (1 + len(names)), 2.8 * len(picks)),
+                                squeeze=False)
+    for row, index in enumerate(picks):
+        image = evaluation.images[index]
+        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        axes[row, 0].set_title("CT + ground truth", fontsize=9)
+        for column, name in enumerate(names, start=1):
+            coefficients = resize(np.asarray(maps[name][row, ..., 0], np.float32), image.shape, order=1)
+            axes[row, column].imshow(image, cmap="gray", vmin=0, vmax=1)
+            axes[row, column].imshow(coefficients, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axes[row, column].set_title(name.replace("_", " "), fontsize=9)
+    for axis in axes.ravel():
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+# ============================================================================ prompted segmentation (paper 003, LUNA16)
+
+
+def plot_prompt_examples(dataset_dir: str | Path, n: int = 4, seed: int = 0):
+    """A few nodule slices (lung window) with the box prompt (yellow) and the target mask (green outline).
+
+    One slice each from ``n`` nodules drawn at random (seeded), alternating the nodule's central slice and its
+    outermost slice, where the full-diameter box is much larger than the disc the sphere shows.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from lungkit.data.export import read_hu_png, read_png
+    from lungkit.data.kit_dataset import read_manifest
+    from lungkit.data.luna16_kit import lung_window
+    from lungkit.data.nodule_slices import parse_box
+
+    manifest = read_manifest(dataset_dir)
+    rng = np.random.default_rng(seed)
+    nodules = manifest.groupby(["seriesuid", "nodule_index"]).groups
+    keys = list(nodules)
+    picks = []
+    for number, key in enumerate(rng.permutation(len(keys))[:n]):
+        rows = manifest.loc[nodules[keys[key]]]
+        offsets = rows["slice_offset_mm"].abs()
+        picks.append(int(offsets.idxmin() if number % 2 == 0 else offsets.idxmax()))
+    figure, axes = plt.subplots(1, len(picks), figsize=(3.3 * len(picks), 3.6), squeeze=False)
+    for axis, index in zip(axes[0], picks):
+        row = manifest.loc[index]
+        x0, y0, x1, y1 = parse_box(row["prompt_box"])
+        mask = read_png(row["mask_path"]) > 0
+        axis.imshow(lung_window(read_hu_png(row["image_path"])), cmap="gray", vmin=0, vmax=1)
+        axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.2))
+        if mask.any():
+            axis.contour(mask, levels=[0.5], colors="lime", linewidths=1.0)
+        axis.set_title(
+            f"d {row['diameter_mm']:.1f} mm, offset {row['slice_offset_mm']:+.1f} mm\n"
+            f"section {row['section_diameter_mm']:.1f} mm ({row['mask_source']})",
+            fontsize=8,
+        )
+        axis.axis("off")
+    figure.suptitle("box prompt (yellow) and target mask (green)", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    return figure
+
+
+def plot_prompt_sensitivity(sensitivity: pd.DataFrame, title: str = ""):
+    """Dice (95% CI) against box jitter."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.8, 3.4))
+    x = sensitivity["jitter_fraction"].to_numpy()
+    axis.errorbar(x, sensitivity["dice_mean"], yerr=[sensitivity["dice_mean"] - sensitivity["dice_ci_low"],
+                  sensitivity["dice_ci_high"] - sensitivity["dice_mean"]], marker="o", capsize=3)
+    axis.set_xlabel("box jitter (fraction of box size per side)")
+    axis.set_ylabel("mean Dice (95% CI)")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.set_title(title or "SAM's sensitivity to the box prompt", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_slice_predictions(predictions: SlicePredictions, n: int = 4, title: str = "", show_scores: bool = True):
+    """Slices with the box (yellow), target (green) and prediction (red), best -> worst by Dice.
+
+    Args:
+        show_scores: print each slice's Dice in its title (False for a wiring-only model).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from lungkit.data.luna16_kit import lung_window
+
+    dice = predictions.per_image["dice"].to_numpy()
+    order = np.argsort(-np.nan_to_num(dice, nan=-1.0))
+    picks = [int(order[int(round(k))]) for k in np.linspace(0, len(order) - 1, min(n, len(order)))]
+    figure, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
+    for axis, index in zip(axes[0], picks):
+        x0, y0, x1, y1 = predictions.boxes[index]
+        axis.imshow(lung_window(predictions.hu[index]), cmap="gray", vmin=0, vmax=1)
+        axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.0))
+        if predictions.masks[index].any():
+            axis.contour(predictions.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        predicted = np.asarray(predictions.probabilities[index]) >= 0.5
+        if predicted.any():
+            axis.contour(predicted, levels=[0.5], colors="red", linewidths=1.0)
+        axis.set_title(f"Dice {dice[index]:.2f}" if show_scores else "wiring only", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(title or "box (yellow), target (green), prediction (red)", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    return figure
+
+
+# =========================================================================================== classification (paper 003)
+
+
+def plot_crop_examples(crops: NoduleCrops, n_per_class: int = 4, seed: int = 0):
+    """Central-slice crops per class (lung window), with diameter and label."""
+    import matplotlib.pyplot as plt
+
+    from lungkit.data.luna16_kit import lung_window
+
+    centre = crops.table[crops.table["role"] == "centre"]
+    rng = np.random.default_rng(seed)
+    classes = sorted(centre["label"].unique())
+    figure, axes = plt.subplots(len(classes), n_per_class, figsize=(2.2 * n_per_class, 2.4 * len(classes)),
+                                squeeze=False)
+    for row_axes, label in zip(axes, classes):
+        members = centre.index[centre["label"] == label].to_numpy()
+        picks = rng.permutation(members)[:n_per_class]
+        for axis, index in zip(row_axes, picks):
+            record = crops.table.loc[index]
+            axis.imshow(lung_window(crops.images[index]), cmap="gray", vmin=0, vmax=1)
+            diameter = record.get("diameter_mm", np.nan)
+            axis.set_title(f"{record['label_name']}\n{diameter:.0f} mm" if np.isfinite(diameter)
+                           else record["label_name"], fontsize=8)
+        for axis in row_axes:
+            axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def plot_crop_augmentation_preview(crop: np.ndarray, image_size: int, n: int = 6, seed: int = 0):
+    """One scaled training crop and ``n`` augmented versions of it (what the classifier sees during training)."""
+    import matplotlib.pyplot as plt
+
+    from lungkit.experiments.classification import crop_augmenter, crops_to_inputs
+
+    inputs = crops_to_inputs(np.repeat(np.asarray(crop, np.float32)[None], n, axis=0), image_size, 1)
+    augmenter = crop_augmenter(seed)
+    augmented = np.stack([np.asarray(augmenter(image)) for image in inputs])
+    figure, axes = plt.subplots(1, n + 1, figsize=(2.0 * (n + 1), 2.3))
+    axes[0].imshow(inputs[0, ..., 0], cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("crop", fontsize=8)
+    for axis, image in zip(axes[1:], augmented):
+        axis.imshow(np.clip(image[..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
+        axis.set_title("augmented", fontsize=8)
+    for axis in axes:
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def plot_classifier_curves(history: pd.DataFrame):
+    """Loss, accuracy and AUC per epoch, training vs validation."""
+    import matplotlib.pyplot as plt
+
+    epochs = history["epoch"] + 1 if "epoch" in history else np.arange(1, len(history) + 1)
+    keys = [key for key in ("loss", "accuracy", "auc") if key in history]
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        axis.plot(epochs, history[key], marker="o", markersize=3, label=f"train {key}")
+        if f"val_{key}" in history:
+            axis.plot(epochs, history[f"val_{key}"], marker="o", markersize=3, label=f"validation {key}")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion_matrix(per_case: pd.DataFrame, class_names=None, title: str = ""):
+    """Confusion matrix of the test cases (rows: truth, columns: prediction), counts.
+
+    Args:
+        per_case: ``ClassifierEvaluation.per_case`` (columns ``y_true``, ``y_pred``).
+        class_names: names of classes 0 and 1; None for
+            :data:`lungkit.experiments.classification.CLASS_NAMES` (benign, malignant).
+        title: figure title; the number of cases when empty.
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    if class_names is None:
+        from lungkit.experiments.classification import CLASS_NAMES
+
+        class_names = CLASS_NAMES
+    figure, axis = plt.subplots(figsize=(3.8, 3.4))
+    ConfusionMatrixDisplay.from_predictions(
+        per_case["y_true"], per_case["y_pred"], labels=[0, 1], display_labels=list(class_names), ax=axis,
+        colorbar=False, cmap="Blues",
+    )
+    axis.set_title(title or f"test cases (n = {len(per_case)})", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 # ============================================================================================================== reports
 
 
@@ -303,9 +594,19 @@ def plot_prediction_gallery(images: np.ndarray, masks: np.ndarray, probabilities
 
 __all__ = [
     "gallery_indices",
+    "plot_attention_maps",
+    "plot_classifier_curves",
+    "plot_confusion_matrix",
+    "plot_crop_augmentation_preview",
+    "plot_crop_examples",
     "plot_examples_per_class",
     "plot_prediction_gallery",
+    "plot_predictions",
+    "plot_prompt_examples",
+    "plot_prompt_sensitivity",
     "plot_reported_vs_reproduced",
+    "plot_side_by_side",
     "plot_slice_augmentation_preview",
+    "plot_slice_predictions",
     "plot_training_curves",
 ]
