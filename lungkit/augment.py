@@ -317,7 +317,12 @@ def _read_png(path: str, dtype: type, what: str, row_id: str) -> np.ndarray:
     return array
 
 
-def _load_slice(row) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_kit_slice(row) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One kit-dataset manifest row -> ``(HU float32, tumour mask, lung mask)``, the masks uint8 in {0, 1}.
+
+    Raises:
+        FileNotFoundError / ValueError: naming the row, for a missing PNG or one of the wrong type or size.
+    """
     stored = _read_png(row.image_path, np.uint16, "image", row.id)
     tumour = _read_png(row.mask_path, np.uint8, "mask", row.id)
     lung = _read_png(row.lung_path, np.uint8, "lung mask", row.id)
@@ -440,7 +445,7 @@ def expand_training_split(
         if all(path.is_file() for path in targets.values()):
             tumour = _read_png(targets[MASK_DIR], np.uint8, "mask", row.id)
         else:
-            hu, tumour, lung = _load_slice(row)
+            hu, tumour, lung = read_kit_slice(row)
             if row.copy_index >= 0:
                 hu, tumour, lung = apply_augmentation(compose, hu, tumour, int(row.augmentation_seed), lung)
             else:
@@ -496,43 +501,3 @@ def read_augmented_manifest(dataset_dir: str | Path, split: str | None = None) -
     return manifest
 
 
-def plot_augmentation_preview(
-    dataset_dir: str | Path, n: int = 4, seed: int = 0, image_size: int = 256, versions: int = 4
-):
-    """Show train slices next to augmented versions, tumour outlined.
-
-    Args:
-        dataset_dir: a kit dataset (the one before augmentation).
-        n: number of train slices (rows of the grid); slices with a tumour come first.
-        seed: base seed; version ``j`` of slice ``i`` uses ``derive_seed(seed, i, j)``.
-        image_size: side of the augmented images.
-        versions: augmented versions per slice (columns after the original).
-
-    Returns:
-        A matplotlib Figure: one row per slice, the original (resized) first, HU shown in the lung window.
-    """
-    import matplotlib.pyplot as plt
-
-    train = kit_dataset.read_manifest(dataset_dir, "train")
-    if train.empty:
-        raise ValueError(f"{dataset_dir}: no train rows to preview")
-    chosen = train.sort_values("tumour_area_px", ascending=False, kind="stable").head(n)
-    compose = build_train_augmentation(image_size, seed)
-    fig, axes = plt.subplots(
-        len(chosen), versions + 1, figsize=(2.2 * (versions + 1), 2.2 * len(chosen)), squeeze=False
-    )
-    for i, row in enumerate(chosen.itertuples(index=False)):
-        hu, tumour, _ = _load_slice(row)
-        panels = [(preprocess.resize_image(hu, image_size), preprocess.resize_mask(tumour, image_size), "original")]
-        for j in range(versions):
-            aug_hu, aug_mask, _ = apply_augmentation(compose, hu, tumour, derive_seed(seed, i, j))
-            panels.append((aug_hu, aug_mask, f"augmented {j + 1}"))
-        for ax, (image, mask, title) in zip(axes[i], panels):
-            ax.imshow(preprocess.hu_window_unit(image), cmap="gray", vmin=0, vmax=1)
-            if mask.any():
-                ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-            ax.set_title(f"{row.id}\n{title}" if title == "original" else title, fontsize=8)
-            ax.axis("off")
-    fig.suptitle("Paper 001 augmentation (lung window, tumour outlined in red)", fontsize=10)
-    fig.tight_layout()
-    return fig

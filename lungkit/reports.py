@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from lungkit.data.kit_dataset import LUNGRADS_LABELS
+from lungkit.figures import plot_prediction_gallery, plot_reported_vs_reproduced
 from lungkit.papers import (
     all_paper_ids,
     find_rows_for_result,
@@ -739,137 +739,6 @@ def write_leaderboard(summaries: Iterable[dict], reports_dir: str | os.PathLike)
 # ------------------------------------------------------------------------------------------------------ figures
 
 
-def plot_reported_vs_reproduced(paper_id: str, table_id: str, summaries: Iterable[dict]) -> Figure:
-    """Grouped bars: the paper's value and lungkit's (with its 95% CI) for every reproducible row, per metric.
-
-    Rows lungkit has not produced yet, or only wired, get no lungkit bar and a label saying so. Values are in the
-    paper's units (percent tables in percent).
-
-    Returns:
-        A matplotlib ``Figure`` (not registered with pyplot; save it with ``savefig``).
-
-    Raises:
-        ValueError: when no row of the table is reproducible by lungkit.
-    """
-    canonical_id = resolve_table_id(paper_id, table_id)
-    table = get_table(paper_id, canonical_id)
-    summaries = list(summaries)
-    frame = paper_table_frame(paper_id, canonical_id, summaries)
-    frame = frame[frame["result_key"] != ""].reset_index(drop=True)
-    if frame.empty:
-        raise ValueError(f"{paper_id} {canonical_id} has no row lungkit reproduces; nothing to plot")
-    factor = 100.0 if table["value_scale"] == "percent" else 1.0
-    metrics = table["metrics"]
-    figure = Figure(figsize=(1.0 + len(metrics) * max(2.8, 0.9 * len(frame)), 4.2), layout="constrained")
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    positions = np.arange(len(frame))
-    width = 0.38
-    for axis, metric, column in zip(axes, metrics, table["columns"]):
-        reported = frame[f"{metric}_reported"].to_numpy(float) * factor
-        reproduced = frame[f"{metric}_reproduced"].to_numpy(float) * factor
-        low = frame[f"{metric}_ci_low"].to_numpy(float) * factor
-        high = frame[f"{metric}_ci_high"].to_numpy(float) * factor
-        # NaN error bars (no CI: pooled values, missing results) are simply not drawn.
-        errors = np.vstack([reproduced - low, high - reproduced])
-        axis.bar(positions - width / 2, np.nan_to_num(reported), width, label="paper (as printed)",
-                 color="#9ecae1", edgecolor="#3182bd", hatch="//")
-        axis.bar(positions + width / 2, np.nan_to_num(reproduced), width, yerr=errors, capsize=3,
-                 label="lungkit (95% CI)", color="#fd8d3c", edgecolor="#e6550d")
-        top = np.nanmax(np.concatenate([reported, reproduced, high, [1e-9]]))
-        for position, status, value in zip(positions, frame["status"], reproduced):
-            if not np.isfinite(value):
-                label = {STATUS_WIRING: "wiring\nonly", STATUS_REPRODUCED: "not\ncomputed"}.get(status, "not\nyet")
-                axis.text(position + width / 2, 0.02 * top, label, ha="center", va="bottom", fontsize=7)
-        axis.set_xticks(positions, frame["row"], rotation=30, ha="right", fontsize=8)
-        axis.set_title(column, fontsize=9)
-        axis.set_ylim(0, top * 1.15)
-    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
-    phantom = any((s.get("protocol") or {}).get("data_source") == "phantom"
-                  for s in summaries if s.get("paper") == paper_id)
-    title = f"{paper_id} {_table_label(canonical_id)}: {table['title']}"
-    if phantom:
-        title += "\n(lungkit bars from the synthetic phantom: a pipeline check, not the paper's data)"
-    figure.suptitle(title, fontsize=10)
-    return figure
-
-
-_TRUTH_COLOUR = ListedColormap(["#31a354"])
-_PREDICTION_COLOUR = ListedColormap(["#e6550d"])
-
-
-def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim == 4 and array.shape[-1] in (1, 3):
-        array = array[..., 0] if array.shape[-1] == 1 else array.mean(axis=-1)
-    if array.ndim != 3:
-        raise ValueError(f"{name} must have shape (N, H, W) or (N, H, W, 1|3), got {array.shape}")
-    return array
-
-
-def gallery_indices(dice: np.ndarray) -> dict[str, int]:
-    """Indices of the best, median and worst image by per-image Dice (NaN ignored).
-
-    Raises:
-        ValueError: when every Dice value is NaN or the array is empty.
-    """
-    dice = np.asarray(dice, dtype=float).ravel()
-    valid = np.flatnonzero(np.isfinite(dice))
-    if valid.size == 0:
-        raise ValueError("per-image dice has no finite value; cannot pick best / median / worst")
-    order = valid[np.argsort(dice[valid], kind="stable")]
-    return {"best": int(order[-1]), "median": int(order[(order.size - 1) // 2]), "worst": int(order[0])}
-
-
-def plot_prediction_gallery(images: np.ndarray, masks: np.ndarray, probabilities: np.ndarray, dice: np.ndarray,
-                            title: str | None = None, threshold: float = 0.5) -> Figure:
-    """Best, median and worst test prediction of one model: CT, ground truth and prediction side by side.
-
-    Args:
-        images: (N, H, W) or (N, H, W, 1|3) test images, any intensity scale.
-        masks: (N, H, W[, 1]) ground-truth masks (non-zero = tumour).
-        probabilities: (N, H, W[, 1]) predicted tumour probabilities.
-        dice: (N,) per-image Dice, used to rank the images.
-        title: figure title, e.g. the model and its protocol.
-        threshold: probability at which a pixel counts as tumour.
-
-    Returns:
-        A matplotlib ``Figure`` with three rows (best, median, worst) and three columns.
-
-    Raises:
-        ValueError: for mismatched shapes or no finite Dice.
-    """
-    images = _as_2d(images, "images")
-    masks = _as_2d(masks, "masks")
-    probabilities = _as_2d(probabilities, "probabilities")
-    dice = np.asarray(dice, dtype=float).ravel()
-    if not (images.shape == masks.shape == probabilities.shape) or dice.shape[0] != images.shape[0]:
-        raise ValueError(f"shapes disagree: images {images.shape}, masks {masks.shape}, probabilities "
-                         f"{probabilities.shape}, dice {dice.shape}")
-    picks = gallery_indices(dice)
-    figure = Figure(figsize=(8.4, 8.6), layout="constrained")
-    axes = figure.subplots(3, 3)
-    for axis_row, (label, index) in zip(axes, picks.items()):
-        image = images[index]
-        truth = masks[index] > 0
-        predicted = probabilities[index] >= threshold
-        for axis in axis_row:
-            axis.imshow(image, cmap="gray")
-            axis.set_xticks([])
-            axis.set_yticks([])
-        axis_row[1].imshow(np.ma.masked_where(~truth, truth), cmap=_TRUTH_COLOUR, alpha=0.55, vmin=0, vmax=1)
-        axis_row[2].imshow(np.ma.masked_where(~predicted, predicted), cmap=_PREDICTION_COLOUR, alpha=0.55,
-                           vmin=0, vmax=1)
-        if truth.any():  # the ground-truth outline on the prediction panel shows misses and false positives
-            axis_row[2].contour(truth, levels=[0.5], colors=["#31a354"], linewidths=1.0)
-        axis_row[0].set_ylabel(f"{label}\n(image {index}, Dice {dice[index]:.3f})", fontsize=9)
-    axes[0][0].set_title("CT", fontsize=9)
-    axes[0][1].set_title("ground truth", fontsize=9)
-    axes[0][2].set_title(f"prediction (p >= {threshold:g}), truth outlined", fontsize=9)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return figure
-
-
 def _load_gallery_arrays(result_dir: Path) -> tuple | None:
     """Per-image predictions of one result, when its evaluation saved them (``predictions.npz``)."""
     npz_path = result_dir / "predictions.npz"
@@ -1069,12 +938,9 @@ __all__ = [
     "STATUS_REPRODUCED",
     "STATUS_WIRING",
     "collect_summaries",
-    "gallery_indices",
     "leaderboard_frame",
     "metric_from_summary",
     "paper_table_frame",
-    "plot_prediction_gallery",
-    "plot_reported_vs_reproduced",
     "protocol_line",
     "read_results_index",
     "read_summary",

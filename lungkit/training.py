@@ -18,7 +18,7 @@ Typical notebook use::
     strategy = choose_strategy()
     model = build_for_training(recipe, steps_per_epoch=len_train_batches, strategy=strategy)
     result = train(model, recipe, train_ds, val_ds, run_dir / "models" / "attention_unet", strategy=strategy)
-    plot_training_curves(result.history)
+    lungkit.figures.plot_training_curves(result.history)
 """
 
 from __future__ import annotations
@@ -997,37 +997,6 @@ def train(
 # --------------------------------------------------------------------------------------------------------------
 # After training
 # --------------------------------------------------------------------------------------------------------------
-
-
-def plot_training_curves(history: pd.DataFrame):
-    """Loss and Dice per epoch, training vs validation.
-
-    Args:
-        history: ``TrainResult.history`` (or a ``history.csv`` read with pandas).
-
-    Returns:
-        ``matplotlib.figure.Figure`` with two panels (loss; dice, or IoU when there is no dice column).
-
-    Raises:
-        ValueError: when the history has no ``loss`` column.
-    """
-    from matplotlib.figure import Figure
-
-    if "loss" not in history:
-        raise ValueError(f"history has no 'loss' column; columns: {list(history.columns)}")
-    epochs = (history["epoch"] + 1) if "epoch" in history else np.arange(1, len(history) + 1)
-    metric = next((key for key in ("dice", "pooled_iou", "iou") if key in history), None)
-    figure = Figure(figsize=(10, 3.6), layout="constrained")
-    panels = figure.subplots(1, 2 if metric else 1, squeeze=False)[0]
-    for axis, key, label in zip(panels, ("loss", metric), ("loss", metric)):
-        axis.plot(epochs, history[key], marker="o", label=f"train {label}")
-        if f"val_{key}" in history:
-            axis.plot(epochs, history[f"val_{key}"], marker="o", label=f"validation {label}")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    return figure
 
 
 def predict_probabilities(model: keras.Model, images, batch_size: int = 8, from_logits: bool = False) -> np.ndarray:

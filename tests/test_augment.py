@@ -15,6 +15,7 @@ import tensorflow as tf
 from kit_fixtures import read_binary, read_hu, write_kit_dataset
 
 from lungkit import augment as aug
+from lungkit import figures
 from lungkit import preprocess as pp
 from lungkit.data import kit_dataset
 
@@ -237,7 +238,7 @@ def test_expansion_rejects_bad_requests(source, tmp_path):
 
 
 def test_augmentation_preview_grid(source):
-    figure = aug.plot_augmentation_preview(source, n=2, seed=0, image_size=32, versions=3)
+    figure = figures.plot_slice_augmentation_preview(source, n=2, seed=0, image_size=32, versions=3)
     try:
         assert len(figure.axes) == 2 * 4
         assert figure.axes[0].get_title().endswith("original")

@@ -14,7 +14,6 @@ from PIL import Image
 import lungkit.data.export as export
 from lungkit.data.export import (
     convert_lungrads_to_kit,
-    plot_examples_per_class,
     read_png,
     staging_dir,
     tumour_statistics,
@@ -30,6 +29,7 @@ from lungkit.data.kit_dataset import (
 )
 from lungkit.data.phantom import phantom_pixel_spacing_mm, write_phantom_pickles
 from lungkit.data.prepare import dataset_fingerprint, prepare_lungrads_dataset, read_dataset_info
+from lungkit.figures import plot_examples_per_class
 
 SIZE = 96
 

@@ -16,6 +16,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from lungkit import reports
+from lungkit.figures import gallery_indices, plot_prediction_gallery, plot_reported_vs_reproduced
 from lungkit.papers import all_paper_ids
 
 CLASSES = ("LR2", "LR3", "LR4A", "LR4B")
@@ -406,7 +407,7 @@ def test_leaderboard_columns_order_and_grouping(tmp_path):
 
 def test_reported_vs_reproduced_figure(tmp_path):
     write_summary(tmp_path, "paper001", "swin_unet")
-    figure = reports.plot_reported_vs_reproduced("paper001", "table3", reports.collect_summaries(tmp_path))
+    figure = plot_reported_vs_reproduced("paper001", "table3", reports.collect_summaries(tmp_path))
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 4  # one panel per printed metric column
     dice_axis = figure.axes[0]
@@ -414,18 +415,18 @@ def test_reported_vs_reproduced_figure(tmp_path):
     # three paper bars (as printed) and one lungkit bar; the rows not reproduced yet draw zero-height bars
     assert heights == [0.0, 0.0, 0.7012, 0.7558, 0.7969, 0.8063]
     with pytest.raises(ValueError, match="no row lungkit reproduces"):
-        reports.plot_reported_vs_reproduced("paper001", "table4", [])
+        plot_reported_vs_reproduced("paper001", "table4", [])
 
 
 def test_gallery_picks_best_median_worst_ignoring_nan():
-    assert reports.gallery_indices(np.array([0.5, np.nan, 0.9, 0.1, 0.7])) == {"best": 2, "median": 0, "worst": 3}
+    assert gallery_indices(np.array([0.5, np.nan, 0.9, 0.1, 0.7])) == {"best": 2, "median": 0, "worst": 3}
     with pytest.raises(ValueError, match="no finite"):
-        reports.gallery_indices(np.array([np.nan]))
+        gallery_indices(np.array([np.nan]))
 
 
 def test_prediction_gallery_checks_shapes():
     images = np.zeros((3, 8, 8))
-    figure = reports.plot_prediction_gallery(images, np.zeros((3, 8, 8, 1)), np.zeros((3, 8, 8)), [0.1, 0.2, 0.3])
+    figure = plot_prediction_gallery(images, np.zeros((3, 8, 8, 1)), np.zeros((3, 8, 8)), [0.1, 0.2, 0.3])
     assert len(figure.axes) == 9
     with pytest.raises(ValueError, match="shapes disagree"):
-        reports.plot_prediction_gallery(images, np.zeros((3, 8, 8)), np.zeros((2, 8, 8)), [0.1, 0.2, 0.3])
+        plot_prediction_gallery(images, np.zeros((3, 8, 8)), np.zeros((2, 8, 8)), [0.1, 0.2, 0.3])

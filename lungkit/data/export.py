@@ -24,7 +24,6 @@ from lungkit.data.kit_dataset import (
     COMPLETE_MARKER,
     IMAGE_DIR,
     LUNG_DIR,
-    LUNGRADS_LABELS,
     MANIFEST_COLUMNS,
     MANIFEST_NAME,
     MASK_DIR,
@@ -294,67 +293,9 @@ def convert_lungrads_to_kit(
     return read_manifest(out_dir)
 
 
-def plot_examples_per_class(dataset_dir: str | Path, n_per_class: int = 3, seed: int = 0, split: str | None = None):
-    """Figure of example slices, one row per Lung-RADS class, tumour outlined, with a zoomed inset.
-
-    CT is shown in a lung window (level -600, width 1500 HU). The inset zooms on the tumour, because LR2 nodules
-    are only a few pixels across on a 512 px slice.
-
-    Args:
-        dataset_dir: a finished kit dataset.
-        n_per_class: examples per class (fewer when a class has fewer slices).
-        seed: which examples are drawn.
-        split: draw from this split only; all splits when None.
-
-    Returns:
-        The matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-
-    manifest = read_manifest(dataset_dir, split=split)
-    labels = [label for label in LUNGRADS_LABELS if (manifest["label1"] == label).any()]
-    labels += sorted(set(manifest["label1"]) - set(LUNGRADS_LABELS))
-    rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(
-        max(len(labels), 1), n_per_class, figsize=(3.2 * n_per_class, 3.3 * max(len(labels), 1)), squeeze=False
-    )
-    for ax in axes.flat:
-        ax.axis("off")
-    level, width = -600.0, 1500.0
-    for row, label in enumerate(labels):
-        rows = manifest[manifest["label1"] == label]
-        picks = rng.choice(len(rows), size=min(n_per_class, len(rows)), replace=False)
-        for col, pick in enumerate(sorted(picks)):
-            entry = rows.iloc[int(pick)]
-            hu = read_hu_png(entry["image_path"])
-            mask = read_png(entry["mask_path"]) > 0
-            ax = axes[row, col]
-            ax.imshow(hu, cmap="gray", vmin=level - width / 2, vmax=level + width / 2, interpolation="nearest")
-            if mask.any():
-                ax.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-                y0, x0, y1, x1 = (int(entry[k]) for k in ("bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"))
-                margin = max(12, (y1 - y0), (x1 - x0))
-                cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-                ys = slice(max(cy - margin, 0), min(cy + margin, hu.shape[0]))
-                xs = slice(max(cx - margin, 0), min(cx + margin, hu.shape[1]))
-                inset = ax.inset_axes([0.64, 0.64, 0.35, 0.35])
-                inset.imshow(hu[ys, xs], cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
-                             interpolation="nearest")
-                inset.contour(mask[ys, xs], levels=[0.5], colors="red", linewidths=0.8)
-                inset.set_xticks([])
-                inset.set_yticks([])
-            diameter = entry["equivalent_diameter_mm"]
-            size = f"{diameter:.1f} mm" if np.isfinite(diameter) else f"{entry['equivalent_diameter_px']:.1f} px"
-            ax.set_title(f"{label}  {entry['id']}\ntumour {size}", fontsize=9)
-    fig.suptitle("Examples per Lung-RADS class (lung window; tumour outlined in red)", fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
 __all__ = [
     "DATASET_INFO_NAME",
     "convert_lungrads_to_kit",
-    "plot_examples_per_class",
     "read_hu_png",
     "read_png",
     "staging_dir",

@@ -1,5 +1,8 @@
 """Paper 003's experiments: LUNA16 phantom -> prompt boxes, nodule windows, SAM results, crops, balancing.
 
+Covers :mod:`lungkit.data.luna16_kit`, :mod:`lungkit.experiments.prompted`, :mod:`lungkit.experiments.classification`
+and :class:`lungkit.experiments.segmentation.LunaUNetBaseline`, which all share one converted phantom.
+
 One smoke-size LUNA16 phantom (3 volumes) is converted once per module; every check recomputes what it asserts
 from the files (PNG + manifest) or by hand, independently of the code under test.
 """
@@ -15,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lungkit import nodule_experiments as ne
 from lungkit import reports
+from lungkit.data import luna16_kit
+from lungkit.experiments import classification, prompted, segmentation
 from lungkit.data.kit_dataset import read_manifest
 
 from kit_fixtures import read_binary, read_hu, write_kit_dataset
@@ -29,7 +33,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def kit_dir(run_dir) -> Path:
-    return ne.prepare_luna16_dataset("", run_dir, "smoke", seed=0)
+    return luna16_kit.prepare_luna16_dataset("", run_dir, "smoke", seed=0)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -52,15 +56,15 @@ def test_phantom_path_gives_slices_with_boxes_inside_the_image(kit_dir, run_dir)
         assert ys.min() >= math.floor(y0) - 0.5 and ys.max() <= math.ceil(y1) + 0.5, row.id
     info = json.loads((kit_dir / "dataset.json").read_text())
     assert info["data_source"] == "phantom" and "by series" in info["split_description"]
-    assert len(list((run_dir / ne.LUNA16_PHANTOM_DIR / "subset0").glob("*.mhd"))) == ne.phantom_volume_count("smoke")
+    assert len(list((run_dir / luna16_kit.LUNA16_PHANTOM_DIR / "subset0").glob("*.mhd"))) == luna16_kit.phantom_volume_count("smoke")
     # idempotent: a second call reuses the finished dataset untouched
     stamp = (kit_dir / "manifest.csv").stat().st_mtime_ns
-    assert ne.prepare_luna16_dataset("", run_dir, "smoke", seed=0) == kit_dir
+    assert luna16_kit.prepare_luna16_dataset("", run_dir, "smoke", seed=0) == kit_dir
     assert (kit_dir / "manifest.csv").stat().st_mtime_ns == stamp
 
 
 def test_nodule_windows_are_crops_of_the_slices(kit_dir, run_dir):
-    windows = ne.write_nodule_windows(kit_dir, run_dir / "windows", window_px=32)
+    windows = luna16_kit.write_nodule_windows(kit_dir, run_dir / "windows", window_px=32)
     source = read_manifest(kit_dir).set_index("id")
     target = read_manifest(windows)
     assert sorted(target["id"]) == sorted(source.index) and (target["height"] == 32).all()
@@ -76,13 +80,13 @@ def test_nodule_windows_are_crops_of_the_slices(kit_dir, run_dir):
         np.testing.assert_allclose(np.array(row.prompt_box.split(), float), shifted, atol=0.011)
         assert row.split == original.split
     stamp = (windows / "manifest.csv").stat().st_mtime_ns
-    ne.write_nodule_windows(kit_dir, run_dir / "windows", window_px=32)
+    luna16_kit.write_nodule_windows(kit_dir, run_dir / "windows", window_px=32)
     assert (windows / "manifest.csv").stat().st_mtime_ns == stamp
 
 
 def test_box_ellipse_by_hand():
     mask = np.zeros((20, 30), bool)
-    (prediction,) = ne.box_ellipse_predictions([mask], np.array([[4.0, 2.0, 16.0, 10.0]]))
+    (prediction,) = prompted.box_ellipse_predictions([mask], np.array([[4.0, 2.0, 16.0, 10.0]]))
     rows, cols = np.mgrid[:20, :30]
     expected = ((cols - 10.0) / 6.0) ** 2 + ((rows - 6.0) / 4.0) ** 2 <= 1.0
     np.testing.assert_array_equal(prediction.astype(bool), expected)
@@ -92,11 +96,11 @@ def test_box_ellipse_by_hand():
 
 
 def test_wiring_only_sam_result_shows_no_number(kit_dir, run_dir):
-    setup = ne.load_sam_setup("", verbose=False)
+    setup = prompted.load_sam_setup("", verbose=False)
     assert setup.status == "wiring_only"
-    predictions = ne.segment_split_with_sam(setup, kit_dir, "test", max_slices=5)
+    predictions = prompted.segment_split_with_sam(setup, kit_dir, "test", max_slices=5)
     assert [p.shape for p in predictions.probabilities] == [m.shape for m in predictions.masks]
-    path = ne.write_sam_result(setup, predictions, kit_dir, run_dir, "smoke", seed=0)
+    path = prompted.write_sam_result(setup, predictions, kit_dir, run_dir, "smoke", seed=0)
     summary = json.loads(path.read_text())
     assert summary["status"] == "wiring_only" and summary["metrics"] == {} and summary["row"] == "Ours"
     assert "MASKS FROM DIAMETERS" in summary["protocol"]["notes"] and "SAM (v1)" in summary["protocol"]["notes"]
@@ -116,14 +120,14 @@ def test_wiring_only_sam_result_shows_no_number(kit_dir, run_dir):
 
 def test_sam_with_a_missing_preset_says_what_to_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="sam_base_sa1b"):
-        ne.load_sam_setup(tmp_path / "nothing_here")
+        prompted.load_sam_setup(tmp_path / "nothing_here")
 
 
 # ------------------------------------------------------------------------------------------------ classifier
 
 
 def test_crops_keep_patients_in_one_split_and_follow_the_label_rule(kit_dir):
-    crops = ne.crops_from_luna16(kit_dir, crop_size=32)
+    crops = classification.crops_from_luna16(kit_dir, crop_size=32)
     table = crops.table
     assert (table.groupby("patient")["split"].nunique() == 1).all()
     series_split = read_manifest(kit_dir).groupby("seriesuid")["split"].first()
@@ -156,20 +160,20 @@ def test_missing_malignancy_is_a_clear_error(kit_dir, tmp_path):
     (copy / "COMPLETE").write_text("")
     (copy / "dataset.json").write_text((kit_dir / "dataset.json").read_text())
     with pytest.raises(ValueError, match="malignancy.csv"):
-        ne.crops_from_luna16(copy)
+        classification.crops_from_luna16(copy)
 
 
 def test_balanced_indices_by_hand():
     labels = np.array([0, 0, 0, 0, 1, 2, 2])
-    index = ne.balanced_indices(labels, seed=3)
+    index = classification.balanced_indices(labels, seed=3)
     assert set(range(len(labels))) <= set(index)  # every original example is kept
     assert np.bincount(labels[index]).tolist() == [4, 4, 4]
-    np.testing.assert_array_equal(index, ne.balanced_indices(labels, seed=3))
-    assert ne.balanced_indices([], seed=0).size == 0
+    np.testing.assert_array_equal(index, classification.balanced_indices(labels, seed=3))
+    assert classification.balanced_indices([], seed=0).size == 0
 
 
 def test_balancing_and_augmentation_touch_the_training_split_only(run_dir):
-    experiment = ne.ClassifierExperiment("smoke", run_dir, seed=0, crop_size=32)
+    experiment = classification.ClassifierExperiment("smoke", run_dir, seed=0, crop_size=32)
     crops = experiment.prepare_data()
     raw_train = crops.select("train")[1]
     _, balanced = experiment.training_arrays()
@@ -181,7 +185,7 @@ def test_balancing_and_augmentation_touch_the_training_split_only(run_dir):
     images, labels, _ = crops.select("val", centre_only=True)
     batches = list(validation.as_numpy_iterator())
     np.testing.assert_array_equal(np.concatenate([y for _, y in batches])[:, 0], labels)
-    expected = ne.crops_to_inputs(images, experiment.recipe.image_size, experiment.recipe.input_channels)
+    expected = classification.crops_to_inputs(images, experiment.recipe.image_size, experiment.recipe.input_channels)
     np.testing.assert_allclose(np.concatenate([x for x, _ in batches]), expected, atol=1e-6)
     # no upsampling without ImageNet weights, recorded as a cap
     assert experiment.recipe.image_size == 32 and experiment.recipe.capped["image_size"]["recipe"] == 224
@@ -189,19 +193,19 @@ def test_balancing_and_augmentation_touch_the_training_split_only(run_dir):
 
 def test_scaled_crop_is_slice_minmax_then_crop():
     slice_hu = np.arange(48, dtype=np.float32).reshape(6, 8) * 10 - 1000  # min -1000, max -530
-    crop = ne.scaled_crop(slice_hu, (1, 1), crop_size=4)  # rows -1..2, cols -1..2: padded top-left
+    crop = classification.scaled_crop(slice_hu, (1, 1), crop_size=4)  # rows -1..2, cols -1..2: padded top-left
     expected = np.zeros((4, 4), np.float32)
     expected[1:, 1:] = (slice_hu[:3, :3] + 1000) / 470.0
     np.testing.assert_allclose(crop, expected, atol=1e-6)
-    inputs = ne.crops_to_inputs(np.stack([crop, crop]), image_size=4, channels=3)
+    inputs = classification.crops_to_inputs(np.stack([crop, crop]), image_size=4, channels=3)
     assert inputs.shape == (2, 4, 4, 3)
     np.testing.assert_array_equal(inputs[1, ..., 2], crop)  # same size: no resampling, grey repeated
-    assert ne.crops_to_inputs(np.stack([crop]), image_size=8, channels=1).shape == (1, 8, 8, 1)
+    assert classification.crops_to_inputs(np.stack([crop]), image_size=8, channels=1).shape == (1, 8, 8, 1)
 
 
 def test_lungrads_proxy_labels_and_centres(tmp_path):
     dataset = write_kit_dataset(tmp_path / "lr", counts={"train": 4, "val": 2, "test": 4}, size=64)
-    crops = ne.crops_from_lungrads(dataset, crop_size=16)
+    crops = classification.crops_from_lungrads(dataset, crop_size=16)
     manifest = read_manifest(dataset).set_index("id")
     expected = manifest.loc[crops.table["id"], "label1"].map({"LR2": 0, "LR3": 0, "LR4A": 1, "LR4B": 1})
     np.testing.assert_array_equal(crops.table["label"], expected.to_numpy())
@@ -213,15 +217,15 @@ def test_lungrads_proxy_labels_and_centres(tmp_path):
 
 
 def test_unet_baseline_writes_a_lungkit_row_with_the_luna16_protocol(kit_dir, run_dir):
-    windows = ne.write_nodule_windows(kit_dir, run_dir / "luna16_windows")
-    baseline = ne.LunaUNetBaseline("paper003", "unet_luna16", "smoke", run_dir, seed=0, dataset_dir=windows)
-    assert baseline.recipe.image_size == ne.WINDOW_PX and baseline.recipe.loss == "dice"
+    windows = luna16_kit.write_nodule_windows(kit_dir, run_dir / "luna16_windows")
+    baseline = segmentation.LunaUNetBaseline("paper003", "unet_luna16", "smoke", run_dir, seed=0, dataset_dir=windows)
+    assert baseline.recipe.image_size == luna16_kit.WINDOW_PX and baseline.recipe.loss == "dice"
     model = baseline.build_model()
     baseline.train(model, verbose=0)
     result = baseline.evaluate(model)
     summary = json.loads(result.summary_path.read_text())
     assert summary["status"] == "reproduced" and summary["tables"] == ["lungkit_baselines"]
-    assert summary["protocol"]["split"] == ne.split_description(0)
+    assert summary["protocol"]["split"] == luna16_kit.split_description(0)
     assert summary["protocol"]["mask_source"] == "disc_from_diameter"
     assert summary["protocol"]["data_source"] == "phantom"
     assert summary["protocol"]["notes"].startswith("MASKS FROM DIAMETERS")
@@ -230,4 +234,4 @@ def test_unet_baseline_writes_a_lungkit_row_with_the_luna16_protocol(kit_dir, ru
     section = markdown.read_text().split("## lungkit results with no row in the paper's tables")[1]
     assert re.search(r"`unet_luna16` \(model `unet`\): dice \d\.\d{3}", section)
     with pytest.raises(ValueError, match="no trained baseline"):
-        ne.LunaUNetBaseline("paper003", "box_ellipse_luna16", "smoke", run_dir, dataset_dir=windows)
+        segmentation.LunaUNetBaseline("paper003", "box_ellipse_luna16", "smoke", run_dir, dataset_dir=windows)

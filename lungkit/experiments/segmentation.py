@@ -1,4 +1,5 @@
-"""One experiment = one row of a paper's table: recipe + profile + data -> trained model -> per-image results.
+"""Segmentation experiments: one row of a paper's table = recipe + profile + data -> trained model -> per-image
+results.
 
 The model notebooks are short because this module strings the stages together, always the same way:
 
@@ -8,6 +9,9 @@ The model notebooks are short because this module strings the stages together, a
 4. test predictions, the paper's post-processing (dense CRF or its fallback, whichever actually ran is recorded),
    per-image metrics, intensity robustness, a summary with bootstrap CIs, written with the full protocol to
    ``<run_dir>/results/<paper>/<result_key>/`` together with ``predictions.npz`` for the report's gallery.
+
+:class:`LunaUNetBaseline` is the same experiment on paper 003's LUNA16 nodule windows (the trained baseline beside
+zero-shot SAM, :mod:`lungkit.experiments.prompted`). The figures of these results are in :mod:`lungkit.figures`.
 """
 
 from __future__ import annotations
@@ -355,93 +359,68 @@ def load_predictions(run_dir: str | Path, paper_id: str, result_key: str) -> dic
         return {key: data[key].astype(np.float32) if data[key].dtype == np.float16 else data[key] for key in data}
 
 
-def plot_predictions(evaluation: EvaluationResult, n: int = 4, title: str = ""):
-    """CT (lung window) with the ground truth in green and the prediction in red, for the best, median and worst
-    slices that contain a tumour (by Dice)."""
-    import matplotlib.pyplot as plt
+# ============================================================================================== paper 003
 
-    dice = evaluation.per_image["dice"].to_numpy()
-    has_tumour = evaluation.masks.reshape(len(dice), -1).any(axis=1)
-    order = [i for i in np.argsort(-dice) if has_tumour[i]]
-    if not order:
-        order = list(range(len(dice)))
-    picks = [order[int(round(k))] for k in np.linspace(0, len(order) - 1, min(n, len(order)))]
-    figure, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.4), squeeze=False)
-    for axis, index in zip(axes[0], picks):
-        axis.imshow(evaluation.images[index], cmap="gray", vmin=0, vmax=1)
-        axis.contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
-        if evaluation.predicted_masks[index].any():
-            axis.contour(evaluation.predicted_masks[index], levels=[0.5], colors="red", linewidths=1.0)
-        row = evaluation.per_image.iloc[index]
-        axis.set_title(f"{row.get('label1', '')} Dice {row['dice']:.2f}", fontsize=9)
-        axis.axis("off")
-    figure.suptitle(title or "green: ground truth, red: prediction (best -> worst tumour slices)", fontsize=10)
-    figure.tight_layout()
-    return figure
+#: Result key of paper 003's trained U-Net baseline on the LUNA16 nodule windows.
+UNET_RESULT_KEY = "unet_luna16"
 
 
-def plot_side_by_side(run_dir: str | Path, paper_id: str, result_keys: list[str], labels: list[str], n: int = 4,
-                      seed: int = 0):
-    """Ground truth beside several models' predictions on the same test slices (paper 004's comparison figure).
+class LunaUNetBaseline(SegmentationExperiment):
+    """The kit U-Net trained on the LUNA16 nodule windows: paper 003's lungkit-added baseline beside SAM.
 
-    Slices are drawn at random (seeded) among those with a tumour; every model must have been evaluated at the same
-    image size.
+    A :class:`SegmentationExperiment` whose recipe is ``paper003.BASELINES[result_key]`` (not a row of the paper, so
+    not in ``RECIPES``) and whose data is a windows dataset (:func:`lungkit.data.luna16_kit.write_nodule_windows`).
+    Construct with ``LunaUNetBaseline("paper003", "unet_luna16", profile, run_dir, seed=seed,
+    dataset_dir=windows_dir)``. Its summary goes to ``results/paper003/unet_luna16`` with the LUNA16 split line and
+    the disc-mask flag in the protocol.
     """
-    import matplotlib.pyplot as plt
 
-    predictions = [load_predictions(run_dir, paper_id, key) for key in result_keys]
-    masks = predictions[0]["masks"]
-    for key, p in zip(result_keys, predictions):
-        if p["masks"].shape != masks.shape:
-            raise ValueError(f"{key}: predictions at {p['masks'].shape[1:]}, {result_keys[0]} at {masks.shape[1:]}")
-    candidates = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
-    picks = np.random.default_rng(seed).choice(candidates, size=min(n, len(candidates)), replace=False)
-    columns = 1 + len(result_keys)
-    figure, axes = plt.subplots(len(picks), columns, figsize=(3 * columns, 3 * len(picks)), squeeze=False)
-    for row_axes, index in zip(axes, picks):
-        image = predictions[0]["images"][index]
-        row_axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
-        row_axes[0].contour(masks[index], levels=[0.5], colors="lime", linewidths=1.0)
-        row_axes[0].set_title("ground truth", fontsize=9)
-        for axis, label, p in zip(row_axes[1:], labels, predictions):
-            axis.imshow(image, cmap="gray", vmin=0, vmax=1)
-            axis.imshow(np.ma.masked_less(p["probabilities"][index], 0.5), cmap="autumn", alpha=0.6, vmin=0, vmax=1)
-            axis.set_title(f"{label}  Dice {p['dice'][index]:.2f}", fontsize=9)
-        for axis in row_axes:
-            axis.axis("off")
-    figure.tight_layout()
-    return figure
+    def __post_init__(self):
+        from lungkit.training import Recipe
+
+        if self.dataset_dir is None:
+            raise ValueError("LunaUNetBaseline needs dataset_dir= a LUNA16 windows dataset (write_nodule_windows)")
+        self.run_dir = Path(self.run_dir)
+        self.dataset_dir = Path(self.dataset_dir)
+        self.settings = get_profile(self.profile)
+        baselines = getattr(papers.get_paper(self.paper_id), "BASELINES", {})
+        if self.result_key not in baselines or baselines[self.result_key].get("recipe") is None:
+            raise ValueError(f"{self.paper_id} has no trained baseline {self.result_key!r}; it has {sorted(baselines)}")
+        baseline = baselines[self.result_key]
+        source = f"lungkit/papers/{self.paper_id}.py: BASELINES[{self.result_key!r}]['recipe']"
+        self.paper_recipe = Recipe.from_dict(baseline["recipe"], source=source)
+        self.recipe = self.paper_recipe.for_profile(self.settings)
+        self.rows = [{"table": baseline["table"], "row": baseline["row"]}]
+        self.postprocess = "none"
+        self.training_data = "converted"
+
+    def evaluate(self, model, robustness: bool = False, notes: str = ""):
+        """Score the test windows (see the parent); the protocol gets the LUNA16 split line (from the dataset's
+        ``dataset.json``), the mask source and the window size.
+
+        ``robustness`` defaults to False here: paper 003 has no intensity-robustness metric.
+        """
+        from lungkit.data.luna16_kit import mask_source_flag
+
+        flag = mask_source_flag(self.dataset_dir)
+        return super().evaluate(model, robustness=robustness, notes=" ".join(x for x in (flag, notes) if x))
+
+    def _protocol_extra(self, dataset_dir: Path) -> dict:
+        from lungkit.data.kit_dataset import read_manifest
+        from lungkit.data.luna16_kit import mask_sources
+        from lungkit.data.prepare import read_dataset_info
+
+        return {
+            "mask_source": mask_sources(read_manifest(dataset_dir, "test")),
+            "window_px": read_dataset_info(dataset_dir).get("window_px"),
+        }
 
 
-def plot_attention_maps(experiment: SegmentationExperiment, model, evaluation: EvaluationResult, n: int = 3):
-    """Attention U-Net gate coefficients over CT slices: where each gate lets skip features through.
-
-    One row per slice (the tumour slices with the largest tumours): the CT with the ground truth, then the
-    coefficient map of every gate, finest first, upsampled to the slice and laid over it.
-    """
-    import matplotlib.pyplot as plt
-    from skimage.transform import resize
-
-    from lungkit.models.attention_unet import attention_maps_model
-
-    maps_model = attention_maps_model(model)
-    areas = evaluation.masks.reshape(len(evaluation.masks), -1).sum(axis=1)
-    picks = np.argsort(-areas)[:n]
-    maps = maps_model.predict(experiment.model_inputs(evaluation.hu[picks]), verbose=0)
-    names = sorted(maps, key=lambda name: int(name.rsplit("_", 1)[-1]))
-    figure, axes = plt.subplots(len(picks), 1 + len(names), figsize=(2.8 * (1 + len(names)), 2.8 * len(picks)),
-                                squeeze=False)
-    for row, index in enumerate(picks):
-        image = evaluation.images[index]
-        axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[row, 0].contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
-        axes[row, 0].set_title("CT + ground truth", fontsize=9)
-        for column, name in enumerate(names, start=1):
-            coefficients = resize(np.asarray(maps[name][row, ..., 0], np.float32), image.shape, order=1)
-            axes[row, column].imshow(image, cmap="gray", vmin=0, vmax=1)
-            axes[row, column].imshow(coefficients, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            axes[row, column].set_title(name.replace("_", " "), fontsize=9)
-    for axis in axes.ravel():
-        axis.axis("off")
-    figure.tight_layout()
-    return figure
+__all__ = [
+    "EvaluationResult",
+    "LunaUNetBaseline",
+    "SPLIT_DESCRIPTION",
+    "SegmentationExperiment",
+    "UNET_RESULT_KEY",
+    "load_predictions",
+]
