@@ -107,4 +107,92 @@ def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-__all__ = ["assign_validation_split", "split_counts"]
+def assign_patient_splits(
+    manifest: pd.DataFrame,
+    test_patients: list[str] | None = None,
+    val_patients: list[str] | None = None,
+    test_fraction: float = 0.0,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    patient_column: str = "patient",
+) -> pd.DataFrame:
+    """Split a manifest by patient: every slice of a patient lands in one split.
+
+    Neighbouring slices of one nodule are near-copies, so a split by slice lets the test set peek at training
+    images; only patients the model never saw tell how it does on new scans.
+
+    Rows whose ``split`` is already ``test`` (a source's given test set, e.g. separate test files) stay test, and
+    their patients may not appear elsewhere. Then ``test_patients`` (or, when None, a seeded ``test_fraction`` of the
+    remaining patients) become test, ``val_patients`` (or ``val_fraction`` of the rest) validation; everything else
+    is train. Fractions count patients, rounded to the nearest whole patient; a non-zero fraction always takes at
+    least one patient and always leaves at least one for training.
+
+    Args:
+        manifest: kit manifest with ``split`` and the patient column.
+        test_patients: patients to hold out for test (their order does not matter).
+        val_patients: patients for validation.
+        test_fraction: share of patients for test when ``test_patients`` is None.
+        val_fraction: share of the remaining patients for validation when ``val_patients`` is None (0: none).
+        seed: seed of the draw.
+        patient_column: the column naming the patient.
+
+    Returns:
+        A copy of the manifest with ``split`` set.
+
+    Raises:
+        ValueError: for a missing column, an unknown patient, a patient asked for two splits or one found in the
+            given test set and elsewhere, or a split that would leave no training patient.
+    """
+    if patient_column not in manifest.columns:
+        raise ValueError(f"manifest: no {patient_column!r} column; a patient-wise split needs the patient of each slice")
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), found {value}")
+    result = manifest.copy()
+    patients = result[patient_column].astype(str)
+    given_test = set(patients[result["split"] == "test"])
+    leaked = sorted(given_test & set(patients[result["split"] != "test"]))
+    if leaked:
+        raise ValueError(f"manifest: patient(s) {leaked} are in the given test set and in train/val; "
+                         "a patient-wise split cannot mend that")
+    rng = np.random.default_rng(seed)
+    free = sorted(set(patients) - given_test)
+
+    def chosen(named, fraction, pool, what):
+        if named is not None:
+            named = [str(p) for p in named]
+            unknown = sorted(set(named) - set(pool))
+            if unknown:
+                raise ValueError(f"{what} patient(s) {unknown} not among the available patients {pool}")
+            return set(named)
+        if fraction <= 0 or len(pool) < 2:
+            return set()
+        count = min(max(1, round(fraction * len(pool))), len(pool) - 1)
+        return {pool[i] for i in rng.permutation(len(pool))[:count]}
+
+    test = chosen(test_patients, test_fraction, free, "test") | given_test
+    remaining = [p for p in free if p not in test]
+    val = chosen(val_patients, val_fraction, remaining, "validation")
+    train = set(remaining) - val
+    if not train:
+        raise ValueError(f"patient-wise split leaves no training patient (test {sorted(test)}, val {sorted(val)})")
+    result["split"] = np.where(patients.isin(test), "test", np.where(patients.isin(val), "val", "train"))
+    return result
+
+
+def describe_patient_split(manifest: pd.DataFrame, patient_column: str = "patient") -> str:
+    """One protocol line: the unit of the split and the patients / slices per split, e.g.
+    ``by patient: train 3 patients (71 slices), val 0, test 2 (38 slices: LIDC-IDRI-313, LIDC-IDRI-72)``."""
+    parts = []
+    for split in SPLITS:
+        rows = manifest[manifest["split"] == split]
+        if rows.empty:
+            parts.append(f"{split} 0")
+            continue
+        names = sorted(rows[patient_column].astype(str).unique())
+        listed = f": {', '.join(names)}" if split == "test" and len(names) <= 6 else ""
+        parts.append(f"{split} {len(names)} patient(s) ({len(rows)} slices{listed})")
+    return "by patient: " + ", ".join(parts)
+
+
+__all__ = ["assign_patient_splits", "assign_validation_split", "describe_patient_split", "split_counts"]
