@@ -26,6 +26,7 @@ from lungkit.data.lungrads import (
     MAX_ROWS,
     CorruptPickleError,
     LungRadsSchemaError,
+    find_lungrads_pickles,
     load_lungrads_pickle,
     validate_lungrads_frame,
 )
@@ -332,3 +333,57 @@ def test_a_dataframe_without_state_is_a_clear_error(tmp_path):
 def test_the_validator_names_a_dataframe_without_data():
     with pytest.raises(LungRadsSchemaError, match="x.pkl: a pandas DataFrame without data"):
         validate_lungrads_frame(pd.DataFrame.__new__(pd.DataFrame), "x.pkl")
+
+
+# -- defect 9: a bounded search for the pickles --------------------------------------------------------------------
+
+def test_search_is_one_walk_and_bounded_in_depth(tmp_path, monkeypatch):
+    deep = tmp_path.joinpath("a", "b", "c", "d", "e")
+    deep.mkdir(parents=True)
+    for name in ("lung_cancer_train.pkl", "lung_cancer_test.pkl"):
+        (deep / name).write_bytes(b"x")
+    listed = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path):
+        listed.append(os.path.realpath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    with pytest.raises(FileNotFoundError, match=r"searched this folder and 4 folder levels below") as caught:
+        find_lungrads_pickles(tmp_path)
+    assert "stopped after" not in str(caught.value)
+    assert len(listed) == len(set(listed)) == 5  # tmp_path, a, b, c, d: each folder listed once, e not at all
+    listed.clear()
+    assert find_lungrads_pickles(tmp_path, max_depth=5)["test"] == deep / "lung_cancer_test.pkl"
+    assert len(listed) == 6
+
+
+def test_search_stops_after_max_entries_and_says_so(tmp_path):
+    for index in range(30):
+        (tmp_path / f"file{index:02d}.txt").write_text("x")
+    with pytest.raises(FileNotFoundError) as caught:
+        find_lungrads_pickles(tmp_path, max_entries=10)
+    message = str(caught.value)
+    assert "stopped after visiting 10 files and folders" in message and "not a system or home folder" in message
+
+
+def test_search_hint_names_only_plausible_archives(tmp_path):
+    (tmp_path / "downloads").mkdir()
+    for name in ("photos.zip", "python-3.11.tar.gz", "downloads/Lung Cancer CT.zip", "5rr22hgzwr-1.zip",
+                 "downloads/lungrads.tar"):
+        (tmp_path / name).write_bytes(b"PK")
+    with pytest.raises(FileNotFoundError) as caught:
+        find_lungrads_pickles(tmp_path)
+    hint = str(caught.value).split("unpack the archive(s)")[1]
+    assert "5rr22hgzwr-1.zip" in hint and "Lung Cancer CT.zip" in hint and "lungrads.tar" in hint
+    assert "photos" not in hint and "python" not in hint
+
+
+def test_search_follows_a_link_loop_only_once(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "loop").symlink_to(tmp_path)
+    (tmp_path / "data" / "lung_cancer_train.pkl").write_bytes(b"x")
+    (tmp_path / "lung_cancer_test.pkl").write_bytes(b"x")
+    found = find_lungrads_pickles(tmp_path)
+    assert found == {"train": tmp_path / "data" / "lung_cancer_train.pkl", "test": tmp_path / "lung_cancer_test.pkl"}

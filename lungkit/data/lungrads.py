@@ -20,6 +20,7 @@ needs (found empirically from pickles written by pandas 1.5.3 and pandas 3.1), m
 
 from __future__ import annotations
 
+import collections
 import functools
 import importlib
 import io
@@ -1009,39 +1010,101 @@ def frame_slices(frame: pd.DataFrame, source_file: str) -> Iterator[LungRadsSlic
         )
 
 
-def find_lungrads_pickles(data_dir: str | Path) -> dict[str, Path]:
-    """Find ``lung_cancer_train.pkl`` and ``lung_cancer_test.pkl`` in a folder or anywhere below it.
+#: How many folder levels below ``data_dir`` :func:`find_lungrads_pickles` looks (the Mendeley archive unpacks 2 deep).
+SEARCH_MAX_DEPTH = 4
+#: How many files and folders :func:`find_lungrads_pickles` visits before it stops (a wrong ``data_dir`` such as
+#: ``/usr`` holds hundreds of thousands).
+SEARCH_MAX_ENTRIES = 20_000
+_ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z", ".rar")
+# words in the name of an archive that may hold the pickles (the Mendeley archive is named after its DOI 5rr22hgzwr)
+_ARCHIVE_NAME_WORDS = ("lung", "cancer", "rads", "5rr22hgzwr")
 
-    Works with the unpacked Mendeley archive as downloaded (the files may sit in a nested folder).
+
+def _walk_files(root: Path, max_depth: int, max_entries: int) -> tuple[list[Path], bool]:
+    """Files below ``root``, breadth first, in one walk; returns (files, whether the walk finished within bounds).
+
+    Symbolic links to folders are followed once (their real path is remembered, so a link loop ends).
+    """
+    files: list[Path] = []
+    seen_folders = {os.path.realpath(root)}
+    queue = collections.deque([(root, 0)])
+    visited = 0
+    while queue:
+        folder, depth = queue.popleft()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    visited += 1
+                    if visited > max_entries:
+                        return files, False
+                    try:
+                        if entry.is_dir():
+                            real = os.path.realpath(entry.path)
+                            if depth < max_depth and real not in seen_folders:
+                                seen_folders.add(real)
+                                queue.append((Path(entry.path), depth + 1))
+                        elif entry.is_file():
+                            files.append(Path(entry.path))
+                    except OSError:  # a broken link or a vanished entry: not a pickle
+                        continue
+        except OSError:  # an unreadable folder (permissions): nothing to find there
+            continue
+    return files, True
+
+
+def _is_plausible_archive(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(_ARCHIVE_SUFFIXES) and any(word in lower for word in _ARCHIVE_NAME_WORDS)
+
+
+def find_lungrads_pickles(
+    data_dir: str | Path, max_depth: int = SEARCH_MAX_DEPTH, max_entries: int = SEARCH_MAX_ENTRIES
+) -> dict[str, Path]:
+    """Find ``lung_cancer_train.pkl`` and ``lung_cancer_test.pkl`` in a folder or a few levels below it.
+
+    Works with the unpacked Mendeley archive as downloaded (the files may sit in a nested folder). The search is
+    one breadth-first walk, bounded so that a wrong ``data_dir`` (``/usr``, a home folder) fails fast: at most
+    ``max_depth`` folder levels below ``data_dir`` and ``max_entries`` files and folders visited.
 
     Args:
         data_dir: folder holding the two pickles (or one of the pickle files themselves).
+        max_depth: folder levels below ``data_dir`` searched (0: ``data_dir`` only).
+        max_entries: files and folders visited at most before the search stops.
 
     Returns:
         ``{"train": path, "test": path}``.
 
     Raises:
-        FileNotFoundError: if the folder or either file is missing (says what was looked for, and whether an
-            unpacked zip archive is lying there).
-        ValueError: if a file name occurs more than once below ``data_dir``.
+        FileNotFoundError: if the folder or either file is missing. Says what was looked for, how deep, whether the
+            search stopped at ``max_entries``, and names archives lying there whose names suggest the dataset
+            (zip / tar / 7z / rar named with 'lung', 'cancer', 'rads' or the Mendeley id '5rr22hgzwr').
+        ValueError: if a file name occurs more than once within the searched levels.
     """
     data_dir = Path(data_dir).expanduser()
     if data_dir.is_file():
         data_dir = data_dir.parent
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: no such folder (expected the folder holding the Lung-RADS pickles)")
+    files, complete = _walk_files(data_dir, max_depth, max_entries)
     found: dict[str, Path] = {}
     for split, name in LUNGRADS_FILE_NAMES.items():
-        matches = sorted(p for p in data_dir.rglob("*") if p.is_file() and p.name.lower() == name)
+        matches = sorted(p for p in files if p.name.lower() == name)
         if len(matches) > 1:
             raise ValueError(f"{data_dir}: {name} found more than once ({[str(m) for m in matches]}); keep one")
         if matches:
             found[split] = matches[0]
     missing = [LUNGRADS_FILE_NAMES[s] for s in LUNGRADS_FILE_NAMES if s not in found]
     if missing:
-        archives = sorted(p.name for p in data_dir.rglob("*.zip"))
-        hint = f"; unpack the archive(s) {archives} first" if archives else ""
-        raise FileNotFoundError(f"{data_dir}: missing {missing} (searched this folder and below){hint}")
+        message = f"{data_dir}: missing {missing} (searched this folder and {max_depth} folder levels below)"
+        if not complete:
+            message += (
+                f"; stopped after visiting {max_entries} files and folders: set data_dir to the folder that holds "
+                "the pickles, not a system or home folder"
+            )
+        archives = sorted(str(p.relative_to(data_dir)) for p in files if _is_plausible_archive(p.name))
+        if archives:
+            message += f"; unpack the archive(s) {archives} first"
+        raise FileNotFoundError(message)
     return found
 
 
@@ -1053,6 +1116,8 @@ __all__ = [
     "MAX_COLUMNS",
     "MAX_IMAGE_SIDE",
     "MAX_ROWS",
+    "SEARCH_MAX_DEPTH",
+    "SEARCH_MAX_ENTRIES",
     "CorruptPickleError",
     "LungRadsSchemaError",
     "LungRadsSlice",
