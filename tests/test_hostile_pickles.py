@@ -189,6 +189,11 @@ _FORGED_POINTER = b"A" * 8
             ["pandas BlockManager: blocks placed at columns [0, 1, 2, 1000000000] for 4 columns"],
             id="block-placement-out-of-range",
         ),
+        pytest.param(  # an array where numpy writes (0,): refused by the check, not by an elementwise ==
+            _Call(_reconstruct, np.ndarray, np.zeros(2), b"b"),
+            ["refused numpy _reconstruct"],
+            id="reconstruct-with-array-arguments",
+        ),
         pytest.param(
             _Call(pd._libs.arrays.__pyx_unpickle_NDArrayBacked, np.ndarray, 0, None),
             ["__pyx_unpickle_NDArrayBacked with other arguments"],

@@ -15,7 +15,21 @@ Why a restricted unpickler: unpickling can call any importable function, so a pi
 :class:`RestrictedUnpickler` resolves only the handful of numpy / pandas globals that a DataFrame of numpy arrays
 needs (found empirically from pickles written by pandas 1.5.3 and pandas 3.1), mapping their old module paths
 (``numpy.core.multiarray``, ``pandas.core.indexes.numeric.Int64Index``, ...) to today's; any other global
-(``os.system``, ``builtins.eval``, ...) is refused before anything is called.
+(``os.system``, ``builtins.eval``, ...) is refused before anything is called. Allowed globals are not enough:
+``numpy.ndarray((1,), dtype('O'), buffer=b'A' * 8)`` is an object array whose element is a forged pointer, and
+loading it crashes the process. So the reader also checks every call and every ``__setstate__`` the pickle makes,
+with the arguments numpy and pandas write, before making it:
+
+- Object arrays (the frame's cells) come only from pickled Python objects, never from raw bytes.
+- Numeric arrays must be backed by bytes in the file (exactly shape x itemsize), and declared sizes are capped
+  before anything is allocated: images at most :data:`MAX_IMAGE_SIDE` (4096) pixels a side, any array at most
+  :data:`MAX_ARRAY_ELEMENTS`, frames and indexes at most :data:`MAX_ROWS` (100,000) rows and
+  :data:`MAX_COLUMNS` columns.
+- ``numpy.ndarray``, ``DataFrame`` and ``Index`` are never called; a DataFrame is created empty and given its
+  checked state, and one left without state is a :class:`CorruptPickleError`.
+
+A refused file raises :class:`UnsafePickleError` naming the file and what was refused. The pickles are found with
+one bounded walk (:func:`find_lungrads_pickles`: at most :data:`SEARCH_MAX_DEPTH` levels below the data folder).
 """
 
 from __future__ import annotations
@@ -192,6 +206,12 @@ _NEVER_CALLED = {
     "StringArray": "a pickled StringArray is rebuilt with __pyx_unpickle_NDArrayBacked + state",
 }
 _LABEL_TYPES = (str, int, float, bool, type(None))
+
+
+def _is(value: Any, *expected: Any) -> bool:
+    """``value`` equals one of ``expected`` and has its exact type. Plain ``==`` would compare a numpy array in
+    a crafted pickle elementwise and fail with an unrelated error."""
+    return any(type(value) is type(e) and value == e for e in expected)
 
 
 class _BoundedReader:
@@ -454,7 +474,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     # -- REDUCE: allowed calls -----------------------------------------------------------------------------------
 
     def _call_reconstruct(self, args: tuple) -> Any:
-        if not (len(args) == 3 and args[0] is np.ndarray and args[1] == (0,) and args[2] in (b"b", "b")):
+        if not (len(args) == 3 and args[0] is np.ndarray and _is(args[1], (0,)) and _is(args[2], b"b", "b")):
             self._refuse(f"numpy _reconstruct{args!r:.100} (numpy writes _reconstruct(ndarray, (0,), b'b'))")
         array = self._real["_reconstruct"](np.ndarray, (0,), b"b")
         self._awaiting_state[id(array)] = array
@@ -470,7 +490,7 @@ class RestrictedUnpickler(pickle._Unpickler):
                          "may only come from pickled Python objects")
         size = self._check_shape(shape, dtype, "numpy _frombuffer")
         self._check_payload(data, dtype, shape, size, "numpy _frombuffer")
-        if order not in ("C", "F"):
+        if not _is(order, "C", "F"):
             self._refuse(f"numpy _frombuffer order {order!r}")
         return self._real["_frombuffer"](data, dtype, shape, order)
 
@@ -524,15 +544,15 @@ class RestrictedUnpickler(pickle._Unpickler):
                 if data.dtype.kind == "O":
                     for label in data:
                         self._check_label(label, "Index data")
-            if "dtype" in fields and not isinstance(fields["dtype"], (np.dtype, self._real["StringDtype"])):
-                self._refuse(f"Index dtype of type {type(fields['dtype']).__name__}")
+            if "dtype" in fields and not isinstance(fields["dtype"], self._real["StringDtype"]):
+                self._check_dtype(fields["dtype"], "Index dtype")
         else:
             self._refuse(f"pandas _new_Index of {_qualified_name(cls)} (expected Index or RangeIndex)")
         self._check_label(fields.get("name"), "Index name")
         return self._real["_new_Index"](cls, fields)
 
     def _call_unpickle_block(self, args: tuple) -> Any:
-        if len(args) != 3 or args[2] != 2 or type(args[2]) is not int:
+        if len(args) != 3 or not _is(args[2], 2):
             self._refuse("pandas _unpickle_block with other arguments than (values, placement, 2)")
         positions = self._placement(args[1], "pandas block")
         n_rows = self._block_values(args[0], len(positions), "pandas block")
@@ -557,7 +577,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         storage = args[0] if args else None
         na_value = args[1] if len(args) > 1 else pd.NA
         nan = isinstance(na_value, float) and math.isnan(na_value)
-        if len(args) > 2 or storage not in (None, "python") or not (na_value is pd.NA or nan):
+        if len(args) > 2 or not (storage is None or _is(storage, "python")) or not (na_value is pd.NA or nan):
             self._refuse(f"pandas StringDtype{args!r:.100} (expected storage 'python' and NA or NaN)")
         return self._real["StringDtype"](*args)
 
@@ -571,7 +591,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     # -- BUILD: state for objects waiting for it -----------------------------------------------------------------
 
     def _build_ndarray(self, array: np.ndarray, state: Any) -> None:
-        if type(state) is tuple and len(state) == 5 and state[0] == 1:
+        if type(state) is tuple and len(state) == 5 and _is(state[0], 1):
             state = state[1:]
         if type(state) is not tuple or len(state) != 4:
             self._refuse("numpy array state (expected (1, shape, dtype, is_fortran, data))")
@@ -584,14 +604,14 @@ class RestrictedUnpickler(pickle._Unpickler):
         array.__setstate__((1, shape, dtype, bool(is_fortran), data))
 
     def _build_dtype(self, dtype: np.dtype, state: Any) -> None:
-        if type(state) is not tuple or len(state) not in (8, 9) or state[0] not in (3, 4):
+        if type(state) is not tuple or len(state) not in (8, 9) or not _is(state[0], 3, 4):
             self._refuse("numpy dtype state (expected (3, byteorder, None, None, None, -1, -1, flags))")
         byteorder = state[1]
-        plain = all(part is None for part in state[2:5]) and state[5] == -1 and state[6] == -1
+        plain = all(part is None for part in state[2:5]) and _is(state[5], -1) and _is(state[6], -1)
         if not plain or (len(state) == 9 and state[8] is not None):
             self._refuse(f"numpy dtype state {state!r:.120} (sub-arrays, fields, sizes or metadata on a plain dtype)")
         single_byte = dtype.kind == "O" or dtype.itemsize == 1
-        if byteorder not in (("|",) if single_byte else ("<", ">", "=")):
+        if not _is(byteorder, *(("|",) if single_byte else ("<", ">", "="))):
             self._refuse(f"numpy dtype state: byte order {byteorder!r} for {dtype}")
         # the file's flags are ignored: they tell numpy whether an item holds object pointers
         dtype.__setstate__((3, byteorder, None, None, None, -1, -1, dtype.flags))
@@ -605,7 +625,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         if len(managers) != 1 or not isinstance(managers[0], self._real["BlockManager"]):
             self._refuse("DataFrame state without exactly one BlockManager (_mgr)")
         self._require_ready(managers[0], "DataFrame state")
-        if state.get("_typ") != "dataframe":
+        if not _is(state.get("_typ"), "dataframe"):
             self._refuse(f"DataFrame state _typ={state.get('_typ')!r}")
         metadata = state.get("_metadata", [])
         if type(metadata) is not list or not all(type(m) is str for m in metadata):
@@ -640,7 +660,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def _build_string_array(self, array: Any, state: Any) -> None:
         if not (type(state) is tuple and len(state) == 2 and isinstance(state[0], self._real["StringDtype"])):
             self._refuse("StringArray state (expected (StringDtype, object array))")
-        if state[0].storage != "python":
+        if not _is(state[0].storage, "python"):
             self._refuse(f"StringArray state with storage {state[0].storage!r}")
         self._check_string_values(state[1], "StringArray state")
         array.__setstate__((state[0], state[1]))
@@ -661,7 +681,8 @@ class RestrictedUnpickler(pickle._Unpickler):
     dispatch[pickle.REDUCE[0]] = _load_reduce
 
     def _new_object(self, cls: Any, args: Any, kwargs: Any) -> None:
-        if cls not in (self._real["DataFrame"], self._real["BlockManager"]) or args != () or kwargs:
+        creatable = cls is self._real["DataFrame"] or cls is self._real["BlockManager"]
+        if not creatable or type(args) is not tuple or args or type(kwargs) is not dict or kwargs:
             self._refuse(f"object creation {_qualified_name(cls)}.__new__ with arguments {args!r:.60} (only an "
                          "empty DataFrame or BlockManager is created this way)")
         obj = cls.__new__(cls)
