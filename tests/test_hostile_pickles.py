@@ -22,6 +22,7 @@ import pytest
 from pandas.core.internals.managers import BlockManager
 
 from lungkit.data.lungrads import (
+    ALLOWED_GLOBALS,
     LUNGRADS_COLUMNS,
     MAX_ROWS,
     CorruptPickleError,
@@ -48,6 +49,21 @@ except Exception as error:
     print(error)
 else:
     print("LOADED")
+"""
+
+# Child process for many files: two lines per file (error class or LOADED, then the message on one line).
+_MANY_LOADER = """
+import sys
+from lungkit.data.lungrads import load_lungrads_pickle
+for path in sys.argv[1:]:
+    try:
+        load_lungrads_pickle(path)
+    except Exception as error:
+        print(type(error).__name__)
+        print(str(error).replace(chr(10), " "))
+    else:
+        print("LOADED")
+        print()
 """
 
 
@@ -236,6 +252,24 @@ def test_a_hand_assembled_forged_pointer_frame_is_refused(tmp_path):
     path = tmp_path / "lung_cancer_test.pkl"
     path.write_bytes(payload)
     _assert_refused(path, "refused call numpy.ndarray(...)")
+
+
+def test_every_allowed_global_called_with_junk_is_refused(tmp_path):
+    """No allowed global may be called with arguments numpy / pandas never write (one child loads every file)."""
+    junk_arguments = {"one-string": b"\x8c\x04junk\x85", "five-ints": b"(K\x01K\x02K\x03K\x04K\x05t"}
+    paths = []
+    for index, (module, name) in enumerate(sorted(ALLOWED_GLOBALS)):
+        for label, arguments in junk_arguments.items():
+            path = tmp_path / f"{index:02d}-{label}.pkl"
+            path.write_bytes(b"\x80\x04" + global_(module, name) + arguments + b"R.")
+            paths.append((f"{module}.{name}({label})", path))
+    result = subprocess.run([sys.executable, "-c", _MANY_LOADER, *(str(p) for _, p in paths)], capture_output=True,
+                            text=True, timeout=120, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, f"the reader crashed (exit {result.returncode}): {result.stderr}"
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 * len(paths)
+    for (call, path), kind, message in zip(paths, lines[0::2], lines[1::2]):
+        assert kind == "UnsafePickleError" and f"{path}: refused" in message, f"{call}: {kind}: {message}"
 
 
 # -- defect 2: a 60-byte pickle that hangs ------------------------------------------------------------------------
