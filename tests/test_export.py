@@ -101,7 +101,36 @@ def test_conversion_matches_the_pickles(tmp_path, phantom_pickles):
             assert (entry.height, entry.width, entry.pixel_spacing_mm) == (SIZE, SIZE, pytest.approx(spacing))
     info = json.loads((tmp_path / "dataset" / "dataset.json").read_text())
     assert info["n_slices"] == 16 and info["pixel_spacing_mm"] == pytest.approx(spacing)
+    assert info["hu_rounding"]["rounded"] is False and info["hu_rounding"]["max_abs_error_hu"] == 0.0
     assert not staging_dir(tmp_path / "dataset").exists()
+
+
+def test_float_hu_is_rounded_to_the_nearest_hu_and_recorded(tmp_path):
+    """Resampled / rescaled CT has non-integer HU: the conversion rounds them to 1 HU, says so, and never fails."""
+    rng = np.random.default_rng(3)
+    table = np.empty((2, 4), dtype=object)
+    for row in range(2):
+        hu = rng.uniform(-1000.0, 400.0, size=(16, 16))
+        lungs = np.zeros((16, 16))
+        lungs[4:12, 4:12] = 1
+        mask = np.zeros((16, 16), dtype=np.int8)
+        mask[6:9, 6:9] = 1
+        table[row] = ["LR3", mask, hu * lungs, hu]
+    frame = pd.DataFrame(table, columns=pd.Index(["label1", "mask", "hu_array", "hu_array_old"], dtype=object),
+                         dtype=object)
+    path = tmp_path / "lung_cancer_test.pkl"
+    frame.to_pickle(path, protocol=4)
+    manifest = convert_lungrads_to_kit({"test": path}, tmp_path / "dataset", progress=False)
+    errors = []
+    for entry in manifest.itertuples():
+        hu = frame.iat[entry.source_row, 3].astype(np.float32).astype(np.float64)  # the slice's float32 HU
+        stored = png16_to_hu(read_png(entry.image_path)).astype(np.float64)
+        np.testing.assert_array_equal(stored, np.rint(hu))
+        errors.append(np.abs(stored - hu).max())
+    rounding = read_dataset_info(tmp_path / "dataset")["hu_rounding"]
+    assert rounding["rounded"] is True and "nearest 1 HU" in rounding["rule"]
+    assert rounding["max_abs_error_hu"] == pytest.approx(max(errors), abs=1e-9)
+    assert 0.45 < rounding["max_abs_error_hu"] <= 0.5  # 512 uniform fractions: the largest is close to 0.5
 
 
 def test_real_samples_have_unknown_spacing(tmp_path, lungrads_sample):
@@ -110,6 +139,7 @@ def test_real_samples_have_unknown_spacing(tmp_path, lungrads_sample):
     assert len(manifest) == 3 and set(manifest["label1"]) == {"LR4A"}
     assert manifest["pixel_spacing_mm"].isna().all() and manifest["equivalent_diameter_mm"].isna().all()
     assert (manifest["tumour_area_px"] > 0).all() and (manifest["height"] == 512).all()
+    assert read_dataset_info(tmp_path / "real")["hu_rounding"]["rounded"] is False  # real CT: integer HU, exact PNG
 
 
 def test_killed_conversion_is_not_accepted_and_resumes(tmp_path, phantom_pickles, monkeypatch):

@@ -41,6 +41,8 @@ DATASET_INFO_NAME = "dataset.json"
 #: Written at the start of a conversion into the staging folder; a resume with other inputs starts afresh.
 _CONVERSION_NAME = "conversion.json"
 _STAGING_SUFFIX = ".partial"
+#: How the conversion stores HU (recorded in ``dataset.json`` under ``hu_rounding``).
+HU_ROUNDING_RULE = "nearest 1 HU: the 16-bit PNG stores round(HU) + HU_OFFSET (exact for integer HU)"
 
 
 def staging_dir(out_dir: str | Path) -> Path:
@@ -181,6 +183,12 @@ def _write_slice(item: LungRadsSlice, staging: Path, slice_id: str) -> dict[str,
     return paths
 
 
+def _rounding_error(hu: np.ndarray) -> float:
+    """Largest |round(HU) - HU| of a slice: what a 16-bit PNG of whole HU loses (0.0 for CT's integer HU)."""
+    hu = np.asarray(hu, dtype=np.float64)
+    return float(np.abs(np.rint(hu) - hu).max(initial=0.0))
+
+
 def move_into_place(staging: Path, out_dir: Path, overwrite: bool) -> None:
     """Move the finished staging folder to ``out_dir``, replacing an old one only when asked to."""
     if out_dir.exists():
@@ -212,6 +220,11 @@ def convert_lungrads_to_kit(
     Per slice: ``images/<id>.png`` (16-bit, HU + ``HU_OFFSET`` from ``hu_array_old``), ``masks/<id>.png`` (tumour,
     0/255) and ``lungs/<id>.png`` (the lung mask implied by ``hu_array``, 0/255). Ids are ``<split>_<row:06d>``,
     e.g. ``test_000123``, row being the position in the source pickle.
+
+    HU are stored rounded to the nearest 1 HU (the slice's float32 HU, as :class:`~lungkit.data.lungrads.LungRadsSlice`
+    holds them). CT stores integer HU, so for the real pickles and the phantom this is exact; a pickle of resampled
+    or rescaled CT loses at most 0.5 HU. ``dataset.json`` records which: ``hu_rounding`` = ``{"rule": ...,
+    "rounded": <any HU not an integer>, "max_abs_error_hu": <largest |PNG - HU| over all slices>}``.
 
     Args:
         pickles: split name -> pickle path, e.g. ``{"train": ..., "test": ...}`` from
@@ -248,6 +261,7 @@ def convert_lungrads_to_kit(
     _prepare_staging(staging, _conversion_request(sources, pixel_spacing_mm))
     spacing = float("nan") if pixel_spacing_mm is None else float(pixel_spacing_mm)
     records = []
+    max_rounding_error = 0.0
     for split, path in sources.items():
         frame = load_lungrads_pickle(path)
         slices = frame_slices(frame, path.name)
@@ -255,6 +269,8 @@ def convert_lungrads_to_kit(
         for item in bar:
             slice_id = f"{split}_{item.source_row:06d}"
             relative_paths = _write_slice(item, staging, slice_id)
+            # computed from the slice, not the PNG, so a resumed conversion that skips existing PNGs records it too
+            max_rounding_error = max(max_rounding_error, _rounding_error(item.hu))
             height, width = item.hu.shape
             records.append(
                 {
@@ -285,6 +301,11 @@ def convert_lungrads_to_kit(
         "pixel_spacing_mm": pixel_spacing_mm,
         "n_slices": int(len(manifest)),
         "split_counts": {k: int(v) for k, v in manifest["split"].value_counts().items()},
+        "hu_rounding": {
+            "rule": HU_ROUNDING_RULE,
+            "rounded": max_rounding_error > 0,
+            "max_abs_error_hu": max_rounding_error,
+        },
         **dict(metadata or {}),
     }
     _atomic_write_bytes(json.dumps(info, indent=2, default=str).encode(), staging / DATASET_INFO_NAME)
@@ -295,6 +316,7 @@ def convert_lungrads_to_kit(
 
 __all__ = [
     "DATASET_INFO_NAME",
+    "HU_ROUNDING_RULE",
     "convert_lungrads_to_kit",
     "read_hu_png",
     "read_png",
