@@ -10,8 +10,10 @@ units (``hu = slope * value + intercept``) and whether that is exact (``hu``: CT
 offset) or an approximation (``display8``: an 8-bit display rendering; ``unit``: values already normalised to
 [0, 1]). The approximation is recorded in ``dataset.json`` and in every result's protocol.
 
-Masks are binarised by a stated rule: ``mask > mask_threshold`` (default: half the mask's largest possible value,
-127 for 8-bit files and 0.5 for 0/1 arrays), because anti-aliased mask PNGs have grey edges.
+Masks are binarised by a stated rule: ``mask > mask_threshold``. The default is half the mask's largest possible
+value (127 for 8-bit files, 32767 for 16-bit), because anti-aliased mask PNGs have grey edges; when every mask of a
+source holds only 0 and 1 (0/1 PNGs, label arrays), the default is 0.5 whatever the dtype, since "> 127" would erase
+every tumour.
 
 Layout of a slice folder (the default; others by ``image_pattern`` / ``mask_pattern``)::
 
@@ -232,7 +234,8 @@ def write_slice_dataset(
         out_dir: the dataset folder to create.
         intensity: how stored values become HU.
         pixel_spacing_mm: in-plane spacing when known, else None (NaN in the manifest).
-        mask_threshold: binarisation rule ``mask > threshold`` (see :func:`binarise_mask`).
+        mask_threshold: binarisation rule ``mask > threshold``; None: half the dtype's range (see
+            :func:`binarise_mask`), or 0.5 when every mask holds only 0 and 1.
         metadata: extra provenance for ``dataset.json``.
         overwrite: replace a finished dataset at ``out_dir``; without it a finished one is returned as is.
 
@@ -252,7 +255,25 @@ def write_slice_dataset(
         shutil.rmtree(staging)  # small sources: a fresh start is cheaper than checking what a killed run left
     for sub in (IMAGE_DIR, MASK_DIR, LUNG_DIR):
         (staging / sub).mkdir(parents=True)
+    try:
+        _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata)
+    except BaseException:
+        # every conversion starts afresh, so a half-written staging folder is only litter beside out_dir
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into_place(staging, out_dir, overwrite)
+    return read_manifest(out_dir)
+
+
+def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata) -> None:
     spacing = float("nan") if pixel_spacing_mm is None else float(pixel_spacing_mm)
+    if mask_threshold is None and all(float(np.max(item.mask, initial=0)) <= 1 for item in slices):
+        # 0/1 masks in 8- or 16-bit containers: half the dtype's range would read every tumour as background
+        mask_threshold, mask_rule = 0.5, "mask > 0.5 (every mask holds only 0/1)"
+    elif mask_threshold is None:
+        mask_rule = "mask > half the dtype range (127 for 8-bit, 32767 for 16-bit, 0.5 for floats)"
+    else:
+        mask_rule = f"mask > {mask_threshold:g}"
     records = []
     max_rounding = 0.0
     for index, item in enumerate(slices):
@@ -296,7 +317,7 @@ def write_slice_dataset(
         "data_source": (metadata or {}).get("data_source", "slices"),
         "intensity": {**asdict(intensity), "description": intensity.describe()},
         "hu_rounding": f"stored to the nearest 1 HU (largest rounding {max_rounding:.2f} HU)",
-        "mask_rule": f"mask > {mask_threshold if mask_threshold is not None else 'half the dtype range'}",
+        "mask_rule": mask_rule,
         "pixel_spacing_mm": pixel_spacing_mm,
         "n_slices": len(manifest),
         "n_patients": int(manifest[PATIENT_COLUMN].nunique()),
@@ -305,8 +326,6 @@ def write_slice_dataset(
     }
     write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2, default=str))
     write_text_atomic(staging / COMPLETE_MARKER, "")
-    move_into_place(staging, out_dir, overwrite)
-    return read_manifest(out_dir)
 
 
 # -- folder source ------------------------------------------------------------------------------------------------
