@@ -361,7 +361,8 @@ def find_slice_pairs(
             name without ending) are placeholders. Without ``{patient}`` every slice is its own patient, which
             the split then says.
         mask_pattern: the same for masks.
-        max_files: stop with an error past this many files (a wrong ``root`` such as ``/``).
+        max_files: stop with an error past this many files (a wrong ``root`` such as ``/``); folders do not
+            count.
 
     Returns:
         One row per pair: ``patient``, ``name``, ``image``, ``mask`` (paths), in patient then natural name order.
@@ -377,23 +378,26 @@ def find_slice_pairs(
     image_regex, mask_regex = _pattern_regex(image_pattern), _pattern_regex(mask_pattern)
     images, masks, problems = {}, {}, []
     patient_dirs: set[tuple[str, Path]] = set()
-    seen = 0
-    for path in sorted(root.rglob("*")):
-        seen += 1
-        if seen > max_files:
-            raise SliceSourceError(f"{root}: more than {max_files} files; is this the dataset folder?")
+    files = []
+    # count while walking: sorting rglob's answer first would list all of a wrong root (say "/") before the check
+    for path in root.rglob("*"):
+        if path.is_file():
+            files.append(path)
+            if len(files) > max_files:
+                raise SliceSourceError(f"{root}: more than {max_files} files; is this the dataset folder?")
+    for path in sorted(files):
         relative = path.relative_to(root).as_posix()
         for regex, found, kind in ((image_regex, images, "image"), (mask_regex, masks, "mask")):
             match = regex.fullmatch(relative)
-            if match is None or not path.is_file() or match["suffix"].lower() not in SLICE_SUFFIXES:
+            if match is None or match["suffix"].lower() not in SLICE_SUFFIXES:
                 continue
             patient = match.groupdict().get("patient") or f"slice:{match['name']}"
             key = (patient, match["name"])
             if key in found:
                 problems.append(f"{path}: a second {kind} for {key} (also {found[key]})")
             found[key] = path
-    if "{patient}" in image_pattern:
-        base = image_pattern.split("{patient}")[0]
+    base, _, rest = image_pattern.strip("/").partition("{patient}")
+    if rest.startswith("/") and (not base or base.endswith("/")):
         for patient_dir in sorted((root / base).glob("*")) if (root / base).is_dir() else []:
             if patient_dir.is_dir():
                 patient_dirs.add((patient_dir.name, patient_dir))
@@ -425,6 +429,7 @@ def convert_slice_folder(
     pixel_spacing_mm: float | None = None,
     metadata: Mapping | None = None,
     overwrite: bool = False,
+    max_files: int = 200_000,
 ) -> pd.DataFrame:
     """A folder of image/mask files -> a kit dataset with a ``patient`` column (all rows ``train``).
 
@@ -438,28 +443,28 @@ def convert_slice_folder(
         pixel_spacing_mm: in-plane spacing when known.
         metadata: extra provenance for ``dataset.json``.
         overwrite: rebuild a finished ``out_dir``.
+        max_files: see :func:`find_slice_pairs`.
 
     Returns:
         The manifest (see :func:`write_slice_dataset`).
 
     Raises:
-        FileNotFoundError, SliceSourceError: see :func:`find_slice_pairs` and :func:`read_slice_file`.
+        FileNotFoundError, SliceSourceError: see :func:`find_slice_pairs` and :func:`read_slice_file`; also for an
+            image and mask of different shapes (naming both files).
     """
     out_dir = Path(out_dir)
     if is_complete(out_dir) and not overwrite:
         return read_manifest(out_dir)
     root = Path(root).expanduser()
-    pairs = find_slice_pairs(root, image_pattern, mask_pattern)
-    slices = [
-        SourceSlice(
-            values=read_slice_file(row.image),
-            mask=read_slice_file(row.mask),
-            patient=row.patient,
-            source_file=str(Path(row.image).relative_to(root)),
-            source_row=-1,
-        )
-        for row in pairs.itertuples(index=False)
-    ]
+    pairs = find_slice_pairs(root, image_pattern, mask_pattern, max_files)
+    slices = []
+    for row in pairs.itertuples(index=False):
+        values, mask = read_slice_file(row.image), read_slice_file(row.mask)
+        if values.shape != mask.shape:
+            # checked here, where the full paths are known (the manifest keeps paths relative to root)
+            raise SliceSourceError(f"{row.image}: image shape {values.shape} differs from its mask's {mask.shape} "
+                                   f"({row.mask}); expected one shape per image/mask pair")
+        slices.append(SourceSlice(values, mask, row.patient, Path(row.image).relative_to(root).as_posix(), -1))
     return write_slice_dataset(
         slices, out_dir, intensity_map(intensity), pixel_spacing_mm, mask_threshold,
         {"data_source": "slice_folder", "source_root": str(root.resolve()), "layout": [image_pattern, mask_pattern],
@@ -473,11 +478,12 @@ def convert_slice_folder(
 
 def _load_arrays(path: Path, image_key: str, mask_key: str, patient_key: str) -> tuple:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys()) if hasattr(data, "keys") else []
-            if not keys:
-                raise SliceSourceError(f"{path}: an NPY file holds one array; use an .npz with {image_key!r} and "
-                                       f"{mask_key!r}")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise SliceSourceError(f"{path}: an NPY file holds one array; use an .npz with {image_key!r} and "
+                                   f"{mask_key!r}")
+        with data:
+            keys = list(data.keys())
             missing = [k for k in (image_key, mask_key) if k not in keys]
             if missing:
                 raise SliceSourceError(f"{path}: missing array(s) {missing}; found {keys}")
