@@ -504,9 +504,11 @@ def _load_arrays(path: Path, image_key: str, mask_key: str, patient_key: str) ->
         raise SliceSourceError(f"{path}: expected numeric arrays, found {images.dtype} and {masks.dtype}")
     if max(images.shape[1:]) > MAX_SLICE_SIDE or min(images.shape) < 1:
         raise SliceSourceError(f"{path}: slices of shape {images.shape[1:]}; expected sides 1..{MAX_SLICE_SIDE}")
-    if images.dtype.kind == "f" and not np.isfinite(images).all():
-        bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
-        raise SliceSourceError(f"{path}: NaN/inf in {image_key!r} at row(s) {bad[:10].tolist()}")
+    for key, array in ((image_key, images), (mask_key, masks)):
+        # a NaN mask pixel would silently read as background
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))
+            raise SliceSourceError(f"{path}: NaN/inf in {key!r} at row(s) {bad[:10].tolist()}")
     if patients is not None and len(patients) != len(images):
         raise SliceSourceError(f"{path}: {patient_key!r} has {len(patients)} entries for {len(images)} slices")
     return images, masks, patients
