@@ -122,10 +122,11 @@ def assign_patient_splits(
     images; only patients the model never saw tell how it does on new scans.
 
     Rows whose ``split`` is already ``test`` (a source's given test set, e.g. separate test files) stay test, and
-    their patients may not appear elsewhere (``test_patients`` may name them again). Then ``test_patients`` (or, when None, a seeded ``test_fraction`` of the
-    remaining patients) become test, ``val_patients`` (or ``val_fraction`` of the rest) validation; everything else
-    is train. Fractions count patients, rounded to the nearest whole patient; a non-zero fraction always takes at
-    least one patient and always leaves at least one for training.
+    their patients may not appear elsewhere (``test_patients`` may name them again). Then ``test_patients`` (or,
+    when None, a seeded ``test_fraction`` of the remaining patients) become test, ``val_patients`` (or
+    ``val_fraction`` of the rest) validation; everything else is train. Fractions count patients, rounded to the
+    nearest whole patient; a non-zero fraction always takes at least one patient and always leaves at least one for
+    training.
 
     Args:
         manifest: kit manifest with ``split`` and the patient column.
