@@ -10,8 +10,10 @@ units (``hu = slope * value + intercept``) and whether that is exact (``hu``: CT
 offset) or an approximation (``display8``: an 8-bit display rendering; ``unit``: values already normalised to
 [0, 1]). The approximation is recorded in ``dataset.json`` and in every result's protocol.
 
-Masks are binarised by a stated rule: ``mask > mask_threshold`` (default: half the mask's largest possible value,
-127 for 8-bit files and 0.5 for 0/1 arrays), because anti-aliased mask PNGs have grey edges.
+Masks are binarised by a stated rule: ``mask > mask_threshold``. The default is half the mask's largest possible
+value (127 for 8-bit files, 32767 for 16-bit), because anti-aliased mask PNGs have grey edges; when every mask of a
+source holds only 0 and 1 (0/1 PNGs, label arrays), the default is 0.5 whatever the dtype, since "> 127" would erase
+every tumour.
 
 Layout of a slice folder (the default; others by ``image_pattern`` / ``mask_pattern``)::
 
@@ -232,7 +234,8 @@ def write_slice_dataset(
         out_dir: the dataset folder to create.
         intensity: how stored values become HU.
         pixel_spacing_mm: in-plane spacing when known, else None (NaN in the manifest).
-        mask_threshold: binarisation rule ``mask > threshold`` (see :func:`binarise_mask`).
+        mask_threshold: binarisation rule ``mask > threshold``; None: half the dtype's range (see
+            :func:`binarise_mask`), or 0.5 when every mask holds only 0 and 1.
         metadata: extra provenance for ``dataset.json``.
         overwrite: replace a finished dataset at ``out_dir``; without it a finished one is returned as is.
 
@@ -252,7 +255,25 @@ def write_slice_dataset(
         shutil.rmtree(staging)  # small sources: a fresh start is cheaper than checking what a killed run left
     for sub in (IMAGE_DIR, MASK_DIR, LUNG_DIR):
         (staging / sub).mkdir(parents=True)
+    try:
+        _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata)
+    except BaseException:
+        # every conversion starts afresh, so a half-written staging folder is only litter beside out_dir
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    move_into_place(staging, out_dir, overwrite)
+    return read_manifest(out_dir)
+
+
+def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata) -> None:
     spacing = float("nan") if pixel_spacing_mm is None else float(pixel_spacing_mm)
+    if mask_threshold is None and all(float(np.max(item.mask, initial=0)) <= 1 for item in slices):
+        # 0/1 masks in 8- or 16-bit containers: half the dtype's range would read every tumour as background
+        mask_threshold, mask_rule = 0.5, "mask > 0.5 (every mask holds only 0/1)"
+    elif mask_threshold is None:
+        mask_rule = "mask > half the dtype range (127 for 8-bit, 32767 for 16-bit, 0.5 for floats)"
+    else:
+        mask_rule = f"mask > {mask_threshold:g}"
     records = []
     max_rounding = 0.0
     for index, item in enumerate(slices):
@@ -296,7 +317,7 @@ def write_slice_dataset(
         "data_source": (metadata or {}).get("data_source", "slices"),
         "intensity": {**asdict(intensity), "description": intensity.describe()},
         "hu_rounding": f"stored to the nearest 1 HU (largest rounding {max_rounding:.2f} HU)",
-        "mask_rule": f"mask > {mask_threshold if mask_threshold is not None else 'half the dtype range'}",
+        "mask_rule": mask_rule,
         "pixel_spacing_mm": pixel_spacing_mm,
         "n_slices": len(manifest),
         "n_patients": int(manifest[PATIENT_COLUMN].nunique()),
@@ -305,8 +326,6 @@ def write_slice_dataset(
     }
     write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2, default=str))
     write_text_atomic(staging / COMPLETE_MARKER, "")
-    move_into_place(staging, out_dir, overwrite)
-    return read_manifest(out_dir)
 
 
 # -- folder source ------------------------------------------------------------------------------------------------
@@ -342,7 +361,8 @@ def find_slice_pairs(
             name without ending) are placeholders. Without ``{patient}`` every slice is its own patient, which
             the split then says.
         mask_pattern: the same for masks.
-        max_files: stop with an error past this many files (a wrong ``root`` such as ``/``).
+        max_files: stop with an error past this many files (a wrong ``root`` such as ``/``); folders do not
+            count.
 
     Returns:
         One row per pair: ``patient``, ``name``, ``image``, ``mask`` (paths), in patient then natural name order.
@@ -358,23 +378,26 @@ def find_slice_pairs(
     image_regex, mask_regex = _pattern_regex(image_pattern), _pattern_regex(mask_pattern)
     images, masks, problems = {}, {}, []
     patient_dirs: set[tuple[str, Path]] = set()
-    seen = 0
-    for path in sorted(root.rglob("*")):
-        seen += 1
-        if seen > max_files:
-            raise SliceSourceError(f"{root}: more than {max_files} files; is this the dataset folder?")
+    files = []
+    # count while walking: sorting rglob's answer first would list all of a wrong root (say "/") before the check
+    for path in root.rglob("*"):
+        if path.is_file():
+            files.append(path)
+            if len(files) > max_files:
+                raise SliceSourceError(f"{root}: more than {max_files} files; is this the dataset folder?")
+    for path in sorted(files):
         relative = path.relative_to(root).as_posix()
         for regex, found, kind in ((image_regex, images, "image"), (mask_regex, masks, "mask")):
             match = regex.fullmatch(relative)
-            if match is None or not path.is_file() or match["suffix"].lower() not in SLICE_SUFFIXES:
+            if match is None or match["suffix"].lower() not in SLICE_SUFFIXES:
                 continue
             patient = match.groupdict().get("patient") or f"slice:{match['name']}"
             key = (patient, match["name"])
             if key in found:
                 problems.append(f"{path}: a second {kind} for {key} (also {found[key]})")
             found[key] = path
-    if "{patient}" in image_pattern:
-        base = image_pattern.split("{patient}")[0]
+    base, _, rest = image_pattern.strip("/").partition("{patient}")
+    if rest.startswith("/") and (not base or base.endswith("/")):
         for patient_dir in sorted((root / base).glob("*")) if (root / base).is_dir() else []:
             if patient_dir.is_dir():
                 patient_dirs.add((patient_dir.name, patient_dir))
@@ -406,6 +429,7 @@ def convert_slice_folder(
     pixel_spacing_mm: float | None = None,
     metadata: Mapping | None = None,
     overwrite: bool = False,
+    max_files: int = 200_000,
 ) -> pd.DataFrame:
     """A folder of image/mask files -> a kit dataset with a ``patient`` column (all rows ``train``).
 
@@ -419,28 +443,28 @@ def convert_slice_folder(
         pixel_spacing_mm: in-plane spacing when known.
         metadata: extra provenance for ``dataset.json``.
         overwrite: rebuild a finished ``out_dir``.
+        max_files: see :func:`find_slice_pairs`.
 
     Returns:
         The manifest (see :func:`write_slice_dataset`).
 
     Raises:
-        FileNotFoundError, SliceSourceError: see :func:`find_slice_pairs` and :func:`read_slice_file`.
+        FileNotFoundError, SliceSourceError: see :func:`find_slice_pairs` and :func:`read_slice_file`; also for an
+            image and mask of different shapes (naming both files).
     """
     out_dir = Path(out_dir)
     if is_complete(out_dir) and not overwrite:
         return read_manifest(out_dir)
     root = Path(root).expanduser()
-    pairs = find_slice_pairs(root, image_pattern, mask_pattern)
-    slices = [
-        SourceSlice(
-            values=read_slice_file(row.image),
-            mask=read_slice_file(row.mask),
-            patient=row.patient,
-            source_file=str(Path(row.image).relative_to(root)),
-            source_row=-1,
-        )
-        for row in pairs.itertuples(index=False)
-    ]
+    pairs = find_slice_pairs(root, image_pattern, mask_pattern, max_files)
+    slices = []
+    for row in pairs.itertuples(index=False):
+        values, mask = read_slice_file(row.image), read_slice_file(row.mask)
+        if values.shape != mask.shape:
+            # checked here, where the full paths are known (the manifest keeps paths relative to root)
+            raise SliceSourceError(f"{row.image}: image shape {values.shape} differs from its mask's {mask.shape} "
+                                   f"({row.mask}); expected one shape per image/mask pair")
+        slices.append(SourceSlice(values, mask, row.patient, Path(row.image).relative_to(root).as_posix(), -1))
     return write_slice_dataset(
         slices, out_dir, intensity_map(intensity), pixel_spacing_mm, mask_threshold,
         {"data_source": "slice_folder", "source_root": str(root.resolve()), "layout": [image_pattern, mask_pattern],
@@ -454,11 +478,12 @@ def convert_slice_folder(
 
 def _load_arrays(path: Path, image_key: str, mask_key: str, patient_key: str) -> tuple:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys()) if hasattr(data, "keys") else []
-            if not keys:
-                raise SliceSourceError(f"{path}: an NPY file holds one array; use an .npz with {image_key!r} and "
-                                       f"{mask_key!r}")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise SliceSourceError(f"{path}: an NPY file holds one array; use an .npz with {image_key!r} and "
+                                   f"{mask_key!r}")
+        with data:
+            keys = list(data.keys())
             missing = [k for k in (image_key, mask_key) if k not in keys]
             if missing:
                 raise SliceSourceError(f"{path}: missing array(s) {missing}; found {keys}")
@@ -479,9 +504,11 @@ def _load_arrays(path: Path, image_key: str, mask_key: str, patient_key: str) ->
         raise SliceSourceError(f"{path}: expected numeric arrays, found {images.dtype} and {masks.dtype}")
     if max(images.shape[1:]) > MAX_SLICE_SIDE or min(images.shape) < 1:
         raise SliceSourceError(f"{path}: slices of shape {images.shape[1:]}; expected sides 1..{MAX_SLICE_SIDE}")
-    if images.dtype.kind == "f" and not np.isfinite(images).all():
-        bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
-        raise SliceSourceError(f"{path}: NaN/inf in {image_key!r} at row(s) {bad[:10].tolist()}")
+    for key, array in ((image_key, images), (mask_key, masks)):
+        # a NaN mask pixel would silently read as background
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = np.flatnonzero(~np.isfinite(array).reshape(len(array), -1).all(axis=1))
+            raise SliceSourceError(f"{path}: NaN/inf in {key!r} at row(s) {bad[:10].tolist()}")
     if patients is not None and len(patients) != len(images):
         raise SliceSourceError(f"{path}: {patient_key!r} has {len(patients)} entries for {len(images)} slices")
     return images, masks, patients

@@ -122,10 +122,11 @@ def assign_patient_splits(
     images; only patients the model never saw tell how it does on new scans.
 
     Rows whose ``split`` is already ``test`` (a source's given test set, e.g. separate test files) stay test, and
-    their patients may not appear elsewhere. Then ``test_patients`` (or, when None, a seeded ``test_fraction`` of the
-    remaining patients) become test, ``val_patients`` (or ``val_fraction`` of the rest) validation; everything else
-    is train. Fractions count patients, rounded to the nearest whole patient; a non-zero fraction always takes at
-    least one patient and always leaves at least one for training.
+    their patients may not appear elsewhere (``test_patients`` may name them again). Then ``test_patients`` (or,
+    when None, a seeded ``test_fraction`` of the remaining patients) become test, ``val_patients`` (or
+    ``val_fraction`` of the rest) validation; everything else is train. Fractions count patients, rounded to the
+    nearest whole patient; a non-zero fraction always takes at least one patient and always leaves at least one for
+    training.
 
     Args:
         manifest: kit manifest with ``split`` and the patient column.
@@ -155,6 +156,10 @@ def assign_patient_splits(
     if leaked:
         raise ValueError(f"manifest: patient(s) {leaked} are in the given test set and in train/val; "
                          "a patient-wise split cannot mend that")
+    if test_patients is not None and val_patients is not None:
+        both = sorted({str(p) for p in test_patients} & {str(p) for p in val_patients})
+        if both:
+            raise ValueError(f"patient(s) {both} named for both test and validation; each patient goes to one split")
     rng = np.random.default_rng(seed)
     free = sorted(set(patients) - given_test)
 
@@ -170,7 +175,9 @@ def assign_patient_splits(
         count = min(max(1, round(fraction * len(pool))), len(pool) - 1)
         return {pool[i] for i in rng.permutation(len(pool))[:count]}
 
-    test = chosen(test_patients, test_fraction, free, "test") | given_test
+    # naming a patient of the given test set again is harmless: it is test either way
+    named_test = None if test_patients is None else [p for p in map(str, test_patients) if p not in given_test]
+    test = chosen(named_test, test_fraction, free, "test") | given_test
     remaining = [p for p in free if p not in test]
     val = chosen(val_patients, val_fraction, remaining, "validation")
     train = set(remaining) - val
