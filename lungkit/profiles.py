@@ -3,8 +3,9 @@
 Every notebook's ``parameters`` cell has ``profile``; the notebook asks :func:`get_profile` for the sizes.
 
 - ``smoke``: tiny data, tiny models, one short epoch. Checks the wiring only; its numbers mean nothing.
-- ``quick``: the default main job on a 2-core CPU (aimed at 20 minutes for every notebook together; measured about
-  35, see the README's Timings). Small models trained for a few minutes each on phantom data: numbers show that
+- ``quick``: the default main job on a 2-core CPU (aimed at 20 minutes for every notebook together; see the
+  README's Timings). Small models, each trained for a budget of 400 optimizer steps on 128 px patches of slices
+  kept at the recipe's pixel scale (a small real dataset gets the same 400 steps as the phantom): numbers show that
   each model learns, not what it can reach.
 - ``paper``: each paper's own configuration (model size, image size, epochs, augmentation target). Meant for a
   GPU and the real data.
@@ -12,12 +13,13 @@ Every notebook's ``parameters`` cell has ``profile``; the notebook asks :func:`g
 A paper's recipe (``lungkit.papers``) holds the paper's settings; a profile caps them (epochs, image size, model
 scale). The caps are part of every result's protocol line, so a number is never shown without them. Where a model
 measurably cannot learn under a small profile with the paper's settings, its recipe may name a departure for that
-profile (``profile_overrides``, e.g. paper 001's Swin-UNet at ``quick``: lr 5e-4 and 25 epochs); the override wins
+profile (``profile_overrides``, e.g. paper 001's Swin-UNet at ``quick``: lr 5e-4); the override wins
 over the caps, its reason is in the recipe's notes, and the protocol line names it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -32,9 +34,21 @@ class Profile:
         phantom_image_size: side of the phantom slices in pixels (the real slices are 512).
         augment_target: size of the training split after offline augmentation (paper 001: about 3,400).
         model_scale: ``tiny`` (a few thousand parameters, for tests), ``small`` (CPU-trainable) or ``paper``.
-        max_image_size: cap on the model input side; None keeps the recipe's size.
-        max_epochs: cap on the recipe's epochs; None keeps the recipe's epochs.
-        max_steps_per_epoch: cap on training steps per epoch; None runs full epochs.
+        max_image_size: cap on the model input side; None keeps the recipe's size. With ``patch_training`` the
+            slices keep the recipe's pixel scale and the model trains on patches of this side instead of
+            downscaled slices (and predicts whole slices by sliding window).
+        max_steps: the training budget in optimizer steps (the same for a small real dataset as for the phantom:
+            epochs follow from it and the dataset's size); None keeps the recipe's epochs.
+        max_steps_per_epoch: cap on training steps per epoch (an "epoch" is then a checkpoint / log interval);
+            None runs full epochs.
+        max_train_seconds: wall-clock safety cap per training run; a run stopped by it says so in its protocol
+            (its number then depends on the machine). None: no cap.
+        patch_training: train on patches at the recipe's pixel scale (nnU-Net's sampling, see
+            :class:`lungkit.pipeline.PatchSampler`) instead of whole slices resized to ``max_image_size``.
+        max_slice_size: cap on the slice side patches are cut from (keeps ``smoke`` cheap); None keeps the
+            recipe's scale.
+        deterministic: TensorFlow op determinism on (bit-identical reruns on the same machine and software; its
+            cost is in the benchmarks).
         batch_size: None keeps the recipe's batch size.
         phantom_volumes: volumes of the LUNA16-layout phantom (paper 003). The split is by series, so smoke needs
             one series per split; at 2-4 nodules a volume, quick needs about 24 volumes for a classifier test set of
@@ -48,13 +62,25 @@ class Profile:
     augment_target: int
     model_scale: str
     max_image_size: int | None
-    max_epochs: int | None
+    max_steps: int | None
     max_steps_per_epoch: int | None
     batch_size: int | None
     phantom_volumes: int
+    max_train_seconds: float | None = None
+    patch_training: bool = False
+    max_slice_size: int | None = None
+    deterministic: bool = False
+
+    @property
+    def max_epochs(self) -> int | None:
+        """Epochs the step budget allows when every epoch has ``max_steps_per_epoch`` steps (an upper bound for
+        experiments that do not yet know their dataset's size; a smaller dataset gets more, shorter epochs)."""
+        if self.max_steps is None:
+            return None
+        return math.ceil(self.max_steps / (self.max_steps_per_epoch or self.max_steps))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "max_epochs": self.max_epochs}
 
 
 PROFILES = {
@@ -66,10 +92,13 @@ PROFILES = {
         augment_target=32,
         model_scale="tiny",
         max_image_size=64,
-        max_epochs=1,
+        max_steps=2,
         max_steps_per_epoch=2,
         batch_size=4,
         phantom_volumes=3,
+        patch_training=True,
+        max_slice_size=128,
+        deterministic=True,
     ),
     # Many distinct phantom patients and few passes over them: with 160 slices a small U-Net memorised the
     # training slices (train Dice 0.79, test 0.08); the same number of steps over 3x the slices generalises.
@@ -81,10 +110,13 @@ PROFILES = {
         augment_target=960,
         model_scale="small",
         max_image_size=128,
-        max_epochs=10,
+        max_steps=400,
         max_steps_per_epoch=40,
         batch_size=8,
         phantom_volumes=24,
+        max_train_seconds=900.0,
+        patch_training=True,
+        deterministic=True,
     ),
     "paper": Profile(
         name="paper",
@@ -94,7 +126,7 @@ PROFILES = {
         augment_target=3400,
         model_scale="paper",
         max_image_size=None,
-        max_epochs=None,
+        max_steps=None,
         max_steps_per_epoch=None,
         batch_size=None,
         phantom_volumes=64,

@@ -27,6 +27,7 @@ import dataclasses
 import glob
 import importlib.util
 import json
+import math
 import logging
 import os
 import shutil
@@ -141,6 +142,11 @@ class Recipe:
             printed lr 0.005 could not fit one batch). Applied by :meth:`for_profile` and recorded in
             ``overridden``; the ``paper`` profile is meant to have none.
         capped: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every capped key.
+        patch_size: set by :meth:`for_profile` with ``patches=True``: the model trains on ``patch_size`` patches
+            cut from slices kept at ``image_size`` (their pixel scale) and predicts whole slices by sliding window;
+            None: the model sees whole slices resized to ``image_size``.
+        max_steps: set by :meth:`for_profile`: the profile's budget of optimizer steps (None: the recipe's epochs).
+        max_train_seconds: set by :meth:`for_profile`: the profile's wall-clock safety cap per training run.
         overridden: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every key the
             profile's override changed.
 
@@ -175,6 +181,14 @@ class Recipe:
     capped: dict = field(default_factory=dict)
     profile_overrides: dict = field(default_factory=dict)
     overridden: dict = field(default_factory=dict)
+    patch_size: int | None = None
+    max_steps: int | None = None
+    max_train_seconds: float | None = None
+
+    @property
+    def input_size(self) -> int:
+        """Side of the model's input: the patch side under patch training, else ``image_size``."""
+        return self.patch_size or self.image_size
 
     def __post_init__(self):
         problems = []
@@ -287,7 +301,7 @@ class Recipe:
         except ValueError as error:
             raise ValueError(f"{error}{where}") from None
 
-    def for_profile(self, profile) -> "Recipe":
+    def for_profile(self, profile, patches: bool | None = None) -> "Recipe":
         """Cap the recipe for a run profile, then apply the profile's override (``profile_overrides``); record both.
 
         Epochs, image size and batch size are capped (``min`` of the recipe's and the profile's value; a cap never
@@ -296,12 +310,21 @@ class Recipe:
         The profile's model scale and steps-per-epoch cap are recorded for :func:`build_for_training` and
         :func:`train`.
 
+        With ``patches`` (default: the profile's ``patch_training``) the slices keep the recipe's pixel scale
+        (``image_size``, capped only by the profile's ``max_slice_size``) and ``max_image_size`` caps the patch
+        side instead (``patch_size``); nothing is downscaled. Segmentation experiments use this; classifiers of
+        crops do not (``patches=False``).
+
+        Epochs are capped by the step budget assuming full ``max_steps_per_epoch`` epochs; an experiment that
+        knows its dataset's steps per epoch refines that with :meth:`with_step_budget`.
+
         Args:
             profile: a ``lungkit.profiles.Profile`` or its name (``smoke``, ``quick``, ``paper``).
+            patches: train on patches at the recipe's scale; None follows the profile.
 
         Returns:
-            A new :class:`Recipe` with ``profile``, ``model_scale``, ``max_steps_per_epoch``, ``capped`` and
-            ``overridden`` (``{key: {"recipe": paper value, "used": value}}``) set.
+            A new :class:`Recipe` with ``profile``, ``model_scale``, ``max_steps_per_epoch``, ``max_steps``,
+            ``patch_size``, ``capped`` and ``overridden`` (``{key: {"recipe": paper value, "used": value}}``) set.
 
         Raises:
             ValueError: for an unknown profile name, or an override that makes the recipe invalid.
@@ -310,10 +333,12 @@ class Recipe:
 
         if not isinstance(profile, Profile):
             profile = get_profile(profile)
+        patches = profile.patch_training if patches is None else bool(patches)
         changes, capped = {}, dict(self.capped)
+        scale_cap = profile.max_slice_size if patches else profile.max_image_size
         for key, cap in (
             ("epochs", profile.max_epochs),
-            ("image_size", profile.max_image_size),
+            ("image_size", scale_cap),
             ("batch_size", profile.batch_size),
         ):
             value = getattr(self, key)
@@ -331,6 +356,10 @@ class Recipe:
         if "min_epochs" not in override and self.min_epochs > epochs:
             changes["min_epochs"] = epochs
             capped["min_epochs"] = {"recipe": capped.get("min_epochs", {}).get("recipe", self.min_epochs), "used": epochs}
+        patch_size = None
+        if patches:
+            scale = changes.get("image_size", self.image_size)
+            patch_size = min(scale, profile.max_image_size or scale)
         return dataclasses.replace(
             self,
             **changes,
@@ -339,7 +368,37 @@ class Recipe:
             max_steps_per_epoch=profile.max_steps_per_epoch,
             capped=capped,
             overridden=overridden,
+            patch_size=patch_size,
+            max_steps=profile.max_steps,
+            max_train_seconds=profile.max_train_seconds,
         )
+
+    def with_step_budget(self, steps_per_epoch: int) -> "Recipe":
+        """Epochs from the step budget once the steps per epoch are known: ``ceil(max_steps / steps_per_epoch)``,
+        never above the paper's epochs, so a small dataset (short epochs) gets as many updates as a large one.
+        An override of ``epochs`` for this profile wins, as in :meth:`for_profile`.
+
+        Args:
+            steps_per_epoch: optimizer steps in one epoch of this run.
+
+        Returns:
+            The recipe with ``epochs`` (and ``min_epochs`` when above it) set and recorded in ``capped``.
+        """
+        if self.max_steps is None or "epochs" in self.overridden or steps_per_epoch < 1:
+            return self
+        paper_epochs = self.capped.get("epochs", {}).get("recipe", self.epochs)
+        epochs = min(paper_epochs, math.ceil(self.max_steps / int(steps_per_epoch)))
+        capped = {key: dict(value) for key, value in self.capped.items()}
+        capped.pop("epochs", None)
+        changes = {"epochs": epochs}
+        if epochs < paper_epochs:
+            capped["epochs"] = {"recipe": paper_epochs, "used": epochs}
+        paper_min = capped.get("min_epochs", {}).get("recipe", self.min_epochs)
+        capped.pop("min_epochs", None)
+        changes["min_epochs"] = min(paper_min, epochs)
+        if paper_min > epochs:
+            capped["min_epochs"] = {"recipe": paper_min, "used": epochs}
+        return dataclasses.replace(self, **changes, capped=capped)
 
     def to_dict(self) -> dict:
         """The recipe as a plain dict of ``RECIPE_KEYS`` (round-trips through :meth:`from_dict`)."""
@@ -381,6 +440,8 @@ class Recipe:
             "min_epochs": self.min_epochs,
             "batch_size": self.batch_size,
             "max_steps_per_epoch": self.max_steps_per_epoch,
+            "max_steps": self.max_steps,
+            "patch_size": self.patch_size,
             "loss": self.describe_loss(),
             "optimizer": self.describe_optimizer(),
             "early_stopping_patience": self.early_stopping_patience,
@@ -639,7 +700,7 @@ def build_for_training(
         precision = configure_precision(strategy)
     if recipe.from_logits:
         overrides.setdefault("output_activation", None)
-    input_shape = (recipe.image_size, recipe.image_size, recipe.input_channels)
+    input_shape = (recipe.input_size, recipe.input_size, recipe.input_channels)
     with strategy.scope():
         model = build_model(recipe.model, scale=scale or recipe.model_scale or "paper", input_shape=input_shape, **overrides)
         compile_model(model, recipe, steps_per_epoch=steps_per_epoch, jit_compile=precision.jit_compile)
@@ -694,6 +755,33 @@ class EpochStats(keras.callbacks.Callback):
         return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
+class WallClockLimit(keras.callbacks.Callback):
+    """Stops training at the end of the first epoch that ends past ``seconds`` of wall time (a profile's safety cap;
+    a run it stops is machine-dependent, which :class:`TrainResult` records as ``stopped_by_wall_clock``)."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = float(seconds)
+        self.start = None
+        self.stopped = False
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.start is not None and time.perf_counter() - self.start > self.seconds:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+def make_deterministic(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and turn on TensorFlow's op determinism, so the same seed on the same
+    machine and software trains bit-identical weights (measured cost: see the benchmarks). Determinism stays on for
+    the rest of the process."""
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns.
@@ -711,6 +799,7 @@ class TrainResult:
         reused: the run had already completed and nothing was trained.
         environment: strategy, replicas, dtype policy, XLA.
         run_dir: the run directory.
+        stopped_by_wall_clock: the profile's ``max_train_seconds`` ended the run.
     """
 
     history: pd.DataFrame
@@ -723,6 +812,7 @@ class TrainResult:
     reused: bool
     environment: dict
     run_dir: Path
+    stopped_by_wall_clock: bool = False
 
     def summary(self) -> dict:
         """JSON-ready summary (no history rows)."""
@@ -733,6 +823,7 @@ class TrainResult:
             "resumed_from_epoch": self.resumed_from_epoch,
             "epochs_completed": self.epochs_completed,
             "stopped_early": self.stopped_early,
+            "stopped_by_wall_clock": self.stopped_by_wall_clock,
             "environment": self.environment,
         }
 
@@ -953,6 +1044,9 @@ def train(
                 min_lr=recipe.min_lr,
             )
         )
+    wall_clock = WallClockLimit(recipe.max_train_seconds) if recipe.max_train_seconds else None
+    if wall_clock is not None:
+        callbacks.append(wall_clock)
     callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=bool(resumed_from_epoch)))
     if tensorboard and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / TENSORBOARD_DIR), profile_batch=0))
@@ -989,6 +1083,7 @@ def train(
         reused=False,
         environment=environment,
         run_dir=run_dir,
+        stopped_by_wall_clock=bool(wall_clock is not None and wall_clock.stopped),
     )
     _write_json_atomic(summary_path, {"recipe": recipe.protocol(), "completed": True, **result.summary()})
     return result

@@ -103,18 +103,20 @@ def _lung_air_and_soft_tissue(manifest: pd.DataFrame) -> tuple[float, float]:
     return _peak(values[(values > -1400) & (values < -500)]), _peak(values[values >= -500])
 
 
-def test_lidc_png_sample_hu_roughly_right(lidc_dataset):
+def test_lidc_png_sample_hu_roughly_right(lidc_dataset, tmp_path):
     _, _, manifest = lidc_dataset
+    # with per-patient calibration (the default for display renderings) every patient lands near the right HU
     for patient, rows in manifest.groupby("patient"):
         air, tissue = _lung_air_and_soft_tissue(rows)
-        if patient == "LIDC-IDRI-313":
-            # this patient's PNGs use another display window (air ~10, soft tissue ~100), so the one LIDC map puts
-            # them ~1500 HU low; kept as a finding: if the sample or the map changes, this line says so
-            assert air < -1200 and tissue < -300, (patient, air, tissue)
-            continue
-        # air is -1000 HU; the lung peak mixes it with parenchyma (about -850 HU on real CT), hence -800 at the top
-        assert -1150 <= air <= -800, (patient, air)
+        # air is -1000 HU; the lung peak mixes it with parenchyma (about -850 HU on real CT), hence -750 at the top
+        assert -1150 <= air <= -750, (patient, air)
         assert abs(tissue) <= 150, (patient, tissue)
+    # one fixed map for all: LIDC-IDRI-313's PNGs use another display window (air ~10, soft tissue ~100), so the
+    # map measured on the others puts them far too low -- why the calibration exists
+    fixed = convert_slice_folder(shared_sample("lidc-png-sample"), tmp_path / "fixed", intensity="display8",
+                                 calibrate_display=False)
+    air, tissue = _lung_air_and_soft_tissue(fixed[fixed["patient"] == "LIDC-IDRI-313"])
+    assert air < -1200 and tissue < -300, (air, tissue)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_recipe_round_trips_through_a_dict():
 
 def test_for_profile_caps_and_records():
     recipe = recipe_with(image_size=256, epochs=100, min_epochs=20, batch_size=16)
-    smoke = recipe.for_profile("smoke")
+    smoke = recipe.for_profile("smoke", patches=False)
     # the smoke profile's caps (epochs 1, image 64, batch 4, 2 steps) are the premise of this check
     assert get_profile("smoke").max_epochs == 1 and get_profile("smoke").max_image_size == 64
     assert (smoke.epochs, smoke.image_size, smoke.batch_size, smoke.min_epochs) == (1, 64, 4, 1)
@@ -113,7 +114,7 @@ def test_for_profile_caps_and_records():
     }
     assert (smoke.profile, smoke.model_scale, smoke.max_steps_per_epoch) == ("smoke", "tiny", 2)
     quick_profile = get_profile("quick")
-    quick = recipe.for_profile(quick_profile)
+    quick = recipe.for_profile(quick_profile, patches=False)
     assert (quick.epochs, quick.image_size, quick.batch_size) == (
         min(100, quick_profile.max_epochs),
         min(256, quick_profile.max_image_size),
@@ -124,12 +125,40 @@ def test_for_profile_caps_and_records():
     assert (paper.epochs, paper.image_size, paper.batch_size, paper.capped) == (100, 256, 16, {})
     # a profile never raises a value
     assert recipe_with(epochs=2).for_profile("quick").epochs == 2
+    assert smoke.patch_size is None and smoke.input_size == 64
     protocol = smoke.protocol()
     assert protocol["profile"] == "smoke" and protocol["epochs"] == 1 and protocol["image_size"] == 64
     assert protocol["capped"]["epochs"] == {"recipe": 100, "used": 1}
     assert protocol["optimizer"].startswith("adam lr=0.01") and protocol["loss"].startswith("bce(")
     with pytest.raises(ValueError, match="unknown profile"):
         recipe.for_profile("huge")
+
+
+def test_patch_training_keeps_the_recipe_scale_and_caps_the_patch():
+    recipe = recipe_with(image_size=256, epochs=100, batch_size=16)
+    quick = recipe.for_profile("quick")  # the quick profile trains on patches
+    assert get_profile("quick").patch_training
+    assert (quick.image_size, quick.patch_size, quick.input_size) == (256, 128, 128)
+    assert "image_size" not in quick.capped  # nothing is downscaled
+    smoke = recipe.for_profile("smoke")
+    assert (smoke.image_size, smoke.patch_size) == (get_profile("smoke").max_slice_size, 64)
+    paper = recipe.for_profile("paper")
+    assert paper.patch_size is None and paper.input_size == 256
+    assert quick.protocol()["patch_size"] == 128 and quick.protocol()["max_steps"] == get_profile("quick").max_steps
+
+
+def test_step_budget_gives_small_datasets_as_many_updates():
+    recipe = recipe_with(epochs=100, min_epochs=30).for_profile("quick")
+    budget = get_profile("quick").max_steps
+    small = recipe.with_step_budget(10)  # e.g. 80 slices in batches of 8
+    large = recipe.with_step_budget(40)
+    assert small.epochs * 10 == budget == large.epochs * 40
+    assert small.capped["epochs"] == {"recipe": 100, "used": budget // 10}
+    assert small.min_epochs == 30 and large.min_epochs == large.epochs
+    assert recipe_with(epochs=5).for_profile("quick").with_step_budget(10).epochs == 5  # never above the paper's
+    assert recipe_with(epochs=100).for_profile("paper").with_step_budget(10).epochs == 100  # no budget at paper
+    overridden = recipe_with(epochs=100, profile_overrides={"quick": {"epochs": 25}}).for_profile("quick")
+    assert overridden.with_step_budget(10).epochs == 25  # an override wins
 
 
 def test_profile_overrides_apply_to_their_profile_only_and_are_recorded():
@@ -397,3 +426,31 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert report["environment"]["strategy"] == "MirroredStrategy" and report["environment"]["replicas"] == 2
     assert report["epochs"] == 1
     assert "strategy.scope()" in report["mismatch_error"]
+
+
+_SEEDED_TRAINING = """
+import sys, numpy as np
+from lungkit.experiments.segmentation import SegmentationExperiment
+weights = []
+for run in ("a", "b"):
+    experiment = SegmentationExperiment("paper004", "unet", "smoke", sys.argv[1] + "/" + run, seed=3)
+    model = experiment.build_model()
+    experiment.train(model, verbose=0)
+    weights.append(np.concatenate([np.ravel(w) for w in model.get_weights()]))
+assert experiment.fit.epochs_completed >= 1
+print("IDENTICAL" if np.array_equal(weights[0], weights[1]) else "DIFFERENT", float(np.abs(weights[0]).sum()))
+"""
+
+
+@pytest.mark.slow
+def test_two_seeded_trainings_give_identical_weights(tmp_path):
+    # a child process: op determinism, once on, stays on for the whole process
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", _SEEDED_TRAINING, str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, env=environment, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict, weight_sum = done.stdout.split()[-2:]
+    assert verdict == "IDENTICAL" and float(weight_sum) > 0

@@ -25,6 +25,7 @@ The conversion is atomic, as every kit conversion: it writes into ``<out_dir>.pa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -142,6 +143,56 @@ def intensity_map(spec: str | IntensityMap | Mapping) -> IntensityMap:
     return IntensityMap(**dict(spec))
 
 
+#: What the two histogram peaks of a display rendering are taken to be: the lungs (aerated parenchyma, about
+#: -850 HU, mixed with air at -1000) and soft tissue (muscle, heart: about 0 HU).
+CALIBRATION_AIR_HU = -900.0
+CALIBRATION_TISSUE_HU = 0.0
+
+
+def calibrate_display_map(values: np.ndarray, fallback: IntensityMap, min_separation: float = 20.0) -> IntensityMap:
+    """Estimate a display rendering's map to HU from its own histogram: the lowest and highest major peaks.
+
+    Exports of one collection do not share one display window (in the LIDC PNG sample one patient's air sits near
+    10 and soft tissue near 95, the others' near 120 and 175), so one fixed map puts some patients hundreds of HU
+    off. Every chest CT slice shows lung and soft tissue. Among the major peaks of the smoothed grey-level histogram
+    (at least a third of the highest; the saturated 0 and maximum values left out), the highest major peak is soft
+    tissue (``CALIBRATION_TISSUE_HU``) and the tallest peak in the lower half of the peaks' range is the lungs
+    (``CALIBRATION_AIR_HU``; a smaller, darker peak of air outside the body is passed over). Still an
+    approximation, recorded as such.
+
+    Args:
+        values: grey values of one patient's slices (any shape).
+        fallback: the declared map, used when the peaks are not found or too close.
+        min_separation: fewer grey levels than this between the peaks means no calibration.
+
+    Returns:
+        The calibrated map, or ``fallback`` (its note then says why).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    values = np.asarray(values).ravel()
+    top = int(values.max(initial=0))
+    if values.size == 0 or values.dtype.kind not in "iu" or top < 2 or top > 65535:
+        return fallback
+    histogram = np.bincount(values.astype(np.int64), minlength=top + 1).astype(np.float64)
+    histogram[0] = histogram[top] = 0.0  # padding and saturation are not tissue
+    smooth = gaussian_filter1d(histogram, sigma=max(1.0, (top + 1) / 85.0))
+    inner = smooth[1:-1]
+    peaks = np.flatnonzero((inner >= smooth[:-2]) & (inner >= smooth[2:]) & (inner >= smooth.max() / 3.0)) + 1
+    if len(peaks) < 2 or peaks[-1] - peaks[0] < min_separation:
+        return dataclasses.replace(fallback, note=fallback.note + "; calibration found no air/tissue peaks")
+    lower = peaks[peaks <= (peaks[0] + peaks[-1]) / 2.0]
+    air, tissue = float(lower[np.argmax(smooth[lower])]), float(peaks[-1])
+    if tissue - air < min_separation:
+        return dataclasses.replace(fallback, note=fallback.note + "; calibration found no lung/tissue peaks")
+    slope = (CALIBRATION_TISSUE_HU - CALIBRATION_AIR_HU) / (tissue - air)
+    return IntensityMap(
+        "display8", slope, CALIBRATION_AIR_HU - slope * air,
+        f"calibrated on this patient's histogram: lung peak {air:g} -> {CALIBRATION_AIR_HU:g} HU, "
+        f"soft-tissue peak {tissue:g} -> {CALIBRATION_TISSUE_HU:g} HU",
+    )
+
+
 # -- reading single files -----------------------------------------------------------------------------------------
 
 
@@ -222,6 +273,7 @@ def write_slice_dataset(
     mask_threshold: float | None = None,
     metadata: Mapping | None = None,
     overwrite: bool = False,
+    patient_maps: Mapping[str, IntensityMap] | None = None,
 ) -> pd.DataFrame:
     """Write slices as a kit dataset (``images/``, ``masks/``, ``lungs/``, ``manifest.csv`` with ``patient``).
 
@@ -256,7 +308,7 @@ def write_slice_dataset(
     for sub in (IMAGE_DIR, MASK_DIR, LUNG_DIR):
         (staging / sub).mkdir(parents=True)
     try:
-        _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata)
+        _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata, patient_maps)
     except BaseException:
         # every conversion starts afresh, so a half-written staging folder is only litter beside out_dir
         shutil.rmtree(staging, ignore_errors=True)
@@ -265,7 +317,7 @@ def write_slice_dataset(
     return read_manifest(out_dir)
 
 
-def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata) -> None:
+def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata, patient_maps=None) -> None:
     spacing = float("nan") if pixel_spacing_mm is None else float(pixel_spacing_mm)
     if mask_threshold is None and all(float(np.max(item.mask, initial=0)) <= 1 for item in slices):
         # 0/1 masks in 8- or 16-bit containers: half the dtype's range would read every tumour as background
@@ -283,7 +335,7 @@ def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold,
                 f"{where}: image shape {item.values.shape} differs from its mask's {item.mask.shape}; "
                 "expected one shape per image/mask pair"
             )
-        hu = intensity.to_hu(item.values)
+        hu = (patient_maps or {}).get(item.patient, intensity).to_hu(item.values)
         max_rounding = max(max_rounding, float(np.abs(hu - np.rint(hu)).max(initial=0.0)))
         mask = binarise_mask(item.mask, mask_threshold)
         slice_id = f"{index:06d}"
@@ -316,6 +368,7 @@ def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold,
     info = {
         "data_source": (metadata or {}).get("data_source", "slices"),
         "intensity": {**asdict(intensity), "description": intensity.describe()},
+        "intensity_per_patient": {patient: m.describe() for patient, m in sorted((patient_maps or {}).items())},
         "hu_rounding": f"stored to the nearest 1 HU (largest rounding {max_rounding:.2f} HU)",
         "mask_rule": mask_rule,
         "pixel_spacing_mm": pixel_spacing_mm,
@@ -430,6 +483,7 @@ def convert_slice_folder(
     metadata: Mapping | None = None,
     overwrite: bool = False,
     max_files: int = 200_000,
+    calibrate_display: bool = True,
 ) -> pd.DataFrame:
     """A folder of image/mask files -> a kit dataset with a ``patient`` column (all rows ``train``).
 
@@ -444,6 +498,8 @@ def convert_slice_folder(
         metadata: extra provenance for ``dataset.json``.
         overwrite: rebuild a finished ``out_dir``.
         max_files: see :func:`find_slice_pairs`.
+        calibrate_display: with a ``display8`` intensity, estimate each patient's map from their own histogram
+            (:func:`calibrate_display_map`) instead of one map for all; both are approximations.
 
     Returns:
         The manifest (see :func:`write_slice_dataset`).
@@ -465,11 +521,20 @@ def convert_slice_folder(
             raise SliceSourceError(f"{row.image}: image shape {values.shape} differs from its mask's {mask.shape} "
                                    f"({row.mask}); expected one shape per image/mask pair")
         slices.append(SourceSlice(values, mask, row.patient, Path(row.image).relative_to(root).as_posix(), -1))
+    declared = intensity_map(intensity)
+    patient_maps = None
+    if calibrate_display and declared.kind == "display8":
+        patients = sorted({item.patient for item in slices})
+        patient_maps = {
+            patient: calibrate_display_map(np.concatenate([i.values.ravel() for i in slices if i.patient == patient]),
+                                           declared)
+            for patient in patients
+        }
     return write_slice_dataset(
-        slices, out_dir, intensity_map(intensity), pixel_spacing_mm, mask_threshold,
+        slices, out_dir, declared, pixel_spacing_mm, mask_threshold,
         {"data_source": "slice_folder", "source_root": str(root.resolve()), "layout": [image_pattern, mask_pattern],
          **dict(metadata or {})},
-        overwrite,
+        overwrite, patient_maps,
     )
 
 

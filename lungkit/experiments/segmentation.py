@@ -156,10 +156,18 @@ class SegmentationExperiment:
         return self.dataset_dir
 
     def datasets(self):
-        """``(train, validation)`` tf.data pipelines by the recipe (size, channels, preprocessing, batch)."""
+        """``(train, validation)`` tf.data pipelines by the recipe (size, channels, preprocessing, batch).
+
+        Under patch training (the recipe has a ``patch_size``): slices stay at ``image_size`` and are preprocessed
+        whole; training draws endless patches (:class:`lungkit.pipeline.PatchSampler`, a third near tumour, flips
+        and quarter turns); validation is a fixed set of patches of the validation slices. Otherwise whole slices
+        resized to ``image_size``.
+        """
         from lungkit.pipeline import make_dataset
 
         dataset_dir = self.dataset_dir or self.prepare_data()
+        if self.recipe.patch_size:
+            return self._patch_datasets(dataset_dir)
         common = dict(
             preprocessing=self.recipe.preprocessing,
             image_size=self.recipe.image_size,
@@ -171,22 +179,49 @@ class SegmentationExperiment:
         validation = make_dataset(dataset_dir, "val", shuffle=False, **common)
         return train, validation
 
+    def _patch_datasets(self, dataset_dir: Path):
+        import tensorflow as tf
+
+        from lungkit.pipeline import PatchSampler, load_split_arrays, make_patch_dataset
+
+        arrays = {
+            split: load_split_arrays(dataset_dir, split, self.recipe.preprocessing, self.recipe.image_size,
+                                     self.recipe.input_channels)
+            for split in ("train", "val")
+        }
+        images, masks, _ = arrays["train"]
+        sampler = PatchSampler(images, masks, self.recipe.patch_size, seed=self.seed)
+        train = make_patch_dataset(sampler, self.recipe.batch_size)
+        val_images, val_masks, _ = arrays["val"]
+        fixed = PatchSampler(val_images, val_masks, self.recipe.patch_size, flips_and_turns=False, seed=self.seed)
+        validation = tf.data.Dataset.from_tensor_slices(fixed.fixed_set()).batch(self.recipe.batch_size)
+        return train, validation
+
+    def steps_per_epoch(self) -> int:
+        """Training steps of one epoch: one pass over the train split, capped by the profile."""
+        from lungkit.data.kit_dataset import read_manifest
+        from lungkit.pipeline import steps_per_epoch
+
+        dataset_dir = self.dataset_dir or self.prepare_data()
+        steps = steps_per_epoch(len(read_manifest(dataset_dir, "train")), self.recipe.batch_size)
+        if self.recipe.max_steps_per_epoch:
+            steps = min(steps, self.recipe.max_steps_per_epoch)
+        return steps
+
     # -- model ----------------------------------------------------------------------------------------------------
     def build_model(self, **overrides):
         """The recipe's registry model at the profile's scale, compiled (seeded first, so weights repeat)."""
         import keras
 
-        from lungkit.training import build_for_training
+        from lungkit.training import build_for_training, make_deterministic
 
-        from lungkit.pipeline import steps_per_epoch
-
-        keras.utils.set_random_seed(self.seed)
-        dataset_dir = self.dataset_dir or self.prepare_data()
-        from lungkit.data.kit_dataset import read_manifest
-
-        steps = steps_per_epoch(len(read_manifest(dataset_dir, "train")), self.recipe.batch_size)
-        if self.recipe.max_steps_per_epoch:
-            steps = min(steps, self.recipe.max_steps_per_epoch)
+        if self.settings.deterministic:
+            make_deterministic(self.seed)
+        else:
+            keras.utils.set_random_seed(self.seed)
+        steps = self.steps_per_epoch()
+        # the step budget decides the epochs once the epoch length is known (small datasets get more epochs)
+        self.recipe = self.recipe.with_step_budget(steps)
         # the cosine schedule needs the number of optimizer steps in advance
         model = build_for_training(self.recipe, steps_per_epoch=steps, **overrides)
         self.pretrained = None
@@ -204,7 +239,8 @@ class SegmentationExperiment:
 
         if train_ds is None or validation_ds is None:
             train_ds, validation_ds = self.datasets()
-        self.fit = train(model, self.recipe, train_ds, validation_ds, self.model_dir, verbose=verbose)
+        self.fit = train(model, self.recipe, train_ds, validation_ds, self.model_dir, verbose=verbose,
+                         steps_per_epoch=self.steps_per_epoch() if self.recipe.patch_size else None)
         return self.fit
 
     # -- evaluation -----------------------------------------------------------------------------------------------
@@ -223,13 +259,38 @@ class SegmentationExperiment:
         from lungkit.training import predict_probabilities
 
         def predict(hu_batch: np.ndarray) -> np.ndarray:
-            images = self.model_inputs(hu_batch)
-            probabilities = predict_probabilities(
-                model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits
-            )
-            return probabilities[..., 0]
+            return self.predict_images(model, self.model_inputs(hu_batch))
 
         return predict
+
+    def predict_images(self, model, images: np.ndarray, overlap: float | None = None) -> np.ndarray:
+        """Model-ready slices (N, H, W, C) -> probabilities (N, H, W): by sliding window of the patch size under
+        patch training (Gaussian-weighted, half-overlapping windows), else one pass."""
+        from lungkit.inference import DEFAULT_OVERLAP, sliding_window_predict
+        from lungkit.training import predict_probabilities
+
+        if self.recipe.patch_size:
+            return sliding_window_predict(
+                model, images, window=self.recipe.patch_size, batch_size=self.recipe.batch_size,
+                overlap=DEFAULT_OVERLAP if overlap is None else overlap, from_logits=self.recipe.from_logits,
+            )
+        return predict_probabilities(
+            model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits
+        )[..., 0]
+
+    def sampling_description(self) -> str:
+        """How training saw the slices, for the protocol (a departure from the papers' whole-slice training)."""
+        if not self.recipe.patch_size:
+            return f"whole slices resized to {self.recipe.image_size} px"
+        capped = self.recipe.capped.get("image_size")
+        scale = (f"capped from the recipe's {capped['recipe']} px by the profile" if capped
+                 else "the recipe's pixel scale")
+        text = (f"patches of {self.recipe.patch_size} px from slices at {self.recipe.image_size} px ({scale}), "
+                "1/3 forced to contain tumour, random flips and quarter turns; whole-slice inference by "
+                "Gaussian-weighted sliding window (overlap 0.5)")
+        if self.recipe.augment_on_the_fly:
+            text += "; the recipe's on-the-fly augmentation is not applied to patches"
+        return text
 
     def _split_description(self) -> str:
         """The protocol's split line when the dataset's ``dataset.json`` records none (the Lung-RADS datasets)."""
@@ -271,11 +332,7 @@ class SegmentationExperiment:
             images, _, _ = load_split_arrays(
                 dataset_dir, "test", self.recipe.preprocessing, size, self.recipe.input_channels
             )
-            from lungkit.training import predict_probabilities
-
-            probabilities = predict_probabilities(
-                model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits
-            )[..., 0]
+            probabilities = self.predict_images(model, images)
             robustness = False  # the perturbation path feeds HU only; lung-masked inputs need the lung mask too
         else:
             predict = self._predict_fn(model)
@@ -293,7 +350,12 @@ class SegmentationExperiment:
         per_image = evaluate_segmentation(probabilities, masks, manifest, masks=scored_masks)
         extra = {}
         if robustness:
-            extra["intensity_robustness_std"] = intensity_robustness_std(predict, hu, masks).std
+            # six more passes over the test set: windows without overlap keep them affordable on a CPU (the
+            # unperturbed pass inside the measure uses the same windows, so the spread is like for like)
+            def predict_for_robustness(hu_batch):
+                return self.predict_images(model, self.model_inputs(hu_batch), overlap=0.0)
+
+            extra["intensity_robustness_std"] = intensity_robustness_std(predict_for_robustness, hu, masks).std
         summary = summarize(per_image, extra_metrics=extra, seed=self.seed)
 
         info = read_dataset_info(dataset_dir)
@@ -311,6 +373,10 @@ class SegmentationExperiment:
             "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,
             "environment": fit.environment if fit is not None else None,
             "pretrained_encoder": getattr(self, "pretrained", None),
+            "steps_trained": int(fit.epochs_completed) * self.steps_per_epoch() if fit is not None else None,
+            "stopped_by_wall_clock": bool(fit.stopped_by_wall_clock) if fit is not None else None,
+            "deterministic": self.settings.deterministic,
+            "sampling": self.sampling_description(),
             "notes": " ".join(x for x in (notes, self.recipe.notes) if x),
             **self._protocol_extra(dataset_dir),
         }
