@@ -230,11 +230,23 @@ def plot_side_by_side(run_dir: str | Path, paper_id: str, result_keys: list[str]
     return figure
 
 
+def _window_on_tumour(mask: np.ndarray, window: int) -> tuple[slice, slice]:
+    """A ``window``-sided crop of a slice centred on its tumour (the slice centre when it has none)."""
+    height, width = mask.shape
+    window = min(window, height, width)
+    rows, cols = np.nonzero(mask)
+    cy, cx = (int(rows.mean()), int(cols.mean())) if len(rows) else (height // 2, width // 2)
+    y0 = int(np.clip(cy - window // 2, 0, height - window))
+    x0 = int(np.clip(cx - window // 2, 0, width - window))
+    return slice(y0, y0 + window), slice(x0, x0 + window)
+
+
 def plot_attention_maps(experiment: SegmentationExperiment, model, evaluation: EvaluationResult, n: int = 3):
     """Attention U-Net gate coefficients over CT slices: where each gate lets skip features through.
 
     One row per slice (the tumour slices with the largest tumours): the CT with the ground truth, then the
-    coefficient map of every gate, finest first, upsampled to the slice and laid over it.
+    coefficient map of every gate, finest first, upsampled to the slice and laid over it. A model trained on patches
+    sees a window of its input size centred on the tumour.
     """
     import matplotlib.pyplot as plt
     from skimage.transform import resize
@@ -244,14 +256,17 @@ def plot_attention_maps(experiment: SegmentationExperiment, model, evaluation: E
     maps_model = attention_maps_model(model)
     areas = evaluation.masks.reshape(len(evaluation.masks), -1).sum(axis=1)
     picks = np.argsort(-areas)[:n]
-    maps = maps_model.predict(experiment.model_inputs(evaluation.hu[picks]), verbose=0)
+    window = model.input_shape[1] or evaluation.hu.shape[1]
+    crops = [_window_on_tumour(evaluation.masks[index], window) for index in picks]
+    hu = np.stack([evaluation.hu[index][crop] for index, crop in zip(picks, crops)])
+    maps = maps_model.predict(experiment.model_inputs(hu), verbose=0)
     names = sorted(maps, key=lambda name: int(name.rsplit("_", 1)[-1]))
     figure, axes = plt.subplots(len(picks), 1 + len(names), figsize=(2.8 * (1 + len(names)), 2.8 * len(picks)),
                                 squeeze=False)
-    for row, index in enumerate(picks):
-        image = evaluation.images[index]
+    for row, (index, crop) in enumerate(zip(picks, crops)):
+        image = evaluation.images[index][crop]
         axes[row, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[row, 0].contour(evaluation.masks[index], levels=[0.5], colors="lime", linewidths=1.0)
+        axes[row, 0].contour(evaluation.masks[index][crop], levels=[0.5], colors="lime", linewidths=1.0)
         axes[row, 0].set_title("CT + ground truth", fontsize=9)
         for column, name in enumerate(names, start=1):
             coefficients = resize(np.asarray(maps[name][row, ..., 0], np.float32), image.shape, order=1)
