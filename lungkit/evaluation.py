@@ -68,7 +68,17 @@ REQUIRED_PROTOCOL_KEYS = ("profile", "data_source", "split", "image_size", "epoc
 REQUIRED_SUMMARY_KEYS = (
     "paper", "tables", "row", "model", "task", "status", "protocol", "n_images", "metrics", "per_class",
 )  # fmt: skip
-STATUSES = ("reproduced", "wiring_only")
+#: ``measured``: the numbers were measured (nothing more: how they compare with the paper is the reports' verdict);
+#: ``wiring_only``: numbers that must never be shown as results (e.g. SAM without weights).
+STATUSES = ("measured", "wiring_only")
+#: Older names of a status, still accepted: summaries written before the rename (reports/results.json keeps them).
+LEGACY_STATUSES = {"reproduced": "measured"}
+
+
+def current_status(status):
+    """The current name of a summary status (``reproduced`` -> ``measured``); anything else comes back as it is,
+    for the caller's check to refuse."""
+    return LEGACY_STATUSES.get(status, status) if isinstance(status, str) else status
 TASKS = ("segmentation", "classification")
 #: Dataset-level metrics: one number per test set, no per-image values to bootstrap.
 DATASET_LEVEL_METRICS = ("intensity_robustness_std",)
@@ -539,7 +549,7 @@ def write_results(
     model: str,
     task: str,
     protocol: Mapping,
-    status: str = "reproduced",
+    status: str = "measured",
     dataset_dir: str | Path | None = None,
     wall_time_s: float | None = None,
 ) -> Path:
@@ -556,7 +566,8 @@ def write_results(
         task: ``segmentation`` or ``classification``.
         protocol: how the numbers were produced (``REQUIRED_PROTOCOL_KEYS`` at least; plus loss, optimizer,
             postprocess, notes ...). ``git_commit`` is added when absent.
-        status: ``reproduced``, or ``wiring_only`` for numbers that must never be shown as results.
+        status: ``measured``, or ``wiring_only`` for numbers that must never be shown as results (the older name
+            ``reproduced`` is accepted and written as ``measured``).
         dataset_dir: the kit dataset evaluated; its manifest gives ``data_fingerprint`` when the protocol lacks it.
         wall_time_s: seconds the run took; stored as ``protocol.wall_time_s``.
 
@@ -566,6 +577,7 @@ def write_results(
     Raises:
         ValueError: for an unknown status or task, a malformed paper id, no tables, or missing protocol keys.
     """
+    status = current_status(status)
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}; got {status!r}")
     if task not in TASKS:
@@ -585,7 +597,7 @@ def write_results(
         protocol["wall_time_s"] = round(float(wall_time_s), 1)
     missing = [k for k in REQUIRED_PROTOCOL_KEYS if k not in protocol or (protocol[k] is None and k != "epochs")]
     if missing:
-        raise ValueError(f"protocol lacks {missing}; a reproduced number always carries {list(REQUIRED_PROTOCOL_KEYS)}")
+        raise ValueError(f"protocol lacks {missing}; a measured number always carries {list(REQUIRED_PROTOCOL_KEYS)}")
     if "postprocess" in protocol and protocol["postprocess"] not in REFINE_METHODS_USED:
         raise ValueError(
             f"protocol postprocess {protocol['postprocess']!r} is not one of {REFINE_METHODS_USED}; "
@@ -619,7 +631,8 @@ def load_summary(path: str | Path) -> dict:
     """Read a ``summary.json`` (or the folder holding it) and check its keys.
 
     Returns:
-        The summary as a dict (null CI bounds and NaN metrics come back as None).
+        The summary as a dict (null CI bounds and NaN metrics come back as None; an older status name such as
+        ``reproduced`` comes back as its current one, ``measured``).
 
     Raises:
         FileNotFoundError: if the file is missing.
@@ -637,6 +650,7 @@ def load_summary(path: str | Path) -> dict:
     missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in summary]
     if missing:
         raise ValueError(f"{path}: summary lacks keys {missing}; expected {list(REQUIRED_SUMMARY_KEYS)}")
+    summary["status"] = current_status(summary["status"])
     if summary["status"] not in STATUSES:
         raise ValueError(f"{path}: status {summary['status']!r} is not one of {STATUSES}")
     return summary

@@ -472,7 +472,8 @@ def plot_confusion_matrix(per_case: pd.DataFrame, class_names=None, title: str =
 
 
 def plot_reported_vs_reproduced(paper_id: str, table_id: str, summaries: Iterable[dict]) -> Figure:
-    """Grouped bars: the paper's value and lungkit's (with its 95% CI) for every reproducible row, per metric.
+    """Grouped bars: the paper's value and lungkit's measured one (with its 95% CI) for every row lungkit runs,
+    per metric.
 
     Rows lungkit has not produced yet, or only wired, get no lungkit bar and a label saying so. Values are in the
     paper's units (percent tables in percent).
@@ -486,7 +487,7 @@ def plot_reported_vs_reproduced(paper_id: str, table_id: str, summaries: Iterabl
     from matplotlib.figure import Figure
 
     from lungkit.papers import get_table, resolve_table_id
-    from lungkit.reports import STATUS_REPRODUCED, STATUS_WIRING, _table_label, paper_table_frame
+    from lungkit.reports import STATUS_MEASURED, STATUS_WIRING, _table_label, paper_table_frame
 
     canonical_id = resolve_table_id(paper_id, table_id)
     table = get_table(paper_id, canonical_id)
@@ -503,19 +504,19 @@ def plot_reported_vs_reproduced(paper_id: str, table_id: str, summaries: Iterabl
     width = 0.38
     for axis, metric, column in zip(axes, metrics, table["columns"]):
         reported = frame[f"{metric}_reported"].to_numpy(float) * factor
-        reproduced = frame[f"{metric}_reproduced"].to_numpy(float) * factor
+        measured = frame[f"{metric}_measured"].to_numpy(float) * factor
         low = frame[f"{metric}_ci_low"].to_numpy(float) * factor
         high = frame[f"{metric}_ci_high"].to_numpy(float) * factor
         # NaN error bars (no CI: pooled values, missing results) are simply not drawn.
-        errors = np.vstack([reproduced - low, high - reproduced])
+        errors = np.vstack([measured - low, high - measured])
         axis.bar(positions - width / 2, np.nan_to_num(reported), width, label="paper (as printed)",
                  color="#9ecae1", edgecolor="#3182bd", hatch="//")
-        axis.bar(positions + width / 2, np.nan_to_num(reproduced), width, yerr=errors, capsize=3,
+        axis.bar(positions + width / 2, np.nan_to_num(measured), width, yerr=errors, capsize=3,
                  label="lungkit (95% CI)", color="#fd8d3c", edgecolor="#e6550d")
-        top = np.nanmax(np.concatenate([reported, reproduced, high, [1e-9]]))
-        for position, status, value in zip(positions, frame["status"], reproduced):
+        top = np.nanmax(np.concatenate([reported, measured, high, [1e-9]]))
+        for position, status, value in zip(positions, frame["status"], measured):
             if not np.isfinite(value):
-                label = {STATUS_WIRING: "wiring\nonly", STATUS_REPRODUCED: "not\ncomputed"}.get(status, "not\nyet")
+                label = {STATUS_WIRING: "wiring\nonly", STATUS_MEASURED: "not\ncomputed"}.get(status, "not\nyet")
                 axis.text(position + width / 2, 0.02 * top, label, ha="center", va="bottom", fontsize=7)
         axis.set_xticks(positions, frame["row"], rotation=30, ha="right", fontsize=8)
         axis.set_title(column, fontsize=9)

@@ -1,4 +1,4 @@
-"""Reported vs reproduced: from the results of a run to one report per paper, a leaderboard and figures.
+"""Reported vs measured: from the results of a run to one report per paper, a leaderboard and figures.
 
 Everything here reads the results as plain files: ``<run_dir>/results/<paper_id>/<result_key>/summary.json`` (the
 schema of ``lungkit.evaluation``) and, for prediction galleries, an optional ``predictions.npz`` beside it (arrays
@@ -7,8 +7,11 @@ The reported side comes from :mod:`lungkit.papers`, quoted exactly as printed.
 
 Honesty rules the reports follow:
 
-- every reproduced number carries its protocol line (profile, data source, image size, epochs, seed, split, data
+- every measured number carries its protocol line (profile, data source, image size, epochs, seed, split, data
   fingerprint, commit, post-processing);
+- a row that ran is ``measured``, nothing more: whether the number agrees with the paper is a separate verdict per
+  metric (:func:`metric_verdict`: the paper's printed value against lungkit's 95% bootstrap CI), so a Dice of 0.00
+  beside the paper's 0.80 reads ``measured``, ``below paper`` and never as a success;
 - a row lungkit has not produced yet says so instead of disappearing;
 - a wiring-only result (e.g. SAM without weights) never shows numbers;
 - results on the synthetic phantom, or from a profile other than ``paper``, come with a caveat paragraph.
@@ -48,15 +51,44 @@ from lungkit.papers import (
     resolve_table_id,
 )
 
-STATUS_REPRODUCED = "reproduced"
+#: A lungkit result exists for the row: a number was measured. It says nothing about agreement (see the verdicts).
+STATUS_MEASURED = "measured"
+#: The former name of :data:`STATUS_MEASURED`, kept so that code written against it still imports.
+STATUS_REPRODUCED = STATUS_MEASURED
 STATUS_NOT_YET = "not reproduced yet"
 STATUS_REFERENCE = "reference only (others' work)"
 #: The paper's own row, but lungkit has no model (or no data) for it yet.
 STATUS_NOT_IN_KIT = "reference only (not in lungkit yet)"
 STATUS_WIRING = "wiring only (no weights)"
 
-#: ``status`` values a summary.json may carry.
-SUMMARY_STATUSES = ("reproduced", "wiring_only")
+#: ``status`` values a summary.json may carry (``lungkit.evaluation.STATUSES``, not imported: it pulls in Keras).
+SUMMARY_STATUSES = ("measured", "wiring_only")
+#: Older names of a summary status, read as the current one: summaries written before the rename (``reports/
+#: results.json`` keeps them) show as ``measured`` (``lungkit.evaluation.LEGACY_STATUSES``).
+LEGACY_SUMMARY_STATUSES = {"reproduced": "measured"}
+
+#: Per-metric verdicts: the paper's printed value against lungkit's 95% bootstrap CI (see :func:`metric_verdict`).
+VERDICT_WITHIN = "within CI"
+VERDICT_BELOW = "below paper"
+VERDICT_ABOVE = "above paper"
+#: Only without a CI: the point value equals the printed one at the printed precision.
+VERDICT_EQUAL = "equals paper"
+#: Appended when the metric has no CI (a pooled value, a single test image): the point value alone was compared.
+NO_CI_SUFFIX = " (no CI)"
+#: The paper printed no value for the metric.
+VERDICT_NOT_PRINTED = "n/a"
+
+VERDICT_LEGEND = (
+    "**Words in the tables.** Status `measured`: lungkit ran this row and measured a number, nothing more; how it "
+    "compares with the paper is the verdict beside each number. Verdicts compare the paper's printed value with "
+    "lungkit's 95% bootstrap CI, both at the printed precision: `within CI` (the printed value lies inside the CI: "
+    "no difference this test set can show), `below paper` (the whole CI lies below it: lungkit measured less), "
+    "`above paper` (the whole CI lies above it). `(no CI)` after a verdict: the metric has no CI (a pooled value or a "
+    "single test image), so only the point value was compared (`equals paper (no CI)` when it is the printed one). "
+    "`n/a`: the paper printed no value. Below and above say which way, not which is better: for RMSE and the "
+    "intensity std lower is better. A verdict compares numbers, not setups: a number from the phantom or a reduced "
+    "profile is no reproduction whatever its verdict."
+)
 REQUIRED_SUMMARY_KEYS = ("paper", "model", "status", "protocol")
 
 SEGMENTATION_LEADERBOARD_METRICS = ("dice", "iou", "precision", "recall", "specificity", "rmse")
@@ -106,7 +138,7 @@ def read_summary(path: str | os.PathLike) -> dict:
 
     Returns:
         The summary dict with ``_result_key`` (the folder name) and ``_path`` added (:func:`collect_summaries`
-        also adds ``_run``, the run folder's name).
+        also adds ``_run``, the run folder's name); an older status name (``reproduced``) reads as ``measured``.
 
     Raises:
         ValueError: naming the file, for invalid JSON, a missing key, an unknown status or paper, or a ``paper``
@@ -124,6 +156,7 @@ def read_summary(path: str | os.PathLike) -> dict:
     missing = [key for key in REQUIRED_SUMMARY_KEYS if key not in summary]
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; a summary.json needs {list(REQUIRED_SUMMARY_KEYS)}")
+    summary["status"] = _current_status(summary["status"])
     if summary["status"] not in SUMMARY_STATUSES:
         raise ValueError(f"{path}: status {summary['status']!r}; expected one of {list(SUMMARY_STATUSES)}")
     if summary["paper"] not in all_paper_ids():
@@ -131,8 +164,8 @@ def read_summary(path: str | os.PathLike) -> dict:
     folder_paper = path.parent.parent.name
     if folder_paper != summary["paper"]:
         raise ValueError(f"{path}: field paper={summary['paper']!r} but the file sits under results/{folder_paper}/")
-    if summary["status"] == "reproduced" and not isinstance(summary.get("metrics"), dict):
-        raise ValueError(f"{path}: a reproduced result needs a 'metrics' object")
+    if summary["status"] == "measured" and not isinstance(summary.get("metrics"), dict):
+        raise ValueError(f"{path}: a measured result needs a 'metrics' object")
     if not isinstance(summary["protocol"], dict):
         raise ValueError(f"{path}: 'protocol' must be an object, got {type(summary['protocol']).__name__}")
     summary["_result_key"] = path.parent.name
@@ -162,6 +195,15 @@ def collect_summaries(run_dir: str | os.PathLike) -> list[dict]:
         # the run id travels with the summary, so a row kept in reports/ after later runs still names its run
         summary["_run"] = _run_id(run_dir)
     return summaries
+
+
+def _current_status(status):
+    return LEGACY_SUMMARY_STATUSES.get(status, status) if isinstance(status, str) else status
+
+
+def _is_measured(summary: dict) -> bool:
+    """Whether a summary holds numbers to show (summaries passed in directly may still say ``reproduced``)."""
+    return _current_status(summary.get("status")) == "measured"
 
 
 def _run_id(run_dir: str | os.PathLike) -> str:
@@ -264,14 +306,65 @@ def _row_status(row: dict, summary: dict | None) -> str:
         return STATUS_NOT_IN_KIT if row.get("origin", "").startswith("this paper") else STATUS_REFERENCE
     if summary is None:
         return STATUS_NOT_YET
-    return STATUS_WIRING if summary["status"] == "wiring_only" else STATUS_REPRODUCED
+    return STATUS_MEASURED if _is_measured(summary) else STATUS_WIRING
+
+
+def metric_verdict(reported: float, measured: float, ci_low: float = math.nan, ci_high: float = math.nan,
+                   n: float = math.nan) -> str:
+    """How a measured number stands against the paper's printed one.
+
+    The paper's value is compared with lungkit's 95% bootstrap CI, not with the mean: a mean below the paper's
+    value whose CI still covers it is no evidence of a difference. Pass both sides at the same (printed) precision,
+    as :func:`paper_table_frame` does, so that the verdict agrees with the numbers a reader sees.
+
+    Args:
+        reported: the paper's value (NaN when it printed none, e.g. ``"-"``).
+        measured: lungkit's point value (NaN when nothing was measured).
+        ci_low, ci_high: lungkit's 95% CI; NaN when the metric has none (pooled values).
+        n: how many test images the metric averages; a CI over one image (``low == high == mean``) is no CI.
+
+    Returns:
+        ``"within CI"`` (``ci_low <= reported <= ci_high``), ``"below paper"`` (``ci_high < reported``), ``"above
+        paper"`` (``ci_low > reported``); without a CI the point value decides and ``" (no CI)"`` follows, e.g.
+        ``"below paper (no CI)"`` or ``"equals paper (no CI)"``; ``"n/a"`` when the paper printed no value and ``""``
+        when nothing was measured.
+
+    Example:
+        >>> metric_verdict(0.80, 0.0, 0.0, 0.0, n=64)  # Dice 0.00 [0.00, 0.00] against a printed 0.80
+        'below paper'
+    """
+    if not math.isfinite(measured):
+        return ""
+    if not math.isfinite(reported):
+        return VERDICT_NOT_PRINTED
+    if math.isfinite(ci_low) and math.isfinite(ci_high) and n != 1:
+        if ci_high < reported:
+            return VERDICT_BELOW
+        if ci_low > reported:
+            return VERDICT_ABOVE
+        return VERDICT_WITHIN
+    if measured < reported:
+        verdict = VERDICT_BELOW
+    elif measured > reported:
+        verdict = VERDICT_ABOVE
+    else:
+        verdict = VERDICT_EQUAL
+    return verdict + NO_CI_SUFFIX
+
+
+def _at_printed_precision(value: float, value_scale: str, decimals: int | None) -> float:
+    """A fraction rounded as the report prints it, so that the verdict and the table never disagree."""
+    text = _format_number(value, value_scale, decimals=decimals)
+    if not text:
+        return math.nan
+    return float(text) / (100.0 if value_scale == "percent" else 1.0)
 
 
 # ------------------------------------------------------------------------------------------------- paper tables
 
 
 def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -> pd.DataFrame:
-    """Reported vs reproduced for every row of one paper table.
+    """Reported vs measured for every row of one paper table, with a verdict per metric.
 
     Args:
         paper_id: e.g. ``"paper004"``.
@@ -282,9 +375,11 @@ def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -
         One row per table row, in the paper's order. Columns: ``paper``, ``table``, ``row``, any extra printed
         columns (e.g. ``dataset``), ``status``, ``result_key``, ``model``, ``notebook``, then per metric ``m``:
         ``m_reported_printed`` (the string as printed), ``m_reported`` (as a fraction; NaN when missing),
-        ``m_reproduced`` (mean), ``m_ci_low``, ``m_ci_high``, ``m_n``, ``m_basis`` and ``m_difference``
-        (reproduced - reported, fractions); then ``protocol``, ``paper_line`` and ``remarks``. Reproduced columns
-        are NaN unless the status is ``reproduced`` (never numbers for wiring-only results).
+        ``m_measured`` (mean), ``m_ci_low``, ``m_ci_high``, ``m_n``, ``m_basis``, ``m_difference`` (measured -
+        reported, fractions) and ``m_verdict`` (:func:`metric_verdict` at the printed precision: ``within CI``,
+        ``below paper``, ``above paper``, each with `` (no CI)`` for metrics without one, ``n/a`` when the paper
+        printed no value, empty when nothing was measured); then ``protocol``, ``paper_line`` and ``remarks``.
+        Measured columns are NaN unless the status is ``measured`` (never numbers for wiring-only results).
     """
     canonical_id = resolve_table_id(paper_id, table_id)
     table = get_table(paper_id, canonical_id)
@@ -308,19 +403,27 @@ def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -
             printed = row["reported"].get(metric, "")
             reported = parse_reported_value(printed, table["value_scale"])
             value = None
-            if status == STATUS_REPRODUCED:
+            if status == STATUS_MEASURED:
                 value = metric_from_summary(summary, metric, compare_with.get(metric, "per_image"))
-            mean = value["mean"] if value else math.nan
+            value = value or {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": math.nan, "basis": ""}
             reported_number = math.nan if reported is None else reported
+            decimals = _printed_decimals(printed, table["value_scale"])
+
+            def printed_precision(number: float) -> float:
+                return _at_printed_precision(number, table["value_scale"], decimals)
+
             record.update({
                 f"{metric}_reported_printed": printed,
                 f"{metric}_reported": reported_number,
-                f"{metric}_reproduced": mean,
-                f"{metric}_ci_low": value["ci_low"] if value else math.nan,
-                f"{metric}_ci_high": value["ci_high"] if value else math.nan,
-                f"{metric}_n": value["n"] if value else math.nan,
-                f"{metric}_basis": value["basis"] if value else "",
-                f"{metric}_difference": mean - reported_number,
+                f"{metric}_measured": value["mean"],
+                f"{metric}_ci_low": value["ci_low"],
+                f"{metric}_ci_high": value["ci_high"],
+                f"{metric}_n": value["n"],
+                f"{metric}_basis": value["basis"],
+                f"{metric}_difference": value["mean"] - reported_number,
+                f"{metric}_verdict": metric_verdict(
+                    printed_precision(reported_number), printed_precision(value["mean"]),
+                    printed_precision(value["ci_low"]), printed_precision(value["ci_high"]), value["n"]),
             })
         protocol = protocol_line(summary) if summary is not None else ""
         if summary is not None and reproduced_by and summary.get("model") != reproduced_by["model"]:
@@ -388,7 +491,7 @@ def _table_markdown(table: dict, frame: pd.DataFrame) -> str:
     scale = table["value_scale"]
     header = [table.get("row_header", "Row")] + list(table.get("extra_columns", {}).values())
     for column in table["columns"]:
-        header += [f"{column}: paper", f"{column}: lungkit [95% CI]", f"{column}: Δ"]
+        header += [f"{column}: paper", f"{column}: lungkit [95% CI]", f"{column}: Δ, verdict"]
     header.append("Status")
     body = []
     for _, record in frame.iterrows():
@@ -396,24 +499,25 @@ def _table_markdown(table: dict, frame: pd.DataFrame) -> str:
         for metric in table["metrics"]:
             printed = record[f"{metric}_reported_printed"]
             decimals = _printed_decimals(printed, scale)
-            reproduced = _format_with_ci(record[f"{metric}_reproduced"], record[f"{metric}_ci_low"],
-                                         record[f"{metric}_ci_high"], scale, record[f"{metric}_basis"], decimals)
-            if reproduced and table.get("compare_with", {}).get(metric) == "pooled" \
+            measured = _format_with_ci(record[f"{metric}_measured"], record[f"{metric}_ci_low"],
+                                       record[f"{metric}_ci_high"], scale, record[f"{metric}_basis"], decimals)
+            if measured and table.get("compare_with", {}).get(metric) == "pooled" \
                     and record[f"{metric}_basis"] != "pooled":
-                reproduced += " (per-image: no pooled value)"
-            if not reproduced and record["status"] == STATUS_REPRODUCED:
-                reproduced = "not computed"  # the result exists but its summary has no value for this metric
-            cells += [
-                printed,
-                reproduced,
+                measured += " (per-image: no pooled value)"
+            if not measured and record["status"] == STATUS_MEASURED:
+                measured = "not computed"  # the result exists but its summary has no value for this metric
+            # the verdict sits beside the difference it qualifies: "-0.563, below paper"
+            comparison = ", ".join(part for part in (
                 _format_number(record[f"{metric}_difference"], scale, signed=True, decimals=decimals),
-            ]
+                record[f"{metric}_verdict"]) if part)
+            cells += [printed, measured, comparison]
         cells.append(record["status"])
         body.append(cells)
     return _markdown_table(header, body)
 
 
 def _figure_name(paper_id: str, table_id: str) -> str:
+    # the file name predates the word "measured"; kept so that links to committed figures stay valid
     return f"{paper_id}_{table_id}_reported_vs_reproduced.png"
 
 
@@ -461,7 +565,9 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
                    + ", ".join(f"`{key}` from run `{run}`" for key, run in kept.items())
                    + " (each row's protocol line names its run)")
     lines += [f"*{paper['short_title']}*. Paper text: `shared/papers/{paper['file']}`. "
-              f"Reproduced numbers from {source}.", ""]
+              f"lungkit's numbers from {source}.", ""]
+    if module.TABLES:  # the words of the tables, once, before anything uses them
+        lines += [VERDICT_LEGEND, ""]
     lines += ["## What the paper did", "", f"**Data.** {paper['data']}", "", "**Systems.**", ""]
     lines += [f"- {system}" for system in paper["systems"]] + [""]
     if paper.get("notes"):
@@ -474,10 +580,11 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
     lines += [
         "## How to read the tables",
         "",
-        "*paper*: the value exactly as printed (a percent table prints percent). *lungkit*: the reproduced mean over "
+        "*paper*: the value exactly as printed (a percent table prints percent). *lungkit*: the measured mean over "
         "the test set with its 95% confidence interval from `lungkit.evaluation` (pooled values have none), in the "
-        "paper's units and to the paper's number of decimals. *Δ* = lungkit - paper, in the paper's units. A row "
-        "lungkit has not produced yet says `not reproduced yet`; rows of other people's work say `reference only "
+        "paper's units and to the paper's number of decimals. *Δ* = lungkit - paper, in the paper's units, followed "
+        "by the verdict (see *Words in the tables* above). A row lungkit ran says `measured`; a row lungkit has not "
+        "produced yet says `not reproduced yet`; rows of other people's work say `reference only "
         "(others' work)`; the paper's own rows that lungkit cannot run yet say `reference only (not in lungkit "
         "yet)`; results without weights say `wiring only` and show no numbers.",
         "",
@@ -519,14 +626,14 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
                 status = _row_status(row, summary)
                 lines.append(f"- **{_row_label(row)}** <- {where}, {status}: {protocol_line(summary)}")
         if not reproducible:
-            lines.append("- No row of this table is reproduced by lungkit (reference only).")
+            lines.append("- No row of this table is run by lungkit (reference only).")
         remarks = [(_row_label(row), remark) for row in table["rows"] for remark in row.get("remarks", [])]
         if remarks:
             lines += ["", "**Remarks on the printed numbers:**", ""]
             lines += [f"- *{name}*: {remark}" for name, remark in remarks]
         figure = reports_dir / "figures" / _figure_name(paper_id, table_id)
         if figure.exists():
-            lines += ["", f"![{paper_id} {table_id}: reported vs reproduced](figures/{figure.name})"]
+            lines += ["", f"![{paper_id} {table_id}: reported vs measured](figures/{figure.name})"]
         lines.append("")
 
     table_keys = {row["reproduced_by"]["result_key"] for t in module.TABLES.values() for row in t["rows"]
@@ -535,7 +642,7 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
     if unmatched:
         lines += ["## lungkit results with no row in the paper's tables", ""]
         for summary in unmatched:
-            if summary["status"] == "wiring_only":
+            if not _is_measured(summary):
                 numbers = STATUS_WIRING
             else:
                 numbers = ", ".join(
@@ -597,7 +704,8 @@ def write_paper_report(paper_id: str, summaries: Iterable[dict], reports_dir: st
     """Write ``reports/<paper_id>.md`` and ``reports/<paper_id>.csv``.
 
     The markdown has the paper's data and systems, caveats (phantom data, reduced profile, wiring-only results),
-    one table per printed table with reported vs reproduced (95% CI) and the difference, the protocol line of every
+    a legend of the status and verdict words, one table per printed table with reported vs measured (95% CI), the
+    difference and the verdict, the protocol line of every
     lungkit row, the metric definitions, remarks on the printed numbers, figures found in ``reports/figures`` and
     the recipes. The CSV holds every table's :func:`paper_table_frame`, stacked.
 
@@ -634,8 +742,30 @@ def _split_group(summary: dict) -> str:
             f"data fingerprint {protocol.get('data_fingerprint', 'not recorded')}")
 
 
+def _paper_verdicts(summary: dict) -> list[tuple[str, str]]:
+    """``("<table> <row>: <column>", verdict)`` for every number one result gives in its paper's tables."""
+    key = summary_result_key(summary)
+    verdicts = []
+    for table_id in dict.fromkeys(row["table"] for row in find_rows_for_result(summary["paper"], key)):
+        table = get_table(summary["paper"], table_id)
+        frame = paper_table_frame(summary["paper"], table_id, [summary])
+        for _, record in frame[frame["result_key"] == key].iterrows():
+            verdicts += [(f"{table_id} {record['row']}: {column}", record[f"{metric}_verdict"])
+                         for metric, column in zip(table["metrics"], table["columns"])
+                         if record[f"{metric}_verdict"]]
+    return verdicts
+
+
+def _verdict_counts(verdicts: list[tuple[str, str]]) -> str:
+    """``"4 below paper, 2 above paper (no CI)"``: the verdicts of :func:`_paper_verdicts`, counted."""
+    words = [verdict for _, verdict in verdicts]
+    names = [VERDICT_WITHIN, VERDICT_BELOW, VERDICT_ABOVE, VERDICT_EQUAL]
+    order = [name + suffix for suffix in ("", NO_CI_SUFFIX) for name in names] + [VERDICT_NOT_PRINTED]
+    return ", ".join(f"{words.count(word)} {word}" for word in order if word in words)
+
+
 def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
-    """One row per reproduced result: overall metrics with CIs and per-class Dice.
+    """One row per measured result: overall metrics with CIs, per-class Dice and the verdicts against the paper.
 
     Wiring-only results are left out (they never show numbers). Rows are grouped by ``split_group`` (data source,
     split and data fingerprint: only results in one group were tested on the same images) and sorted by Dice
@@ -644,17 +774,19 @@ def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
     Returns:
         Columns ``split_group``, ``task``, ``paper``, ``result_key``, ``model``, ``paper_rows``, ``profile``,
         ``data_source``, ``image_size``, ``epochs``, ``seed``, ``n_images``, ``run`` (the run folder's name, when
-        known), then ``<metric>_mean``,
+        known), ``vs_paper`` (the verdicts of the result's numbers in the paper's tables, counted, e.g. ``"3 below
+        paper, 1 within CI"``; empty when no row of the paper's tables shows the result), ``paper_verdicts`` (each
+        of them: ``"table2 Traditional U-Net: Dice Score below paper; ..."``), then ``<metric>_mean``,
         ``<metric>_ci_low``, ``<metric>_ci_high`` for the segmentation and classification metrics, then
         ``dice_<class>_mean`` / ``_ci_low`` / ``_ci_high`` for LR2, LR3, LR4A, LR4B and any other class present.
     """
-    summaries = [s for s in summaries if s.get("status") == "reproduced"]
+    summaries = [s for s in summaries if _is_measured(s)]
     classes = list(LUNGRADS_LABELS)
     for summary in summaries:
         classes += [c for c in (summary.get("per_class") or {}) if c not in classes]
     metrics = list(dict.fromkeys(SEGMENTATION_LEADERBOARD_METRICS + CLASSIFICATION_LEADERBOARD_METRICS))
     columns = ["split_group", "task", "paper", "result_key", "model", "paper_rows", "profile", "data_source",
-               "image_size", "epochs", "seed", "n_images", "run"]
+               "image_size", "epochs", "seed", "n_images", "run", "vs_paper", "paper_verdicts"]
     columns += [f"{m}_{part}" for m in metrics for part in ("mean", "ci_low", "ci_high")]
     columns += [f"dice_{c}_{part}" for c in classes for part in ("mean", "ci_low", "ci_high")]
     records = []
@@ -677,6 +809,9 @@ def leaderboard_frame(summaries: Iterable[dict]) -> pd.DataFrame:
             "n_images": summary.get("n_images"),
             "run": summary.get("_run", ""),
         }
+        verdicts = _paper_verdicts(summary)
+        record.update(vs_paper=_verdict_counts(verdicts),
+                      paper_verdicts="; ".join(f"{number} {verdict}" for number, verdict in verdicts))
         for metric in metrics + [f"dice@{c}" for c in classes]:
             value = metric_from_summary(summary, metric)
             prefix = metric.replace("@", "_")
@@ -702,23 +837,27 @@ def write_leaderboard(summaries: Iterable[dict], reports_dir: str | os.PathLike)
     frame = leaderboard_frame(summaries)
     lines = ["# Leaderboard", "",
              "One row per lungkit result, grouped by test set (data source, split, data fingerprint): only results "
-             "in the same group were scored on the same images. Means over test images with 95% CIs.", ""]
-    caveats = _caveats([s for s in summaries if s.get("status") == "reproduced"])
+             "in the same group were scored on the same images. Means over test images with 95% CIs. *vs paper*: "
+             "the result's numbers in its paper's tables, counted by verdict: `within CI` (the paper's printed value "
+             "lies inside lungkit's 95% CI), `below paper` / `above paper` (the whole CI lies below / above it), "
+             "`(no CI)` where only a point value could be compared (pooled values), `n/a` where the paper printed "
+             "none; each number's verdict is in `leaderboard.csv` (`paper_verdicts`) and the paper's report.", ""]
+    caveats = _caveats([s for s in summaries if _is_measured(s)])
     lines += [caveat + "\n" for caveat in caveats if caveat is not WIRING_CAVEAT]
     if frame.empty:
-        lines += ["No reproduced results yet.", ""]
+        lines += ["No measured results yet.", ""]
     classes = [c[len("dice_"):-len("_mean")] for c in frame.columns if c.startswith("dice_") and c.endswith("_mean")
                and c != "dice_mean"]
     for (group, task), part in frame.groupby(["split_group", "task"], sort=False):
         lines += [f"## {task}: {group}", ""]
         metrics = SEGMENTATION_LEADERBOARD_METRICS if task != "classification" else CLASSIFICATION_LEADERBOARD_METRICS
-        header = ["paper", "result", "model", "run", "profile", "image size", "epochs", "n"] + list(metrics)
+        header = ["paper", "result", "model", "run", "profile", "image size", "epochs", "n", "vs paper"] + list(metrics)
         if task != "classification":
             header += [f"Dice {c}" for c in classes]
         body = []
         for _, record in part.iterrows():
             cells = [record["paper"], record["result_key"], record["model"], record["run"], record["profile"],
-                     record["image_size"], record["epochs"], record["n_images"]]
+                     record["image_size"], record["epochs"], record["n_images"], record["vs_paper"]]
             cells += [_format_with_ci(record[f"{m}_mean"], record[f"{m}_ci_low"], record[f"{m}_ci_high"])
                       for m in metrics]
             if task != "classification":
@@ -764,7 +903,8 @@ def _load_gallery_arrays(result_dir: Path) -> tuple | None:
 
 RESULTS_INDEX_NAME = "results.json"
 #: Row statuses that show a lungkit result: a rewrite that turned one into ``not reproduced yet`` would erase it.
-_STATUSES_WITH_A_RESULT = (STATUS_REPRODUCED, STATUS_WIRING)
+#: ``reproduced`` is the former name of ``measured``: reports written before the rename still say it.
+_STATUSES_WITH_A_RESULT = (STATUS_MEASURED, STATUS_WIRING, "reproduced")
 
 
 def _index_key(summary: dict) -> str:
@@ -797,6 +937,8 @@ def read_results_index(reports_dir: str | os.PathLike) -> dict[str, dict]:
         missing = [name for name in REQUIRED_SUMMARY_KEYS if name not in (summary or {})]
         if missing or key != _index_key(summary):
             raise ValueError(f"{path}: entry {key!r} is not a summary of that result (missing {missing})")
+        # entries kept from before the rename say "reproduced"; they show, and are written back, as "measured"
+        summary["status"] = _current_status(summary["status"])
     return results
 
 
@@ -845,8 +987,8 @@ def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike
     the index existed), merging would erase them: then the whole report goes to ``<run_dir>/reports`` instead and
     ``reports_dir`` is left untouched.
 
-    Figures: a reported-vs-reproduced bar chart for every table with at least one reproduced row, and a
-    best/median/worst gallery for every reproduced segmentation result whose evaluation saved ``predictions.npz``.
+    Figures: a reported-vs-measured bar chart for every table with at least one measured row, and a
+    best/median/worst gallery for every measured segmentation result whose evaluation saved ``predictions.npz``.
 
     Args:
         run_dir: the run directory (``results/`` inside may be absent or empty).
@@ -895,19 +1037,19 @@ def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike
             if figure_path.exists() and not table_keys & paper_produced_keys:
                 continue
             frame = paper_table_frame(paper_id, table_id, paper_summaries)
-            if (frame["status"] == STATUS_REPRODUCED).any():
+            if (frame["status"] == STATUS_MEASURED).any():
                 figure = plot_reported_vs_reproduced(paper_id, table_id, paper_summaries)
                 written.append(_save_figure(figure_path, figure))
             elif figure_path.exists():
                 figure_path.unlink()  # its bars would show a result the table no longer has
-                say(f"[reports] removed {figure_path}: no reproduced row of {paper_id} {table_id} is left")
+                say(f"[reports] removed {figure_path}: no measured row of {paper_id} {table_id} is left")
         for summary in produced:
             if summary["paper"] != paper_id:
                 continue
             key = summary_result_key(summary)
             gallery_path = figures_dir / _gallery_name(paper_id, key)
             arrays = None
-            if summary["status"] == "reproduced" and summary.get("task", "segmentation") == "segmentation":
+            if _is_measured(summary) and summary.get("task", "segmentation") == "segmentation":
                 arrays = _load_gallery_arrays(Path(summary["_path"]).parent)
             if arrays is None:
                 if gallery_path.exists():
@@ -934,12 +1076,18 @@ def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike
 __all__ = [
     "STATUS_NOT_IN_KIT",
     "STATUS_NOT_YET",
+    "STATUS_MEASURED",
     "STATUS_REFERENCE",
-    "STATUS_REPRODUCED",
     "STATUS_WIRING",
+    "VERDICT_ABOVE",
+    "VERDICT_BELOW",
+    "VERDICT_EQUAL",
+    "VERDICT_NOT_PRINTED",
+    "VERDICT_WITHIN",
     "collect_summaries",
     "leaderboard_frame",
     "metric_from_summary",
+    "metric_verdict",
     "paper_table_frame",
     "protocol_line",
     "read_results_index",

@@ -212,7 +212,7 @@ def test_write_results_and_load_summary_round_trip(tmp_path):
                 "pooled", "per_class", "per_image_csv"):  # fmt: skip
         assert key in loaded
     assert loaded["table"] == "table2" and loaded["tables"] == ["table2", "table3"]
-    assert loaded["status"] == "reproduced" and loaded["n_images"] == 8
+    assert raw["status"] == "measured" and loaded["status"] == "measured" and loaded["n_images"] == 8
     protocol = loaded["protocol"]
     expected_fingerprint = hashlib.sha256((dataset / "manifest.csv").read_bytes()).hexdigest()[:12]
     assert protocol["data_fingerprint"] == expected_fingerprint
@@ -242,6 +242,22 @@ def test_write_results_refuses_incomplete_protocol_and_bad_fields(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     E.write_results(tmp_path / "d", table, summary, protocol=full, status="wiring_only", **common)
     assert E.load_summary(tmp_path / "d" / "summary.json")["status"] == "wiring_only"
+
+
+def test_the_older_status_name_reproduced_is_read_and_written_as_measured(tmp_path):
+    """Producers and summaries from before the rename say "reproduced": a ran result is "measured", no more."""
+    probabilities, targets, manifest = toy_test_set(n=2)
+    table = E.evaluate_segmentation(probabilities, targets, manifest, spacing_mm=1.0)
+    summary = E.summarize(table, n_boot=50)
+    common = dict(paper="paper001", tables=["table2"], row="SwinUNET", model="swin_unet", task="segmentation",
+                  protocol=PROTOCOL | {"data_fingerprint": "0123456789ab"})
+    path = E.write_results(tmp_path / "new", table, summary, status="reproduced", **common)
+    assert json.loads(path.read_text())["status"] == "measured"
+    old = json.loads(path.read_text()) | {"status": "reproduced"}  # a summary.json written before the rename
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "summary.json").write_text(json.dumps(old))
+    assert E.load_summary(tmp_path / "old")["status"] == "measured"
+    assert E.STATUSES == ("measured", "wiring_only") and E.current_status("wiring_only") == "wiring_only"
 
 
 def test_load_summary_errors(tmp_path):

@@ -115,7 +115,7 @@ def test_wiring_only_sam_result_shows_no_number(kit_dir, run_dir):
     assert cells[3] == "" and cells[6] == ""  # lungkit's Dice and IoU cells stay empty
     frame = pd.read_csv(csv_path)
     ours = frame[(frame["row"] == "Ours") & (frame["dataset"] == "LUNA16")]
-    assert ours["dice_reproduced"].isna().all() and ours["iou_reproduced"].isna().all()
+    assert ours["dice_measured"].isna().all() and ours["iou_measured"].isna().all()
 
 
 def test_sam_with_a_missing_preset_says_what_to_download(tmp_path):
@@ -224,7 +224,7 @@ def test_unet_baseline_writes_a_lungkit_row_with_the_luna16_protocol(kit_dir, ru
     baseline.train(model, verbose=0)
     result = baseline.evaluate(model)
     summary = json.loads(result.summary_path.read_text())
-    assert summary["status"] == "reproduced" and summary["tables"] == ["lungkit_baselines"]
+    assert summary["status"] == "measured" and summary["tables"] == ["lungkit_baselines"]
     assert summary["protocol"]["split"] == luna16_kit.split_description(0)
     assert summary["protocol"]["mask_source"] == "disc_from_diameter"
     assert summary["protocol"]["data_source"] == "phantom"

@@ -1,4 +1,4 @@
-"""Reports from results: reported vs reproduced, differences, statuses, caveats, leaderboard and figures.
+"""Reports from results: reported vs measured, differences, statuses, verdicts, caveats, leaderboard and figures.
 
 Every test writes a small synthetic run (summary.json files in the contract's schema) under tmp_path.
 """
@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from lungkit import reports
 from lungkit.figures import gallery_indices, plot_prediction_gallery, plot_reported_vs_reproduced
-from lungkit.papers import all_paper_ids
+from lungkit.papers import all_paper_ids, get_paper
 
 CLASSES = ("LR2", "LR3", "LR4A", "LR4B")
 
@@ -35,7 +35,7 @@ def write_summary(run_dir: Path, paper: str, result_key: str, paper_field: str |
         "row": "",
         "model": result_key,
         "task": "segmentation",
-        "status": "reproduced",
+        "status": "measured",
         "protocol": {
             "profile": "quick", "data_source": "phantom", "split": "given test split; val 15% of train",
             "image_size": 128, "epochs": 12, "seed": 0, "model_scale": "small", "loss": "bce",
@@ -112,26 +112,30 @@ def test_missing_keys_are_named(tmp_path):
 # ------------------------------------------------------------------------------------------------ table frames
 
 
-def test_table_frame_computes_reported_reproduced_and_difference(tmp_path):
+def test_table_frame_computes_reported_measured_difference_and_verdict(tmp_path):
     write_summary(tmp_path, "paper001", "swin_unet",
                   metrics={"dice": stat(0.7012), "iou": stat(0.6), "recall": stat(0.81)})
     frame = reports.paper_table_frame("paper001", "table2", reports.collect_summaries(tmp_path))  # alias of table3
     assert list(frame["row"]) == ["SwinUNET", "UNETR", "ResNet50-Unet"]
     swin = frame.iloc[0]
-    assert swin["status"] == reports.STATUS_REPRODUCED
+    assert swin["status"] == reports.STATUS_MEASURED == "measured"
     assert swin["dice_reported_printed"] == "0.7969"
     assert swin["dice_reported"] == pytest.approx(0.7969)
-    assert swin["dice_reproduced"] == pytest.approx(0.7012)
+    assert swin["dice_measured"] == pytest.approx(0.7012)
     assert (swin["dice_ci_low"], swin["dice_ci_high"]) == pytest.approx((0.6512, 0.7512))
     assert swin["dice_difference"] == pytest.approx(0.7012 - 0.7969)
+    assert swin["dice_verdict"] == "below paper"  # CI [0.6512, 0.7512] lies below the printed 0.7969
     assert swin["recall_difference"] == pytest.approx(0.81 - 0.7927)
+    assert swin["recall_verdict"] == "within CI"  # [0.76, 0.86] holds 0.7927
     assert swin["rmse_reported_printed"] == "0.01193"
-    assert math.isnan(swin["rmse_reproduced"]) and math.isnan(swin["rmse_difference"])  # not in the summary
+    assert math.isnan(swin["rmse_measured"]) and math.isnan(swin["rmse_difference"])  # not in the summary
+    assert swin["rmse_verdict"] == ""  # nothing measured, nothing to judge
     assert "profile quick" in swin["protocol"] and "data fingerprint 0123456789ab" in swin["protocol"]
     assert "departs" not in swin["protocol"]
     for _, other in frame.iloc[1:].iterrows():
         assert other["status"] == reports.STATUS_NOT_YET
-        assert math.isnan(other["dice_reproduced"]) and math.isnan(other["dice_difference"])
+        assert math.isnan(other["dice_measured"]) and math.isnan(other["dice_difference"])
+        assert other["dice_verdict"] == ""
 
 
 def test_protocol_line_names_a_profile_departure_from_the_recipe(tmp_path):
@@ -160,8 +164,9 @@ def test_percent_tables_compare_in_fractions_and_print_in_percent(tmp_path):
     assert proposed["accuracy_difference"] == pytest.approx(0.9 - 0.9734)
     md_path, _ = reports.write_paper_report("paper003", summaries, tmp_path / "reports")
     line = table_line(md_path.read_text(), "Proposed Model")
-    assert "| 97.34 | 90.00 [85.00, 95.00] | -7.34 |" in line
-    assert "| 96.15 | 85.00 [80.00, 90.00] | -11.15 |" in line
+    assert "| 97.34 | 90.00 [85.00, 95.00] | -7.34, below paper |" in line
+    assert "| 96.15 | 85.00 [80.00, 90.00] | -11.15, below paper |" in line
+    assert line.endswith("| measured |")
 
 
 def test_pooled_metrics_are_compared_where_the_paper_pools(tmp_path):
@@ -169,13 +174,125 @@ def test_pooled_metrics_are_compared_where_the_paper_pools(tmp_path):
                   pooled={"precision": 0.77})
     frame = reports.paper_table_frame("paper004", "table3", reports.collect_summaries(tmp_path))
     unet = frame[frame["row"] == "Traditional U-Net"].iloc[0]
-    assert unet["precision_reproduced"] == pytest.approx(0.77) and unet["precision_basis"] == "pooled"
+    assert unet["precision_measured"] == pytest.approx(0.77) and unet["precision_basis"] == "pooled"
     assert math.isnan(unet["precision_ci_low"])
     assert unet["precision_difference"] == pytest.approx(0.77 - 0.79)
+    assert unet["precision_verdict"] == "below paper (no CI)"  # a pooled value has no CI: the point decides
     # no pooled recall in the summary: the per-image mean stands in, and says so
-    assert unet["recall_reproduced"] == pytest.approx(0.6) and unet["recall_basis"] == "per_image"
+    assert unet["recall_measured"] == pytest.approx(0.6) and unet["recall_basis"] == "per_image"
     md = reports.write_paper_report("paper004", reports.collect_summaries(tmp_path), tmp_path / "r")[0].read_text()
     assert "0.770 (pooled)" in md and "(per-image: no pooled value)" in md
+    assert "| Traditional U-Net | 0.87 | not computed |  | 0.79 | 0.770 (pooled) | -0.020, below paper (no CI) |" in md
+
+
+# ------------------------------------------------------------------------------------------------------ verdicts
+
+
+@pytest.mark.parametrize(
+    "reported,measured,low,high,n,verdict",
+    [
+        (0.80, 0.78, 0.70, 0.85, 48, "within CI"),  # the CI holds the paper's value, though the mean is lower
+        (0.80, 0.70, 0.70, 0.80, 48, "within CI"),  # bounds count as inside
+        (0.80, 0.60, 0.50, 0.79, 48, "below paper"),
+        (0.80, 0.90, 0.81, 0.95, 48, "above paper"),
+        (0.80, 0.70, math.nan, math.nan, 48, "below paper (no CI)"),  # pooled: only a point value
+        (0.80, 0.85, math.nan, math.nan, 48, "above paper (no CI)"),
+        (0.80, 0.80, math.nan, math.nan, 48, "equals paper (no CI)"),
+        (0.80, 0.85, 0.85, 0.85, 1, "above paper (no CI)"),  # one test image: low == high == mean is no CI
+        (math.nan, 0.85, 0.80, 0.90, 48, "n/a"),  # the paper printed no value ("-")
+        (0.80, math.nan, math.nan, math.nan, math.nan, ""),  # nothing measured
+    ],
+)
+def test_metric_verdict_words(reported, measured, low, high, n, verdict):
+    assert reports.metric_verdict(reported, measured, low, high, n) == verdict
+
+
+def test_a_dice_of_zero_against_the_papers_number_is_measured_and_below_paper(tmp_path):
+    """The issue's example: 0.00 [0.00, 0.00] beside a printed 0.8x must not read as a success."""
+    write_summary(tmp_path, "paper004", "unet", metrics={"dice": stat(0.0, half_width=0.0), "iou": stat(0.0, 0.0)})
+    summaries = reports.collect_summaries(tmp_path)
+    frame = reports.paper_table_frame("paper004", "table2", summaries)
+    unet = frame[frame["row"] == "Traditional U-Net"].iloc[0]
+    assert unet["status"] == "measured"
+    assert (unet["dice_reported"], unet["dice_measured"]) == pytest.approx((0.82, 0.0))
+    assert unet["dice_verdict"] == "below paper" and unet["iou_verdict"] == "below paper"
+    md = reports.write_paper_report("paper004", summaries, tmp_path / "reports")[0].read_text()
+    line = table_line(md, "Traditional U-Net")
+    assert "| 0.82 | 0.000 [0.000, 0.000] | -0.820, below paper |" in line and line.endswith("| measured |")
+    assert "reproduced |" not in md
+    assert "`measured`" in md and "`below paper`" in md and "`within CI`" in md and "`n/a`" in md  # the legend
+    board = reports.leaderboard_frame(summaries)
+    assert board.loc[0, "vs_paper"].startswith("2 below paper")
+    assert "table2 Traditional U-Net: Dice Score below paper" in board.loc[0, "paper_verdicts"]
+
+
+def test_verdicts_compare_at_the_printed_precision(tmp_path):
+    # 0.8196 prints as 0.820 beside the paper's 0.82: the reader sees the printed value at the CI's edge
+    write_summary(tmp_path, "paper004", "unet", metrics={
+        "dice": {"mean": 0.80, "ci_low": 0.78, "ci_high": 0.8196, "n": 48},
+        "iou": {"mean": 0.70, "ci_low": 0.68, "ci_high": 0.7349, "n": 48}})  # 0.735 < 0.74: below
+    frame = reports.paper_table_frame("paper004", "table2", reports.collect_summaries(tmp_path))
+    unet = frame[frame["row"] == "Traditional U-Net"].iloc[0]
+    assert unet["dice_verdict"] == "within CI"
+    assert unet["iou_verdict"] == "below paper"
+
+
+def test_verdict_is_na_where_the_paper_printed_no_value(tmp_path, monkeypatch):
+    table = get_paper("paper004").TABLES["table2"]
+    monkeypatch.setitem(table["rows"][0]["reported"], "iou", "-")
+    write_summary(tmp_path, "paper004", "unet")
+    summaries = reports.collect_summaries(tmp_path)
+    unet = reports.paper_table_frame("paper004", "table2", summaries).iloc[0]
+    assert unet["iou_verdict"] == "n/a" and unet["dice_verdict"] == "below paper"
+    md = reports.write_paper_report("paper004", summaries, tmp_path / "reports")[0].read_text()
+    assert "| - | 0.600 [0.550, 0.650] | n/a |" in table_line(md, "Traditional U-Net")
+
+
+def test_dataset_level_metrics_without_a_ci_get_a_point_verdict(tmp_path):
+    write_summary(tmp_path, "paper004", "unet", metrics={
+        "dice": stat(0.6), "intensity_robustness_std": {"mean": 0.004, "ci_low": None, "ci_high": None, "n": 48}})
+    unet = reports.paper_table_frame("paper004", "table2", reports.collect_summaries(tmp_path)).iloc[0]
+    assert unet["intensity_robustness_std_verdict"] == "below paper (no CI)"  # 0.004 against 0.07
+
+
+def test_summaries_written_as_reproduced_read_as_measured(tmp_path):
+    """summary.json files and reports/results.json entries from before the rename say "reproduced"."""
+    path = write_summary(tmp_path, "paper004", "unet", status="reproduced")
+    summaries = reports.collect_summaries(tmp_path)
+    assert summaries[0]["status"] == "measured"
+    row = reports.paper_table_frame("paper004", "table2", summaries).iloc[0]
+    assert row["status"] == "measured" and row["dice_verdict"] == "below paper"
+    # a summary passed in directly (not read from a file) counts too
+    raw = json.loads(path.read_text())
+    assert reports.paper_table_frame("paper004", "table2", [raw]).iloc[0]["status"] == "measured"
+    assert list(reports.leaderboard_frame([raw])["result_key"]) == ["unet"]
+    # an index written before the rename: its rows show as measured and are written back so
+    reports_dir = tmp_path / "reports"
+    reports.write_all_reports(tmp_path, reports_dir, say=lambda line: None)
+    index_path = reports_dir / "results.json"
+    index_path.write_text(index_path.read_text().replace('"status": "measured"', '"status": "reproduced"'))
+    assert reports.read_results_index(reports_dir)["paper004/unet"]["status"] == "measured"
+    partial = tmp_path / "run-b"
+    write_summary(partial, "paper004", "attention_unet")
+    reports.write_all_reports(partial, reports_dir, say=lambda line: None)
+    md = (reports_dir / "paper004.md").read_text()
+    assert table_line(md, "Traditional U-Net").endswith("| measured |")  # kept from the first run
+    assert '"reproduced"' not in index_path.read_text()
+
+
+def test_old_reports_saying_reproduced_are_not_erased_by_a_partial_run(tmp_path):
+    reports_dir = tmp_path / "reports"
+    reports.write_all_reports(_full_run(tmp_path), reports_dir, say=lambda line: None)
+    (reports_dir / "results.json").unlink()  # the committed reports: no index, and the old status word
+    csv_path = reports_dir / "paper004.csv"
+    csv_path.write_text(csv_path.read_text().replace(",measured,", ",reproduced,"))
+    before = _snapshot(reports_dir)
+    partial = tmp_path / "run-b"
+    write_summary(partial, "paper004", "unet", metrics={"dice": stat(0.65)})
+    said = []
+    reports.write_all_reports(partial, reports_dir, say=said.append)
+    assert _snapshot(reports_dir) == before
+    assert any("paper004/attention_unet" in line and "left untouched" in line for line in said)
 
 
 def test_per_class_metrics_come_from_per_class(tmp_path):
@@ -192,7 +309,8 @@ def test_wiring_only_rows_show_no_numbers(tmp_path):
     frame = reports.paper_table_frame("paper003", "table2", summaries)
     ours = frame[(frame["row"] == "Ours") & (frame["dataset"] == "LUNA16")].iloc[0]
     assert ours["status"] == reports.STATUS_WIRING
-    assert math.isnan(ours["dice_reproduced"]) and math.isnan(ours["iou_reproduced"])
+    assert math.isnan(ours["dice_measured"]) and math.isnan(ours["iou_measured"])
+    assert ours["dice_verdict"] == "" and ours["iou_verdict"] == ""  # no number, so no verdict either
     md_path, csv_path = reports.write_paper_report("paper003", summaries, tmp_path / "reports")
     leaderboard_md, leaderboard_csv = reports.write_leaderboard(summaries, tmp_path / "reports")
     for path in (md_path, csv_path, leaderboard_md, leaderboard_csv):
@@ -207,7 +325,7 @@ def test_wiring_only_rows_show_no_numbers(tmp_path):
 # ------------------------------------------------------------------------------------------------ paper reports
 
 
-def test_paper_report_has_reported_vs_reproduced_protocol_and_caveats(tmp_path):
+def test_paper_report_has_reported_vs_measured_protocol_and_caveats(tmp_path):
     write_summary(tmp_path, "paper001", "swin_unet",
                   metrics={"dice": stat(0.7012), "iou": stat(0.6), "recall": stat(0.81)})
     summaries = reports.collect_summaries(tmp_path)
@@ -216,8 +334,13 @@ def test_paper_report_has_reported_vs_reproduced_protocol_and_caveats(tmp_path):
     md = md_path.read_text()
     assert md.startswith("# paper001: Final project: Lung cancer segmentation")
     assert f"the results of run `{tmp_path.name}`" in md and str(tmp_path) not in md  # no machine paths
-    # printed to the paper's precision (4 decimals here): reported, reproduced [CI], difference
-    assert "| SwinUNET | 0.7969 | 0.7012 [0.6512, 0.7512] | -0.0957 |" in md
+    # printed to the paper's precision (4 decimals here): reported, measured [CI], difference and verdict
+    assert "| SwinUNET | 0.7969 | 0.7012 [0.6512, 0.7512] | -0.0957, below paper |" in md
+    assert "| Dice: paper | Dice: lungkit [95% CI] | Dice: Δ, verdict |" in md
+    assert table_line(md, "SwinUNET").endswith("| measured |")
+    # the words are explained once, at the top, before the paper's own story
+    assert md.index(reports.VERDICT_LEGEND) < md.index("## What the paper did")
+    assert md.count(reports.VERDICT_LEGEND) == 1
     assert "| 0.01193 | not computed |  |" in table_line(md, "SwinUNET")  # RMSE not in the summary
     assert table_line(md, "UNETR").endswith("| not reproduced yet |")
     assert "not reproduced yet (no results/paper001/unetr/summary.json)" in md
@@ -247,6 +370,7 @@ def test_paper_without_tables_still_gets_a_report(tmp_path):
     md_path, csv_path = reports.write_paper_report("paper002", summaries, tmp_path / "reports")
     md = md_path.read_text()
     assert "print no results table" in md and "| CT images | 972 |" in md
+    assert reports.VERDICT_LEGEND not in md  # no table, no verdict words to explain
     assert "`unet_from_scratch` (model `unet`): dice 0.701 [0.651, 0.751]" in md
     assert pd.read_csv(csv_path).empty
 
@@ -262,7 +386,7 @@ def test_write_all_reports_on_an_empty_run_writes_every_paper(tmp_path):
     for pid in all_paper_ids():
         assert (tmp_path / "reports" / f"{pid}.md").read_text().startswith(f"# {pid}: ")
     assert "not reproduced yet" in (tmp_path / "reports" / "paper004.md").read_text()
-    assert "No reproduced results yet." in (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "No measured results yet." in (tmp_path / "reports" / "leaderboard.md").read_text()
     assert not list((tmp_path / "reports").glob("**/*.tmp"))  # atomic writes leave no temporaries
 
 
@@ -331,7 +455,7 @@ def test_a_partial_run_updates_its_rows_and_keeps_the_others_with_their_run(tmp_
     md = after["paper004.md"].decode()
     assert "| 0.82 | 0.650 [0.600, 0.700] |" in table_line(md, "Traditional U-Net")  # updated from run-b
     attention = table_line(md, "Proposed Attention U-Net")
-    assert "| 0.89 | 0.700 [0.650, 0.750] |" in attention and attention.endswith("| reproduced |")  # kept
+    assert "| 0.89 | 0.700 [0.650, 0.750] |" in attention and attention.endswith("| measured |")  # kept
     assert "`attention_unet` from run `run-a`" in md and "results of run `run-b`" in md
     frame = pd.read_csv(reports_dir / "paper004.csv")
     protocols = dict(zip(frame.loc[frame["table"] == "table2", "result_key"],
@@ -373,7 +497,8 @@ def test_reports_without_an_index_are_not_overwritten_by_a_partial_run(tmp_path)
 
 
 def test_leaderboard_columns_order_and_grouping(tmp_path):
-    write_summary(tmp_path, "paper004", "unet", metrics={"dice": stat(0.6), "iou": stat(0.5)})
+    write_summary(tmp_path, "paper004", "unet", metrics={"dice": stat(0.6), "iou": stat(0.5)},
+                  pooled={"precision": 0.9})
     write_summary(tmp_path, "paper004", "attention_unet", metrics={"dice": stat(0.7), "iou": stat(0.55)})
     other_split = dict(json.loads(write_summary(tmp_path, "paper001", "unetr").read_text())["protocol"],
                        data_fingerprint="ffffffffffff")
@@ -400,6 +525,16 @@ def test_leaderboard_columns_order_and_grouping(tmp_path):
     assert "0.700 [0.650, 0.750]" in md
     assert "`paper003/sam_luna16`" in md
     assert list(pd.read_csv(csv_path).columns) == list(frame.columns)
+    # the verdicts travel with each result: counted in the markdown, one by one in the CSV
+    unet = frame.loc[frame["result_key"] == "unet"].iloc[0]
+    # Dice and IoU of table 2 against their CIs; the pooled precision of tables 3 and 4 (0.90 against 0.79 and 79%)
+    assert unet["vs_paper"] == "2 below paper, 2 above paper (no CI)"
+    assert unet["paper_verdicts"].split("; ") == [
+        "table2 Traditional U-Net: Dice Score below paper", "table2 Traditional U-Net: IoU below paper",
+        "table3 Traditional U-Net: Precision above paper (no CI)",
+        "table4 Traditional U-Net (Baseline): Precision above paper (no CI)"]
+    assert "| n | vs paper | dice |" in md and "| 2 below paper, 2 above paper (no CI) |" in md
+    assert "`within CI`" in md  # the words are explained above the tables
 
 
 # ---------------------------------------------------------------------------------------------------- figures

@@ -49,7 +49,8 @@ class SamSetup:
 
     Args:
         model: a ``keras_hub.models.SAMImageSegmenter``.
-        status: ``"reproduced"`` (pretrained preset) or ``"wiring_only"`` (tiny random-initialised SAM).
+        status: ``"measured"`` (pretrained preset: its numbers are results) or ``"wiring_only"`` (tiny
+            random-initialised SAM), the ``status`` its summary.json gets.
         preset_dir: the local preset folder, or None.
         variant: one line for the protocol.
         batch_size: slices per forward pass (SAM-B at 1024 px needs about 1 GB of activations per slice).
@@ -90,7 +91,7 @@ def load_sam_setup(sam_preset_dir: str | Path | None = "", tiny_frame_size: int 
     if sam_preset_dir:
         preset = Path(sam_preset_dir).expanduser().resolve()
         model = load_sam(preset)
-        return SamSetup(model, "reproduced", str(preset), f"{SAM_STAND_IN}; preset {preset.name}", batch_size=4)
+        return SamSetup(model, "measured", str(preset), f"{SAM_STAND_IN}; preset {preset.name}", batch_size=4)
     if verbose:
         print(NO_SAM_WEIGHTS_MESSAGE + SAM_DOWNLOAD_HELP)
     model = build_tiny_sam(image_size=tiny_frame_size, seed=seed)
@@ -292,7 +293,7 @@ def write_sam_result(
     path = write_results(
         results_dir, per_image, summary, paper=PAPER_ID, tables=sorted({r["table"] for r in rows}),
         row=rows[0]["row"], model="sam", task="segmentation", protocol=protocol,
-        status="wiring_only" if wiring else "reproduced", dataset_dir=dataset_dir, wall_time_s=wall_time_s,
+        status="wiring_only" if wiring else "measured", dataset_dir=dataset_dir, wall_time_s=wall_time_s,
     )
     if not wiring:
         np.savez_compressed(results_dir / "predictions.npz", **_common_display_arrays(predictions))
@@ -358,7 +359,7 @@ def comparison_table(run_dir: str | Path) -> pd.DataFrame:
             continue
         summary = read_summary(path)
         row = {"result": label, "status": summary["status"], "n": summary["n_images"]}
-        if summary["status"] == "reproduced":
+        if summary["status"] == "measured":  # read_summary reads the older "reproduced" as "measured"
             for metric in ("dice", "iou", "recall"):
                 value = metric_from_summary(summary, metric)
                 if value is not None:
