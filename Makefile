@@ -35,6 +35,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.real_data --skip-missing
 
 clean-runs:
 	rm -rf runs

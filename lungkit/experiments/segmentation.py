@@ -182,17 +182,25 @@ class SegmentationExperiment:
     def _patch_datasets(self, dataset_dir: Path):
         import tensorflow as tf
 
+        from lungkit.data.kit_dataset import read_manifest
         from lungkit.pipeline import PatchSampler, load_split_arrays, make_patch_dataset
 
-        arrays = {
-            split: load_split_arrays(dataset_dir, split, self.recipe.preprocessing, self.recipe.image_size,
+        def arrays(split):
+            return load_split_arrays(dataset_dir, split, self.recipe.preprocessing, self.recipe.image_size,
                                      self.recipe.input_channels)
-            for split in ("train", "val")
-        }
-        images, masks, _ = arrays["train"]
+
+        images, masks, _ = arrays("train")
         sampler = PatchSampler(images, masks, self.recipe.patch_size, seed=self.seed)
         train = make_patch_dataset(sampler, self.recipe.batch_size)
-        val_images, val_masks, _ = arrays["val"]
+        self.validation_note = ""
+        if (read_manifest(dataset_dir)["split"] == "val").any():
+            val_images, val_masks, _ = arrays("val")
+        else:
+            # too few patients to spare one for validation: checkpoints are chosen on fixed patches of the
+            # training patients (close to keeping the last epoch); the test patients stay unseen either way
+            val_images, val_masks = images, masks
+            self.validation_note = ("no validation patients: checkpoints chosen on fixed patches of the training "
+                                    "patients")
         fixed = PatchSampler(val_images, val_masks, self.recipe.patch_size, flips_and_turns=False, seed=self.seed)
         validation = tf.data.Dataset.from_tensor_slices(fixed.fixed_set()).batch(self.recipe.batch_size)
         return train, validation
@@ -377,7 +385,7 @@ class SegmentationExperiment:
             "stopped_by_wall_clock": bool(fit.stopped_by_wall_clock) if fit is not None else None,
             "deterministic": self.settings.deterministic,
             "sampling": self.sampling_description(),
-            "notes": " ".join(x for x in (notes, self.recipe.notes) if x),
+            "notes": " ".join(x for x in (notes, getattr(self, "validation_note", ""), self.recipe.notes) if x),
             **self._protocol_extra(dataset_dir),
         }
         tables = sorted({row["table"] for row in self.rows})

@@ -1,0 +1,259 @@
+"""Real-data benchmark: do the kit's segmentation models find nodules on patients they never saw?
+
+Usage::
+
+    python -m benchmarks.real_data [--data-root ../shared/data] [--sources lidc msd] [--models unet ...]
+                                   [--profile quick] [--seed 0] [--out reports] [--work-dir benchmarks/_work/real]
+
+Trains every segmentation model of papers 001 and 004 (their recipes, capped by the profile exactly as in the main
+job: the step budget, patches at the recipe's pixel scale, sliding-window inference) on real CT and scores it on
+other patients:
+
+- ``lidc``: ``lidc-png-sample`` (5 LIDC-IDRI patients, 8-bit display renderings calibrated per patient), leave-
+  patients-out folds (:data:`LIDC_FOLDS`: every patient is a test patient exactly once); no validation patient is
+  spared from three or four training patients, so checkpoints are chosen on training patches (the protocol says so);
+- ``msd``: ``msd-lung-patches`` (48 px patches of 13 + 13 other NSCLC patients, 2 mm): train file -> test file;
+  the patches are upsampled to the model's input side (128 px at quick) and validation is 15% of the training
+  patches (their patients are not recorded).
+
+Writes ``<out>/real_data.json`` (every result, merged by source / fold / model, so a partial run never erases
+others) and ``<out>/real_data.md``: per model the per-image Dice, IoU and recall with bootstrap 95% CIs pooled over
+the folds' test images, per test patient and per nodule size, training steps and wall time, beside the plain U-Net
+reference bar of issue 13. Not a test: nothing asserts a number; CI never runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import DEFAULT_WORK_DIR, write_json_atomic, write_text_atomic
+
+_REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+#: Every segmentation model of papers 001 and 004, as (paper, result key).
+MODELS = {
+    "unet": ("paper004", "unet"),
+    "attention_unet": ("paper004", "attention_unet"),
+    "swin_unet": ("paper001", "swin_unet"),
+    "unetr": ("paper001", "unetr"),
+    "resnet50_unet": ("paper001", "resnet50_unet"),
+}
+#: Leave-patients-out folds of the LIDC sample: the test patients of each fold.
+LIDC_FOLDS = {
+    "A": ["LIDC-IDRI-72", "LIDC-IDRI-313"],  # the split of issue 13's calibration
+    "B": ["LIDC-IDRI-2", "LIDC-IDRI-19"],
+    "C": ["LIDC-IDRI-29"],
+}
+#: Reference bars (issue 13): what plain U-Nets scored on the same data, with how they were trained.
+REFERENCE = {
+    "lidc": ("per-image Dice 0.07 (plain Keras U-Net, BCE + Dice, flips, 10 CPU minutes at 128 px, 6 LIDC patients "
+             "train / 2 test); 0.33 for a 2-D U-Net in the nnU-Net manner (128 px crops at 256 px, half on a "
+             "nodule, flips and quarter turns, Dice + BCE, Adam 1e-3, 1,500 steps of 8) on patients 72 and 313"),
+    "msd": "per-patch Dice 0.68 (small U-Net, 1,000 steps of 16, train file -> test file)",
+}
+TARGETS = {"lidc": 0.5, "msd": 0.75}
+SIZE_BINS_PX = (0.0, 10.0, 20.0, np.inf)
+
+
+def prepare_lidc_folds(data_root: Path, work_dir: Path) -> dict[str, Path]:
+    """Convert the LIDC PNG sample once, then one kit dataset per fold with its patient-wise split."""
+    from lungkit.data.export import DATASET_INFO_NAME
+    from lungkit.data.kit_dataset import MANIFEST_NAME
+    from lungkit.data.slices import convert_slice_folder
+    from lungkit.data.splits import assign_patient_splits, describe_patient_split
+
+    base = work_dir / "lidc_kit"
+    convert_slice_folder(data_root / "lidc-png-sample", base, intensity="display8")
+    folds = {}
+    for fold, test_patients in LIDC_FOLDS.items():
+        fold_dir = work_dir / f"lidc_fold{fold}"
+        if not (fold_dir / "COMPLETE").is_file():
+            staging = fold_dir.with_name(fold_dir.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(base, staging)
+            manifest = pd.read_csv(staging / MANIFEST_NAME, dtype={"id": str, "patient": str})
+            manifest = assign_patient_splits(manifest, test_patients=test_patients, val_fraction=0.0)
+            write_text_atomic(manifest.to_csv(index=False), staging / MANIFEST_NAME)
+            info = json.loads((staging / DATASET_INFO_NAME).read_text())
+            info["split_description"] = f"leave-patients-out fold {fold}, {describe_patient_split(manifest)}"
+            write_text_atomic(json.dumps(info, indent=2), staging / DATASET_INFO_NAME)
+            shutil.rmtree(fold_dir, ignore_errors=True)
+            staging.rename(fold_dir)
+        folds[fold] = fold_dir
+    return folds
+
+
+def prepare_msd(data_root: Path, work_dir: Path, seed: int) -> Path:
+    """The MSD patches as a kit dataset: train file -> train (15% of it validation), test file -> test."""
+    from lungkit.data.export import DATASET_INFO_NAME
+    from lungkit.data.kit_dataset import MANIFEST_NAME
+    from lungkit.data.slices import convert_array_files
+
+    out = work_dir / "msd_kit"
+    if (out / "COMPLETE").is_file():
+        return out
+    root = data_root / "msd-lung-patches"
+    base = work_dir / "msd_kit_converted"
+    convert_array_files({"train": root / "train_patches.npz", "test": root / "test_patches.npz"}, base,
+                        intensity="unit", pixel_spacing_mm=2.0)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(base, staging)
+    manifest = pd.read_csv(staging / MANIFEST_NAME, dtype={"id": str, "patient": str})
+    train = np.flatnonzero(manifest["split"] == "train")
+    chosen = np.random.default_rng(seed).choice(train, size=round(0.15 * len(train)), replace=False)
+    manifest.loc[chosen, "split"] = "val"
+    write_text_atomic(manifest.to_csv(index=False), staging / MANIFEST_NAME)
+    info = json.loads((staging / DATASET_INFO_NAME).read_text())
+    info["split_description"] = ("by patient file: train patches of 13 patients (15% of them, drawn at random, for "
+                                 "validation; patients not recorded per patch) -> test patches of 13 other patients")
+    write_text_atomic(json.dumps(info, indent=2), staging / DATASET_INFO_NAME)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool) -> dict:
+    """Train and score one model on one dataset; returns the entry for the JSON (per-image rows included)."""
+    from lungkit.experiments.segmentation import SegmentationExperiment
+
+    paper_id, result_key = MODELS[model_name]
+    experiment = SegmentationExperiment(paper_id, result_key, profile, run_dir, seed=seed, dataset_dir=dataset_dir)
+    if whole_patch and experiment.recipe.patch_size:
+        # 48 px patches: the model sees each whole patch, upsampled to its input side
+        size = experiment.recipe.patch_size
+        experiment.recipe = dataclasses.replace(experiment.recipe, image_size=size)
+    start = time.perf_counter()
+    model = experiment.build_model()
+    experiment.train(model, verbose=0)
+    result = experiment.evaluate(model, robustness=False)
+    per_image = result.per_image
+    keep = [c for c in ("id", "patient", "equivalent_diameter_px", "tumour_area_px", "dice", "iou", "recall")
+            if c in per_image.columns]
+    if "patient" not in per_image.columns:
+        from lungkit.data.kit_dataset import read_manifest
+
+        patients = read_manifest(dataset_dir, "test").set_index("id")["patient"]
+        per_image = per_image.assign(patient=per_image["id"].map(patients))
+        keep = ["patient", *keep]
+    protocol = result.summary["protocol"]
+    return {
+        "model": model_name,
+        "paper": paper_id,
+        "steps": protocol.get("steps_trained"),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "stopped_by_wall_clock": protocol.get("stopped_by_wall_clock"),
+        "sampling": protocol.get("sampling"),
+        "split": protocol.get("split"),
+        "per_image": per_image[list(dict.fromkeys(keep))].to_dict(orient="records"),
+    }
+
+
+def _ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    from lungkit.evaluation import bootstrap_ci
+
+    mean, low, high = bootstrap_ci(np.asarray(values, np.float64), seed=seed)
+    return float(mean), float(low), float(high)
+
+
+def render_markdown(report: dict) -> str:
+    lines = ["# Real-data benchmark", "",
+             "Every segmentation model of papers 001 and 004, trained by the kit at the named profile on real CT and "
+             "scored on patients it never saw (`python -m benchmarks.real_data`). Per-image metrics pooled over the "
+             "folds' test images, bootstrap 95% CI. Not the papers' data or protocols: a check that the kit learns "
+             "real CT.", ""]
+    for source in ("lidc", "msd"):
+        entries = [e for e in report.get("results", {}).values() if e["source"] == source]
+        if not entries:
+            continue
+        lines += [f"## {source}", "", f"Reference bar: {REFERENCE[source]}. Target of issue 13: best model per-image "
+                  f"Dice >= {TARGETS[source]}.", ""]
+        lines += ["| model | per-image Dice | IoU | recall | per test patient (Dice) | by nodule size (px, Dice) "
+                  "| steps | train+eval s | folds |", "|---|---|---|---|---|---|---|---|---|"]
+        for model in MODELS:
+            rows = [e for e in entries if e["model"] == model]
+            if not rows:
+                continue
+            frame = pd.DataFrame([r for e in rows for r in e["per_image"]])
+            cells = []
+            for metric in ("dice", "iou", "recall"):
+                mean, low, high = _ci(frame[metric].to_numpy())
+                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+            by_patient = frame.groupby("patient")["dice"].mean()
+            patients = ", ".join(f"{p.replace('LIDC-IDRI-', '')}: {v:.2f}" for p, v in by_patient.items())
+            sizes = pd.cut(frame.get("equivalent_diameter_px", pd.Series(np.nan, index=frame.index)),
+                           SIZE_BINS_PX, right=False)
+            by_size = frame.groupby(sizes, observed=True)["dice"].agg(["mean", "size"])
+            size_text = ", ".join(f"{b.left:g}-{b.right:g}: {r['mean']:.2f} (n {int(r['size'])})"
+                                  for b, r in by_size.iterrows())
+            steps = "/".join(str(e["steps"]) for e in rows)
+            seconds = sum(e["wall_time_s"] for e in rows)
+            folds = ", ".join(sorted(e["fold"] for e in rows))
+            lines.append(f"| {model} | {' | '.join(cells)} | {patients} | {size_text} | {steps} | {seconds:.0f} | "
+                         f"{folds} |")
+        first = entries[0]
+        lines += ["", f"Protocol: profile {first['profile']}, seed {first['seed']}; {first['sampling']}; "
+                  f"split: {first['split']}.", ""]
+    lines += [f"Run: commit {report.get('commit', '?')}, {report.get('machine', '')}.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.real_data", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", default=str(_REPOSITORY_ROOT.parent / "shared" / "data"))
+    parser.add_argument("--sources", nargs="+", default=["lidc", "msd"], choices=["lidc", "msd"])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--folds", nargs="+", default=list(LIDC_FOLDS), choices=list(LIDC_FOLDS))
+    parser.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(_REPOSITORY_ROOT / "reports"))
+    parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "real"))
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="exit 0 with a message when the samples are absent (make bench)")
+    args = parser.parse_args(argv)
+    data_root, work_dir, out = Path(args.data_root), Path(args.work_dir), Path(args.out)
+    missing = [name for name in ("lidc-png-sample", "msd-lung-patches") if not (data_root / name).is_dir()]
+    if missing:
+        message = f"{data_root}: missing {missing}; pass --data-root (the folder holding the real samples)"
+        if args.skip_missing:
+            print(f"[real_data] skipped: {message}")
+            return 0
+        parser.error(message)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out / "real_data.json"
+    report = json.loads(json_path.read_text()) if json_path.is_file() else {"results": {}}
+    from lungkit.evaluation import git_commit
+
+    report["commit"] = git_commit(_REPOSITORY_ROOT)
+    jobs = []
+    if "lidc" in args.sources:
+        folds = prepare_lidc_folds(data_root, work_dir)
+        jobs += [("lidc", fold, folds[fold], False) for fold in args.folds]
+    if "msd" in args.sources:
+        jobs.append(("msd", "train->test", prepare_msd(data_root, work_dir, args.seed), True))
+    for source, fold, dataset_dir, whole_patch in jobs:
+        for model in args.models:
+            key = f"{source}/{fold}/{model}/{args.profile}/seed{args.seed}"
+            print(f"[real_data] {key}", flush=True)
+            run_dir = work_dir / "runs" / source / fold.replace(">", "") / args.profile / f"seed{args.seed}"
+            entry = run_one(model, dataset_dir, run_dir, args.profile, args.seed, whole_patch)
+            report["results"][key] = {**entry, "source": source, "fold": fold, "profile": args.profile,
+                                      "seed": args.seed}
+            # written after every model, so a killed benchmark keeps what it finished
+            write_json_atomic(report, json_path)
+            write_text_atomic(render_markdown(report), out / "real_data.md")
+            dice = np.mean([r["dice"] for r in entry["per_image"]])
+            print(f"[real_data] {key}: per-image Dice {dice:.3f}, {entry['steps']} steps, {entry['wall_time_s']} s",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

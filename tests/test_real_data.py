@@ -1,0 +1,69 @@
+"""Real CT: the kit's patch training learns real tumour patches of patients it never saw (MSD Task06 sample), and
+the real-data benchmark runs end to end. Both need ../shared/data and skip without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _sample(name: str) -> Path:
+    path = DATA_ROOT / name
+    if not path.is_dir():
+        pytest.skip(f"real sample {name} not found at {path} (shared data absent)")
+    return path
+
+
+@pytest.mark.slow
+def test_a_small_unet_learns_real_tumour_patches_of_unseen_patients(tmp_path):
+    import keras
+
+    from lungkit.data.kit_dataset import read_manifest
+    from lungkit.data.slices import convert_array_files
+    from lungkit.inference import sliding_window_predict
+    from lungkit.losses import get_loss
+    from lungkit.metrics import confusion_counts_batch, dice_from_counts
+    from lungkit.models import build_model
+    from lungkit.pipeline import PatchSampler, load_split_arrays
+    from lungkit.training import make_deterministic
+
+    root = _sample("msd-lung-patches")
+    convert_array_files({"train": root / "train_patches.npz", "test": root / "test_patches.npz"}, tmp_path / "msd",
+                        intensity="unit")
+    assert set(read_manifest(tmp_path / "msd", "test")["patient"]) == {"file:test_patches.npz"}
+    make_deterministic(0)
+    train_images, train_masks, _ = load_split_arrays(tmp_path / "msd", "train", "hu_window_zscore", 64)
+    test_images, test_masks, _ = load_split_arrays(tmp_path / "msd", "test", "hu_window_zscore", 64)
+    batches = PatchSampler(train_images, train_masks, 48, seed=0).batches(16)
+    model = build_model("unet", "small", input_shape=(48, 48, 1))
+    model.compile(keras.optimizers.Adam(1e-3), loss=get_loss("dice_bce"))
+    for _ in range(150):
+        model.train_on_batch(*next(batches))
+    probabilities = sliding_window_predict(model, test_images, window=48, batch_size=32)
+    dice = dice_from_counts(confusion_counts_batch(probabilities >= 0.5, test_masks[..., 0] > 0))
+    # an empty prediction scores 0.10 (the 13 tumour-free patches); a model that learned nothing stays near it
+    assert float(np.mean(dice)) > 0.4, float(np.mean(dice))
+
+
+@pytest.mark.slow
+def test_the_real_data_benchmark_runs_and_keeps_earlier_results(tmp_path):
+    import json
+
+    from benchmarks import real_data
+
+    _sample("lidc-png-sample")
+    arguments = ["--data-root", str(DATA_ROOT), "--profile", "smoke", "--models", "unet", "--folds", "C",
+                 "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    assert real_data.main([*arguments, "--sources", "lidc"]) == 0
+    assert real_data.main([*arguments, "--sources", "msd"]) == 0
+    report = json.loads((tmp_path / "out" / "real_data.json").read_text())
+    assert set(report["results"]) == {"lidc/C/unet/smoke/seed0", "msd/train->test/unet/smoke/seed0"}
+    lidc = report["results"]["lidc/C/unet/smoke/seed0"]
+    assert {row["patient"] for row in lidc["per_image"]} == {"LIDC-IDRI-29"}  # the fold's test patient only
+    assert "leave-patients-out fold C" in lidc["split"]
+    markdown = (tmp_path / "out" / "real_data.md").read_text()
+    assert "## lidc" in markdown and "## msd" in markdown and "| unet |" in markdown
