@@ -62,62 +62,71 @@ TARGETS = {"lidc": 0.5, "msd": 0.75}
 SIZE_BINS_PX = (0.0, 10.0, 20.0, np.inf)
 
 
-def prepare_lidc_folds(data_root: Path, work_dir: Path) -> dict[str, Path]:
-    """Convert the LIDC PNG sample once, then one kit dataset per fold with its patient-wise split."""
+def resplit_copy(base: Path, out: Path, assign_splits, describe) -> Path:
+    """A copy of the finished kit dataset ``base`` at ``out`` with new splits, written atomically (staging folder,
+    then rename); a finished ``out`` is returned as is.
+
+    Args:
+        base: a finished kit dataset.
+        out: the copy to create.
+        assign_splits: manifest -> manifest with ``split`` set.
+        describe: manifest -> the protocol's split line (stored as ``split_description`` in ``dataset.json``).
+    """
     from lungkit.data.export import DATASET_INFO_NAME
     from lungkit.data.kit_dataset import MANIFEST_NAME
+
+    if (out / "COMPLETE").is_file():
+        return out
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(base, staging)
+    manifest = assign_splits(pd.read_csv(staging / MANIFEST_NAME, dtype={"id": str, "patient": str}))
+    write_text_atomic(manifest.to_csv(index=False), staging / MANIFEST_NAME)
+    info = json.loads((staging / DATASET_INFO_NAME).read_text())
+    info["split_description"] = describe(manifest)
+    write_text_atomic(json.dumps(info, indent=2), staging / DATASET_INFO_NAME)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def prepare_lidc_folds(data_root: Path, work_dir: Path) -> dict[str, Path]:
+    """Convert the LIDC PNG sample once, then one kit dataset per fold with its patient-wise split."""
     from lungkit.data.slices import convert_slice_folder
     from lungkit.data.splits import assign_patient_splits, describe_patient_split
 
     base = work_dir / "lidc_kit"
     convert_slice_folder(data_root / "lidc-png-sample", base, intensity="display8")
-    folds = {}
-    for fold, test_patients in LIDC_FOLDS.items():
-        fold_dir = work_dir / f"lidc_fold{fold}"
-        if not (fold_dir / "COMPLETE").is_file():
-            staging = fold_dir.with_name(fold_dir.name + ".partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(base, staging)
-            manifest = pd.read_csv(staging / MANIFEST_NAME, dtype={"id": str, "patient": str})
-            manifest = assign_patient_splits(manifest, test_patients=test_patients, val_fraction=0.0)
-            write_text_atomic(manifest.to_csv(index=False), staging / MANIFEST_NAME)
-            info = json.loads((staging / DATASET_INFO_NAME).read_text())
-            info["split_description"] = f"leave-patients-out fold {fold}, {describe_patient_split(manifest)}"
-            write_text_atomic(json.dumps(info, indent=2), staging / DATASET_INFO_NAME)
-            shutil.rmtree(fold_dir, ignore_errors=True)
-            staging.rename(fold_dir)
-        folds[fold] = fold_dir
-    return folds
+    return {
+        fold: resplit_copy(
+            base, work_dir / f"lidc_fold{fold}",
+            lambda manifest, test=test_patients: assign_patient_splits(manifest, test_patients=test, val_fraction=0.0),
+            lambda manifest, fold=fold: f"leave-patients-out fold {fold}, {describe_patient_split(manifest)}",
+        )
+        for fold, test_patients in LIDC_FOLDS.items()
+    }
 
 
 def prepare_msd(data_root: Path, work_dir: Path, seed: int) -> Path:
     """The MSD patches as a kit dataset: train file -> train (15% of it validation), test file -> test."""
-    from lungkit.data.export import DATASET_INFO_NAME
-    from lungkit.data.kit_dataset import MANIFEST_NAME
     from lungkit.data.slices import convert_array_files
 
-    out = work_dir / "msd_kit"
-    if (out / "COMPLETE").is_file():
-        return out
     root = data_root / "msd-lung-patches"
     base = work_dir / "msd_kit_converted"
     convert_array_files({"train": root / "train_patches.npz", "test": root / "test_patches.npz"}, base,
                         intensity="unit", pixel_spacing_mm=2.0)
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(base, staging)
-    manifest = pd.read_csv(staging / MANIFEST_NAME, dtype={"id": str, "patient": str})
-    train = np.flatnonzero(manifest["split"] == "train")
-    chosen = np.random.default_rng(seed).choice(train, size=round(0.15 * len(train)), replace=False)
-    manifest.loc[chosen, "split"] = "val"
-    write_text_atomic(manifest.to_csv(index=False), staging / MANIFEST_NAME)
-    info = json.loads((staging / DATASET_INFO_NAME).read_text())
-    info["split_description"] = ("by patient file: train patches of 13 patients (15% of them, drawn at random, for "
-                                 "validation; patients not recorded per patch) -> test patches of 13 other patients")
-    write_text_atomic(json.dumps(info, indent=2), staging / DATASET_INFO_NAME)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return out
+
+    def carve_validation(manifest: pd.DataFrame) -> pd.DataFrame:
+        train = np.flatnonzero(manifest["split"] == "train")
+        chosen = np.random.default_rng(seed).choice(train, size=round(0.15 * len(train)), replace=False)
+        manifest.loc[chosen, "split"] = "val"
+        return manifest
+
+    return resplit_copy(
+        base, work_dir / "msd_kit", carve_validation,
+        lambda manifest: ("by patient file: train patches of 13 patients (15% of them, drawn at random, for "
+                          "validation; patients not recorded per patch) -> test patches of 13 other patients"),
+    )
 
 
 def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool) -> dict:
