@@ -264,7 +264,6 @@ class SegmentationExperiment:
 
     def _predict_fn(self, model):
         """HU slices (N, H, W) -> probabilities (N, H, W)."""
-        from lungkit.training import predict_probabilities
 
         def predict(hu_batch: np.ndarray) -> np.ndarray:
             return self.predict_images(model, self.model_inputs(hu_batch))
