@@ -1,7 +1,7 @@
 # lungkit: two commands do everything.
 #   make reproduce   set up .venv, then run every notebook headless on the phantom data -> reports/
 #   make test        set up .venv, then run the test suite (what CI runs)
-# Options: PROFILE=smoke|quick|paper  DATA_DIR=/path/to/lungrads/pickles  SEED=0  PYTHON=python3.11
+# Options: PROFILE=smoke|quick|paper  DATA_DIR=/path/to/data (pickles, or a lungkit_source.json)  SEED=0  PYTHON=python3.11
 #          RUN_DIR=runs/<run-id>  continue that run: notebooks that ran ok there are skipped, the one that
 #                                 failed or was cut off reruns (training resumes from its last epoch)
 

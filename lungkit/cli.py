@@ -22,7 +22,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     )
     reproduce.add_argument("--profile", default="quick", choices=list(PROFILES), help="default: quick")
     reproduce.add_argument(
-        "--data-dir", default=None, help="folder with lung_cancer_train.pkl / lung_cancer_test.pkl; phantom if omitted"
+        "--data-dir", default=None,
+        help="folder with lung_cancer_train.pkl / lung_cancer_test.pkl, or a slice folder / arrays declared by a "
+             "lungkit_source.json (the folder, or the file); phantom if omitted"
     )
     reproduce.add_argument("--runs-root", default="runs", help="each run gets runs/<run-id>/ (default: runs)")
     reproduce.add_argument("--reports-dir", default=None, help="where the tables go (default: <repo>/reports)")
@@ -63,9 +65,17 @@ def main(argv: list[str] | None = None) -> int:
 
     notebooks_dir = Path(args.notebooks_dir) if args.notebooks_dir else runner.DEFAULT_NOTEBOOKS_DIR
     if args.command == "reproduce":
-        if args.data_dir and not Path(args.data_dir).is_dir():
+        if args.data_dir and not Path(args.data_dir).exists():
             reproduce.error(f"--data-dir {args.data_dir}: no such folder; expected the folder holding "
-                            "lung_cancer_train.pkl and lung_cancer_test.pkl (leave it out for the phantom)")
+                            "lung_cancer_train.pkl and lung_cancer_test.pkl, or a lungkit_source.json (leave it out "
+                            "for the phantom)")
+        if args.data_dir:
+            from lungkit.data.sources import SourceError, describe_source
+
+            try:
+                describe_source(args.data_dir)
+            except (FileNotFoundError, SourceError) as error:
+                reproduce.error(f"--data-dir {args.data_dir}: {error}")
         try:
             runner.discover_notebooks(notebooks_dir, args.only)
             run_dir, is_new = runner.resolve_run_dir(args.runs_root, args.profile, args.data_dir, args.seed,

@@ -17,7 +17,13 @@ from lungkit.data.kit_dataset import is_complete
 from lungkit.data.kit_dataset import manifest_fingerprint as dataset_fingerprint  # re-export for callers
 from lungkit.data.lungrads import LUNGRADS_FILE_NAMES, find_lungrads_pickles
 from lungkit.data.phantom import phantom_pixel_spacing_mm, write_phantom_pickles
-from lungkit.data.splits import assign_validation_split
+from lungkit.data.sources import DataSource, SourceError, describe_source
+from lungkit.data.splits import (
+    LUNGRADS_SPLIT_DESCRIPTION,
+    assign_patient_splits,
+    assign_validation_split,
+    describe_patient_split,
+)
 from lungkit.profiles import get_profile
 
 PHANTOM_DIR = "phantom"
@@ -25,8 +31,6 @@ DATASET_DIR = "dataset"
 #: Neighbouring rows per validation block (see :mod:`lungkit.data.splits`).
 VALIDATION_BLOCK_SIZE = 4
 _PHANTOM_RECORD = "phantom.json"
-# dataset.json keys that must match for an existing dataset to be reused
-_IDENTITY_KEYS = ("data_source", "seed", "val_fraction", "val_block_size", "phantom")
 
 
 def _phantom_pickles(phantom_dir: Path, n_train: int, n_test: int, image_size: int, seed: int) -> dict[str, Path]:
@@ -63,23 +67,28 @@ def prepare_lungrads_dataset(
     seed: int = 0,
     val_fraction: float = 0.15,
 ) -> Path:
-    """Return the run's Lung-RADS kit dataset, converting it first when it is not there yet.
+    """Return the run's kit dataset, converting it first when it is not there yet.
 
     Args:
-        data_dir: folder holding ``lung_cancer_train.pkl`` and ``lung_cancer_test.pkl`` (searched below too); None
+        data_dir: the data (see :func:`lungkit.data.sources.describe_source`): a folder holding
+            ``lung_cancer_train.pkl`` and ``lung_cancer_test.pkl`` (searched below too), or a slice folder / array
+            files declared by a ``lungkit_source.json`` (in the folder, or the file itself), split by patient; None
             or ``""`` uses the phantom, sized by the profile (``phantom_train_rows``, ``phantom_test_rows``,
             ``phantom_image_size``) and written to ``<run_dir>/phantom/``.
         run_dir: the run directory; the dataset goes to ``<run_dir>/dataset/``.
         profile: ``smoke``, ``quick`` or ``paper`` (see :mod:`lungkit.profiles`).
         seed: seed of the phantom and of the validation split.
-        val_fraction: share of each class's train rows moved to validation, in blocks of neighbouring rows.
+        val_fraction: share of each class's train rows moved to validation, in blocks of neighbouring rows (the
+            pickles); for slice and array sources the share of non-test patients (the source file may override it).
 
     Returns:
         The dataset folder (finished: it has its ``COMPLETE`` marker). Its ``dataset.json`` records
-        ``data_source`` (``phantom`` or ``lungrads``), profile, seed, validation settings and pixel spacing.
+        ``data_source`` (``phantom``, ``lungrads``, ``slice_folder`` or ``arrays``), profile, seed, validation
+        settings, pixel spacing and ``split_description`` (the protocol's split line).
 
     Raises:
         FileNotFoundError: if ``data_dir`` lacks the pickles.
+        lungkit.data.sources.SourceError: for a bad ``lungkit_source.json`` or an undeclared slice / array folder.
         ValueError: for an unknown profile, or when ``<run_dir>/dataset`` was built from other data or settings
             (use a new run_dir, or delete that folder).
     """
@@ -87,6 +96,9 @@ def prepare_lungrads_dataset(
     run_dir = Path(run_dir)
     dataset_dir = run_dir / DATASET_DIR
     use_phantom = data_dir is None or str(data_dir).strip() == ""
+    source = None if use_phantom else describe_source(data_dir)
+    if source is not None and source.kind != "lungrads":
+        return _prepare_slice_source(source, dataset_dir, profile, seed, val_fraction)
     identity = {
         "data_source": "phantom" if use_phantom else "lungrads",
         "seed": seed,
@@ -103,14 +115,7 @@ def prepare_lungrads_dataset(
         ),
     }
     if is_complete(dataset_dir):
-        existing = read_dataset_info(dataset_dir)
-        differing = [k for k in _IDENTITY_KEYS if existing.get(k) != identity[k]]
-        if differing:
-            raise ValueError(
-                f"{dataset_dir}: already built with other settings ({', '.join(differing)}: "
-                f"{ {k: existing.get(k) for k in differing} } vs requested { {k: identity[k] for k in differing} }); "
-                "use a new run_dir or delete that folder"
-            )
+        _check_reuse(dataset_dir, identity)
         return dataset_dir
     if use_phantom:
         pickles = _phantom_pickles(
@@ -122,7 +127,7 @@ def prepare_lungrads_dataset(
         )
         spacing = phantom_pixel_spacing_mm(settings.phantom_image_size)
     else:
-        pickles = find_lungrads_pickles(data_dir)
+        pickles = find_lungrads_pickles(source.root)
         spacing = None  # not stored in the Lung-RADS pickles
     metadata = {
         **identity,
@@ -135,6 +140,10 @@ def prepare_lungrads_dataset(
         "split_protocol": (
             f"given train/test split; val = {val_fraction:.0%} of each class's train rows, "
             f"in blocks of {VALIDATION_BLOCK_SIZE} neighbouring rows (seed {seed})"
+        ),
+        "split_description": (
+            f"{LUNGRADS_SPLIT_DESCRIPTION}; no patient id exists, so one patient's slices may sit in both train and "
+            "validation"
         ),
     }
     try:
@@ -151,6 +160,66 @@ def prepare_lungrads_dataset(
         # two notebooks converting at once share the staging folder; the first to finish moves it away
         if not is_complete(dataset_dir):
             raise
+    return dataset_dir
+
+
+def _check_reuse(dataset_dir: Path, identity: dict) -> None:
+    existing = read_dataset_info(dataset_dir)
+    differing = [k for k in identity if existing.get(k) != identity[k]]
+    if differing:
+        raise ValueError(
+            f"{dataset_dir}: already built with other settings ({', '.join(differing)}: "
+            f"{ {k: existing.get(k) for k in differing} } vs requested { {k: identity[k] for k in differing} }); "
+            "use a new run_dir or delete that folder"
+        )
+
+
+def _prepare_slice_source(source: DataSource, dataset_dir: Path, profile: str, seed: int, val_fraction: float) -> Path:
+    """A slice folder or array source (declared in its ``lungkit_source.json``) -> the run's dataset, split by
+    patient: the source's own test rows (array files named ``test``) or ``test_patients`` or a seeded
+    ``test_fraction`` of the patients for test, ``val_fraction`` of the rest for validation."""
+    from lungkit.data.slices import convert_array_files, convert_slice_folder
+
+    options = dict(source.options)
+    identity = {"data_source": source.kind, "source": json.loads(json.dumps(source.identity())), "seed": seed,
+                "val_fraction": options.get("val_fraction", val_fraction)}
+    if is_complete(dataset_dir):
+        _check_reuse(dataset_dir, identity)
+        return dataset_dir
+    split_options = {
+        "test_patients": options.pop("test_patients", None),
+        "test_fraction": float(options.pop("test_fraction", 0.2)),
+        "val_fraction": float(options.pop("val_fraction", val_fraction)),
+        "seed": seed,
+    }
+    if split_options["test_patients"] is not None and not isinstance(split_options["test_patients"], list):
+        raise SourceError(f"{source.declared_in}: \"test_patients\" must be a list of patient ids")
+
+    def split(manifest):
+        if (manifest["split"] == "test").any():
+            split_options["test_fraction"] = 0.0  # the source's own test set
+        return assign_patient_splits(manifest, **split_options)
+
+    common = {
+        "out_dir": dataset_dir,
+        "intensity": options.pop("intensity"),
+        "mask_threshold": options.pop("mask_threshold", None),
+        "pixel_spacing_mm": options.pop("pixel_spacing_mm", None),
+        "metadata": {**identity, "profile": profile, "source_description": f"{source.kind} at {source.root}"
+                     + (f", declared in {source.declared_in}" if source.declared_in else "")},
+        "finalize_manifest": split,
+        "describe_split": describe_patient_split,
+    }
+    if source.kind == "slice_folder":
+        convert_slice_folder(source.root, **common, **options)
+    else:
+        files = options.pop("files", None)
+        if files is None:
+            raise SourceError(f"{source.declared_in}: an arrays source names its \"files\" (one .npz, or "
+                              "{\"train\": ..., \"test\": ...})")
+        files = ({split_name: source.root / name for split_name, name in files.items()} if isinstance(files, dict)
+                 else source.root / files)
+        convert_array_files(files, **common, **options)
     return dataset_dir
 
 

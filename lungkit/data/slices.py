@@ -30,7 +30,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -274,6 +274,8 @@ def write_slice_dataset(
     metadata: Mapping | None = None,
     overwrite: bool = False,
     patient_maps: Mapping[str, IntensityMap] | None = None,
+    finalize_manifest: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    describe_split: Callable[[pd.DataFrame], str] | None = None,
 ) -> pd.DataFrame:
     """Write slices as a kit dataset (``images/``, ``masks/``, ``lungs/``, ``manifest.csv`` with ``patient``).
 
@@ -290,6 +292,10 @@ def write_slice_dataset(
             :func:`binarise_mask`), or 0.5 when every mask holds only 0 and 1.
         metadata: extra provenance for ``dataset.json``.
         overwrite: replace a finished dataset at ``out_dir``; without it a finished one is returned as is.
+        patient_maps: per-patient intensity maps that replace ``intensity`` for those patients.
+        finalize_manifest: manifest -> manifest, applied before it is written (e.g. the patient-wise split of
+            :func:`lungkit.data.splits.assign_patient_splits`).
+        describe_split: manifest -> the protocol's split line, stored as ``split_description`` in ``dataset.json``.
 
     Returns:
         The manifest as read back (absolute paths).
@@ -308,7 +314,8 @@ def write_slice_dataset(
     for sub in (IMAGE_DIR, MASK_DIR, LUNG_DIR):
         (staging / sub).mkdir(parents=True)
     try:
-        _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata, patient_maps)
+        _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata, patient_maps,
+                       finalize_manifest, describe_split)
     except BaseException:
         # every conversion starts afresh, so a half-written staging folder is only litter beside out_dir
         shutil.rmtree(staging, ignore_errors=True)
@@ -317,7 +324,8 @@ def write_slice_dataset(
     return read_manifest(out_dir)
 
 
-def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata, patient_maps=None) -> None:
+def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold, metadata, patient_maps=None,
+                   finalize_manifest=None, describe_split=None) -> None:
     spacing = float("nan") if pixel_spacing_mm is None else float(pixel_spacing_mm)
     if mask_threshold is None and all(float(np.max(item.mask, initial=0)) <= 1 for item in slices):
         # 0/1 masks in 8- or 16-bit containers: half the dtype's range would read every tumour as background
@@ -364,6 +372,8 @@ def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold,
             PATIENT_COLUMN: item.patient,
         })
     manifest = pd.DataFrame.from_records(records, columns=[*MANIFEST_COLUMNS, PATIENT_COLUMN])
+    if finalize_manifest is not None:
+        manifest = finalize_manifest(manifest)
     write_text_atomic(staging / MANIFEST_NAME, manifest.to_csv(index=False))
     info = {
         "data_source": (metadata or {}).get("data_source", "slices"),
@@ -375,6 +385,7 @@ def _write_staging(slices, staging, intensity, pixel_spacing_mm, mask_threshold,
         "n_slices": len(manifest),
         "n_patients": int(manifest[PATIENT_COLUMN].nunique()),
         "split_counts": {k: int(v) for k, v in manifest["split"].value_counts().items()},
+        **({"split_description": describe_split(manifest)} if describe_split is not None else {}),
         **dict(metadata or {}),
     }
     write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2, default=str))
@@ -484,6 +495,8 @@ def convert_slice_folder(
     overwrite: bool = False,
     max_files: int = 200_000,
     calibrate_display: bool = True,
+    finalize_manifest: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    describe_split: Callable[[pd.DataFrame], str] | None = None,
 ) -> pd.DataFrame:
     """A folder of image/mask files -> a kit dataset with a ``patient`` column (all rows ``train``).
 
@@ -500,6 +513,7 @@ def convert_slice_folder(
         max_files: see :func:`find_slice_pairs`.
         calibrate_display: with a ``display8`` intensity, estimate each patient's map from their own histogram
             (:func:`calibrate_display_map`) instead of one map for all; both are approximations.
+        finalize_manifest, describe_split: see :func:`write_slice_dataset` (without them every row is ``train``).
 
     Returns:
         The manifest (see :func:`write_slice_dataset`).
@@ -534,7 +548,7 @@ def convert_slice_folder(
         slices, out_dir, declared, pixel_spacing_mm, mask_threshold,
         {"data_source": "slice_folder", "source_root": str(root.resolve()), "layout": [image_pattern, mask_pattern],
          **dict(metadata or {})},
-        overwrite, patient_maps,
+        overwrite, patient_maps, finalize_manifest, describe_split,
     )
 
 
@@ -590,6 +604,8 @@ def convert_array_files(
     pixel_spacing_mm: float | None = None,
     metadata: Mapping | None = None,
     overwrite: bool = False,
+    finalize_manifest: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    describe_split: Callable[[pd.DataFrame], str] | None = None,
 ) -> pd.DataFrame:
     """``.npz`` files of images and masks -> a kit dataset.
 
@@ -601,7 +617,8 @@ def convert_array_files(
         image_key, mask_key: array names in each file, shapes (N, H, W) or (N, H, W, 1).
         patient_key: optional array of N patient ids. Without it the patient is unknown: each file is one
             "patient group" named after the file, and the split says so.
-        mask_threshold, pixel_spacing_mm, metadata, overwrite: as in :func:`convert_slice_folder`.
+        mask_threshold, pixel_spacing_mm, metadata, overwrite, finalize_manifest, describe_split: as in
+            :func:`convert_slice_folder`.
 
     Raises:
         SliceSourceError: for missing keys, mismatched shapes, non-finite values (names the file and rows).
@@ -629,7 +646,7 @@ def convert_array_files(
         slices, out_dir, intensity_map(intensity), pixel_spacing_mm, mask_threshold,
         {"data_source": "arrays", "source_files": {s: str(Path(f).resolve()) for s, f in files.items()},
          "patients_known": bool(patients_known), **dict(metadata or {})},
-        overwrite,
+        overwrite, None, finalize_manifest, describe_split,
     )
 
 

@@ -17,6 +17,11 @@ import pandas as pd
 
 from lungkit.data.kit_dataset import LUNGRADS_LABELS, SPLITS
 
+#: The protocol's split line for the Lung-RADS pickles (and the phantom in their schema).
+LUNGRADS_SPLIT_DESCRIPTION = (
+    "given train/test split; validation = 15% of train, class-stratified blocks of neighbouring rows"
+)
+
 
 def _runs_of_neighbours(source_rows: np.ndarray) -> list[np.ndarray]:
     """Split sorted row numbers into runs of consecutive numbers (positions into ``source_rows``)."""

@@ -157,7 +157,7 @@ def crops_from_lungrads(dataset_dir: str | Path, crop_size: int = 32) -> NoduleC
     """
     from lungkit.data.export import DATASET_INFO_NAME
     from lungkit.data.kit_dataset import read_manifest
-    from lungkit.experiments.segmentation import SPLIT_DESCRIPTION
+    from lungkit.data.splits import LUNGRADS_SPLIT_DESCRIPTION
 
     dataset_dir = Path(dataset_dir)
     manifest = read_manifest(dataset_dir)
@@ -165,7 +165,8 @@ def crops_from_lungrads(dataset_dir: str | Path, crop_size: int = 32) -> NoduleC
     unknown = sorted(set(manifest["label1"]) - set(LUNGRADS_PROXY_LABELS))
     if unknown:
         raise ValueError(
-            f"{dataset_dir}: label1 values {unknown} are not Lung-RADS classes {list(LUNGRADS_PROXY_LABELS)}"
+            f"{dataset_dir}: label1 values {unknown} are not Lung-RADS classes {list(LUNGRADS_PROXY_LABELS)}; the "
+            "Lung-RADS proxy classifier needs the Lung-RADS pickles (or the phantom), not a slice folder or arrays"
         )
     with_tumour = manifest[manifest["tumour_area_px"] > 0].reset_index(drop=True)
     dropped = {"slices without a tumour": int(len(manifest) - len(with_tumour))}
@@ -180,7 +181,7 @@ def crops_from_lungrads(dataset_dir: str | Path, crop_size: int = 32) -> NoduleC
         "role": "centre", "lungrads": with_tumour["label1"], "diameter_mm": with_tumour["equivalent_diameter_mm"],
     })
     split = info.get("split_description") or (
-        SPLIT_DESCRIPTION + "; no patient id exists, so one patient's slices may sit in both train and validation"
+        LUNGRADS_SPLIT_DESCRIPTION + "; no patient id exists, so one patient's slices may sit in both train and validation"
     )
     return NoduleCrops(images, scaled, table, "lungrads_proxy", LUNGRADS_PROXY_NAME, dropped, dataset_dir,
                        info.get("data_source", "lungrads"), split, int(crop_size))

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 
 from lungkit import papers
+from lungkit.data.splits import LUNGRADS_SPLIT_DESCRIPTION
 from lungkit.profiles import get_profile
 
 #: How the validation split is made (see :mod:`lungkit.data.splits`); part of every protocol line.
-SPLIT_DESCRIPTION = "given train/test split; validation = 15% of train, class-stratified blocks of neighbouring rows"
 
 
 @dataclass
@@ -299,12 +299,14 @@ class SegmentationExperiment:
             text += "; the recipe's on-the-fly augmentation is not applied to patches"
         return text
 
-    def _split_description(self) -> str:
-        """The protocol's split line when the dataset's ``dataset.json`` records none (the Lung-RADS datasets)."""
+    def _split_description(self, info: dict) -> str:
+        """The protocol's split line: the dataset's own (``dataset.json``; datasets converted before it was recorded
+        there are Lung-RADS ones), plus the offline augmentation when training used it."""
+        split = info.get("split_description") or LUNGRADS_SPLIT_DESCRIPTION
         if self.training_data == "augmented":
-            return (f"{SPLIT_DESCRIPTION}; train expanded to {self.settings.augment_target} slices by offline "
-                    "augmentation (after the split)")
-        return SPLIT_DESCRIPTION
+            split += (f"; train expanded to {self.settings.augment_target} slices by offline augmentation (after the "
+                      "split)")
+        return split
 
     def _protocol_extra(self, dataset_dir: Path) -> dict:
         """More protocol entries of a subclass's data (none for the Lung-RADS slices)."""
@@ -370,7 +372,7 @@ class SegmentationExperiment:
         protocol = {
             **self.recipe.protocol(),
             "data_source": info.get("data_source", "unknown"),
-            "split": info.get("split_description") or self._split_description(),
+            "split": self._split_description(info),
             "seed": self.seed,
             "epochs": int(fit.epochs_completed) if fit is not None else self.recipe.epochs,
             "epochs_recipe": self.paper_recipe.epochs,
@@ -492,7 +494,6 @@ class LunaUNetBaseline(SegmentationExperiment):
 __all__ = [
     "EvaluationResult",
     "LunaUNetBaseline",
-    "SPLIT_DESCRIPTION",
     "SegmentationExperiment",
     "UNET_RESULT_KEY",
     "load_predictions",
