@@ -246,28 +246,46 @@ class PatchSampler:
         offset = int(self.rng.integers(margin, max(margin + 1, self.patch_size - margin)))
         return int(np.clip(centre - offset, 0, side - self.patch_size))
 
-    def _patch(self, index: int, near_tumour: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _window(self, index: int, near_tumour: bool) -> tuple[int, int]:
         height, width = self.images.shape[1:3]
         if near_tumour:
             cy, cx = self.foreground[index][self.rng.integers(len(self.foreground[index]))]
-            y0, x0 = self._corner(int(cy), height), self._corner(int(cx), width)
-        else:
-            y0 = int(self.rng.integers(0, height - self.patch_size + 1))
-            x0 = int(self.rng.integers(0, width - self.patch_size + 1))
+            return self._corner(int(cy), height), self._corner(int(cx), width)
+        return (int(self.rng.integers(0, height - self.patch_size + 1)),
+                int(self.rng.integers(0, width - self.patch_size + 1)))
+
+    def _patch(self, index: int, near_tumour: bool) -> tuple[np.ndarray, np.ndarray]:
+        y0, x0 = self._window(index, near_tumour)
         window = (slice(y0, y0 + self.patch_size), slice(x0, x0 + self.patch_size))
         return self.images[index][window], self.masks[index][window]
 
+    def plan(self, count: int) -> dict[str, np.ndarray]:
+        """The next ``count`` patches as a plan: slice ``index``, top-left corner ``y0``/``x0``, quarter ``turns``
+        and ``flip`` (int32 arrays). Drawing the plan is cheap numpy; cutting the patches can then run inside
+        tf.data (see :func:`make_patch_dataset`) instead of a Python generator."""
+        rows = []
+        for _ in range(int(count)):
+            if len(self.with_tumour) and self.rng.random() < self.foreground_fraction:
+                index = int(self.rng.choice(self.with_tumour))
+                y0, x0 = self._window(index, near_tumour=True)
+            else:
+                index = int(self.rng.integers(len(self.images)))
+                y0, x0 = self._window(index, near_tumour=False)
+            turns, flip = 0, 0
+            if self.flips_and_turns:
+                turns, flip = int(self.rng.integers(4)), int(self.rng.random() < 0.5)
+            rows.append((index, y0, x0, turns, flip))
+        columns = np.asarray(rows, np.int32).reshape(-1, 5)
+        return {name: columns[:, k] for k, name in enumerate(("index", "y0", "x0", "turns", "flip"))}
+
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One ``(patch (P, P, C), mask (P, P, 1))`` pair."""
-        if len(self.with_tumour) and self.rng.random() < self.foreground_fraction:
-            patch, mask = self._patch(int(self.rng.choice(self.with_tumour)), near_tumour=True)
-        else:
-            patch, mask = self._patch(int(self.rng.integers(len(self.images))), near_tumour=False)
-        if self.flips_and_turns:
-            turns = int(self.rng.integers(4))
-            patch, mask = np.rot90(patch, turns), np.rot90(mask, turns)
-            if self.rng.random() < 0.5:
-                patch, mask = patch[:, ::-1], mask[:, ::-1]
+        """One ``(patch (P, P, C), mask (P, P, 1))`` pair (the next row of :meth:`plan`, cut in numpy)."""
+        row = {name: int(values[0]) for name, values in self.plan(1).items()}
+        window = (slice(row["y0"], row["y0"] + self.patch_size), slice(row["x0"], row["x0"] + self.patch_size))
+        patch, mask = self.images[row["index"]][window], self.masks[row["index"]][window]
+        patch, mask = np.rot90(patch, row["turns"]), np.rot90(mask, row["turns"])
+        if row["flip"]:
+            patch, mask = patch[:, ::-1], mask[:, ::-1]
         return np.ascontiguousarray(patch), np.ascontiguousarray(mask)[..., None]
 
     def batches(self, batch_size: int):
@@ -287,18 +305,34 @@ class PatchSampler:
         return np.stack([p for p, _ in pairs]), np.stack([m for _, m in pairs])[..., None]
 
 
-def make_patch_dataset(sampler: PatchSampler, batch_size: int) -> tf.data.Dataset:
-    """An endless tf.data pipeline of the sampler's batches (pass ``steps_per_epoch`` to ``fit``)."""
-    channels = sampler.images.shape[-1]
+def make_patch_dataset(sampler: PatchSampler, batch_size: int, batches: int) -> tf.data.Dataset:
+    """A tf.data pipeline of ``batches`` batches of the sampler's patches (then the same ones again, so a fit never
+    runs dry): the plan is drawn up front in numpy (:meth:`PatchSampler.plan`) and the patches are cut, turned and
+    flipped by tf.data's parallel map from the slices held as one tensor. A Python generator here cost about 40% of
+    a small U-Net's step time on 2 CPU cores (the generator and the training loop share the GIL).
+
+    Args:
+        sampler: the slices and the draw.
+        batch_size: patches per batch.
+        batches: batches to plan: the run's optimizer steps (epochs x steps per epoch).
+    """
     size = sampler.patch_size
-    dataset = tf.data.Dataset.from_generator(
-        lambda: sampler.batches(batch_size),
-        output_signature=(
-            tf.TensorSpec((None, size, size, channels), tf.float32),
-            tf.TensorSpec((None, size, size, 1), tf.float32),
-        ),
-    )
-    return dataset.prefetch(2)
+    plan = sampler.plan(int(batches) * int(batch_size))
+    images = tf.convert_to_tensor(sampler.images)
+    masks = tf.convert_to_tensor(sampler.masks[..., None])
+
+    def cut(row):
+        begin = tf.stack([row["index"], row["y0"], row["x0"], 0])
+        patch = tf.slice(images, begin, [1, size, size, -1])[0]
+        mask = tf.slice(masks, begin, [1, size, size, 1])[0]
+        patch, mask = tf.image.rot90(patch, row["turns"]), tf.image.rot90(mask, row["turns"])
+        flip = tf.cast(row["flip"], tf.bool)
+        patch = tf.cond(flip, lambda: tf.reverse(patch, [1]), lambda: patch)
+        mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+        return tf.ensure_shape(patch, (size, size, images.shape[-1])), tf.ensure_shape(mask, (size, size, 1))
+
+    dataset = tf.data.Dataset.from_tensor_slices(plan).map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(int(batch_size)).repeat().prefetch(2)
 
 
 def load_split_arrays(

@@ -191,7 +191,7 @@ class SegmentationExperiment:
 
         images, masks, _ = arrays("train")
         sampler = PatchSampler(images, masks, self.recipe.patch_size, seed=self.seed)
-        train = make_patch_dataset(sampler, self.recipe.batch_size)
+        train = make_patch_dataset(sampler, self.recipe.batch_size, self.recipe.epochs * self.steps_per_epoch())
         self.validation_note = ""
         if (read_manifest(dataset_dir)["split"] == "val").any():
             val_images, val_masks, _ = arrays("val")
@@ -206,10 +206,15 @@ class SegmentationExperiment:
         return train, validation
 
     def steps_per_epoch(self) -> int:
-        """Training steps of one epoch: one pass over the train split, capped by the profile."""
+        """Training steps of one epoch: one pass over the train split, capped by the profile. With patch training
+        patches are drawn endlessly, so an epoch is only a checkpoint / validation interval: always the profile's
+        ``max_steps_per_epoch`` (a small dataset's one-pass epochs would spend more time validating and saving than
+        training)."""
         from lungkit.data.kit_dataset import read_manifest
         from lungkit.pipeline import steps_per_epoch
 
+        if self.recipe.patch_size and self.recipe.max_steps_per_epoch:
+            return int(self.recipe.max_steps_per_epoch)
         dataset_dir = self.dataset_dir or self.prepare_data()
         steps = steps_per_epoch(len(read_manifest(dataset_dir, "train")), self.recipe.batch_size)
         if self.recipe.max_steps_per_epoch:
