@@ -73,6 +73,72 @@ def keep_largest_components(
     return keep[labels].astype(np.uint8)
 
 
+#: HU below which a pixel of an axial slice counts as air (lung parenchyma is about -850, soft tissue above -100).
+LUNG_AIR_HU = -400.0
+#: A lung region smaller than this share of the slice is not trusted (a patch, a slice above the lungs):
+#: the slice is then left unrestricted.
+MIN_LUNG_FRACTION = 0.02
+
+
+def lung_region(hu: np.ndarray, margin_px: int, air_hu: float = LUNG_AIR_HU) -> np.ndarray | None:
+    """The lungs of one axial CT slice from HU alone, grown by ``margin_px``; None when no plausible lung is found.
+
+    Air below ``air_hu`` that does not touch the slice border (the air around the body and in the table does) is
+    the lungs and airways; holes are filled (vessels, nodules inside the lung), a closing of radius ``margin_px``
+    puts back the notches that juxtapleural nodules cut into the lung's outline, and a dilation by ``margin_px``
+    keeps the pleura-attached tumour whose edge lies outside the air. No model is involved, so it works on any CT
+    in HU and on no other input (a tumour patch or a slice without lungs gives None).
+
+    Args:
+        hu: 2-D slice in Hounsfield units.
+        margin_px: pixels the region is grown by (and the closing radius); 0 keeps the filled air region.
+        air_hu: the air threshold.
+
+    Returns:
+        Boolean mask of the slice's shape, or None.
+    """
+    from skimage.morphology import disk
+    from skimage.segmentation import clear_border
+
+    hu = np.asarray(hu, np.float32)
+    if hu.ndim != 2:
+        raise ValueError(f"expected one 2-D slice, got shape {hu.shape}")
+    inside = clear_border(ndimage.label(hu < air_hu)[0]) > 0
+    if inside.mean() < MIN_LUNG_FRACTION:
+        return None
+    region = ndimage.binary_fill_holes(inside)
+    if margin_px > 0:
+        footprint = disk(int(margin_px))
+        region = ndimage.binary_closing(region, structure=footprint, border_value=0)
+        region = ndimage.binary_dilation(region, structure=footprint)
+        region = ndimage.binary_fill_holes(region)
+    return region
+
+
+def restrict_to_lungs(probabilities: np.ndarray, hu: np.ndarray, margin_px: int) -> tuple[np.ndarray, int]:
+    """Zero the probabilities outside each slice's :func:`lung_region` (grown by ``margin_px``).
+
+    Args:
+        probabilities: ``(N, H, W)`` maps.
+        hu: ``(N, H, W)`` slices in HU, the same size.
+        margin_px: see :func:`lung_region`.
+
+    Returns:
+        ``(restricted probabilities, number of slices left unrestricted because no lung was found)``.
+    """
+    probabilities = np.asarray(probabilities, np.float32)
+    if probabilities.shape != np.shape(hu):
+        raise ValueError(f"probabilities {probabilities.shape} and HU {np.shape(hu)} must have the same shape")
+    restricted, unrestricted = probabilities.copy(), 0
+    for index in range(len(probabilities)):
+        region = lung_region(hu[index], margin_px)
+        if region is None:
+            unrestricted += 1
+        else:
+            restricted[index][~region] = 0.0
+    return restricted, unrestricted
+
+
 def image_to_uint8(image: np.ndarray, intensity_range: tuple[float, float] | None = None) -> np.ndarray:
     """Scale a grey image to uint8 for the CRF's appearance kernel.
 

@@ -130,3 +130,43 @@ def test_refine_batch():
     np.testing.assert_array_equal(masks[1], single)
     with pytest.raises(ValueError, match="2 probability maps but 1 images"):
         P.refine_batch(probs, images[:1])
+
+
+def _chest(side: int = 128):
+    """A synthetic axial slice in HU: air around a soft-tissue body holding two lungs, a solid nodule attached to the
+    right lung's outer wall (it cuts a notch into the lung's air) and a soft-tissue spot in the body wall."""
+    yy, xx = np.mgrid[:side, :side]
+    hu = np.full((side, side), -1000.0)
+    hu[((yy - 64) / 50) ** 2 + ((xx - 64) / 60) ** 2 <= 1] = 40.0
+    left = ((yy - 64) / 30) ** 2 + ((xx - 40) / 18) ** 2 <= 1
+    right = ((yy - 64) / 30) ** 2 + ((xx - 88) / 18) ** 2 <= 1
+    hu[left | right] = -850.0
+    nodule = (yy - 64) ** 2 + (xx - 104) ** 2 <= 5**2  # centred on the right lung's outer edge (x = 106)
+    hu[nodule] = 30.0
+    outside = (yy - 64) ** 2 + (xx - 64) ** 2 <= 3**2  # mediastinum, between the lungs
+    outside_body_wall = (yy - 20) ** 2 + (xx - 64) ** 2 <= 3**2
+    return hu, left | right, nodule, outside_body_wall
+
+
+def test_lung_region_keeps_a_juxtapleural_nodule_and_drops_the_body_wall():
+    hu, lungs, nodule, body_wall = _chest()
+    region = P.lung_region(hu, margin_px=8)
+    assert region[lungs].all() and region[nodule].all()
+    assert not region[body_wall].any()
+    assert not region[0, :].any()  # the air around the body is not lung
+    bare = P.lung_region(hu, margin_px=0)
+    assert not bare[nodule].all(), "without a margin the solid nodule's outer half lies outside the lung air"
+
+
+def test_restricting_to_the_lungs_removes_false_positives_outside_them():
+    hu, lungs, nodule, body_wall = _chest()
+    probabilities = np.zeros((2, *hu.shape), np.float32)
+    probabilities[:, nodule] = 0.9
+    probabilities[:, body_wall] = 0.9
+    patch = np.full(hu.shape, 40.0)  # a slice without lungs (a tumour patch, a slice above the chest)
+    restricted, unrestricted = P.restrict_to_lungs(probabilities, np.stack([hu, patch]), margin_px=8)
+    assert unrestricted == 1
+    assert restricted[0][nodule].min() == pytest.approx(0.9) and restricted[0][body_wall].max() == 0.0
+    np.testing.assert_array_equal(restricted[1], probabilities[1])
+    with pytest.raises(ValueError, match="same shape"):
+        P.restrict_to_lungs(probabilities, hu[None], margin_px=6)

@@ -67,3 +67,10 @@ def test_the_real_data_benchmark_runs_and_keeps_earlier_results(tmp_path):
     assert "leave-patients-out fold C" in lidc["split"]
     markdown = (tmp_path / "out" / "real_data.md").read_text()
     assert "## lidc" in markdown and "## msd" in markdown and "| unet |" in markdown
+    assert "one seed (0)" in markdown and "Best model: unet" in markdown
+    # a second seed adds the spread over seeds; re-rendering from the JSON alone gives the same page
+    assert real_data.main([*arguments, "--sources", "msd", "--seeds", "1"]) == 0
+    markdown = (tmp_path / "out" / "real_data.md").read_text()
+    assert "(seeds 0, 1)" in markdown
+    assert real_data.main(["--out", str(tmp_path / "out"), "--render-only"]) == 0
+    assert (tmp_path / "out" / "real_data.md").read_text() == markdown

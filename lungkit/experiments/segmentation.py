@@ -317,13 +317,17 @@ class SegmentationExperiment:
         """More protocol entries of a subclass's data (none for the Lung-RADS slices)."""
         return {}
 
-    def evaluate(self, model, robustness: bool = True, notes: str = "") -> EvaluationResult:
+    def evaluate(self, model, robustness: bool = True, notes: str = "",
+                 lung_margin_px: int | None = None) -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
         Args:
             model: the trained model (the best checkpoint when :meth:`train` restored it).
             robustness: also compute paper 004's robustness to intensity variation (6 extra test passes).
             notes: free text added to the protocol.
+            lung_margin_px: keep predictions only inside each slice's lungs found from HU, grown by this many
+                pixels (:func:`lungkit.postprocess.restrict_to_lungs`); None (the default, as in the papers): no
+                restriction. Recorded in the protocol.
 
         Returns:
             An :class:`EvaluationResult`.
@@ -351,6 +355,14 @@ class SegmentationExperiment:
         else:
             predict = self._predict_fn(model)
             probabilities = predict(hu)
+        lung_restriction = "none"
+        if lung_margin_px is not None:
+            from lungkit.postprocess import restrict_to_lungs
+
+            probabilities, unrestricted = restrict_to_lungs(probabilities, hu, int(lung_margin_px))
+            lung_restriction = (f"predictions kept inside the lungs found from HU (air < -400 HU not touching the "
+                                f"border, holes filled) grown by {int(lung_margin_px)} px; {unrestricted} of "
+                                f"{len(hu)} slices without a plausible lung left unrestricted")
 
         if self.postprocess == "none":
             predicted_masks, method_used = (probabilities >= 0.5).astype(np.uint8), "none"
@@ -382,6 +394,7 @@ class SegmentationExperiment:
             "epochs": int(fit.epochs_completed) if fit is not None else self.recipe.epochs,
             "epochs_recipe": self.paper_recipe.epochs,
             "postprocess": method_used,
+            "lung_restriction": lung_restriction,
             "postprocess_paper": self.postprocess,
             "data_fingerprint": data_fingerprint(dataset_dir),
             "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,
