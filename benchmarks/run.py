@@ -2,13 +2,15 @@
 
 Usage::
 
-    python -m benchmarks.run [--quick] [--sections conversion pipeline models peer] [--out reports]
+    python -m benchmarks.run [--quick] [--sections conversion pipeline models peer training] [--out reports]
                              [--work-dir benchmarks/_work] [--threads N]
 
-(``make bench`` runs it with the defaults.) Sections run in the order conversion, models, pipeline, peer; the
+(``make bench`` runs it with the defaults.) Sections run in the order conversion, models, pipeline, peer, training; the
 pipeline's verdict needs the models' training throughput, so both are written together at the end. Every
 measurement that reports memory runs in its own child process. The JSON holds the machine, the library versions,
-the load average at the start and end of each section and every figure, including the raw samples.
+the load average at the start and end of each section and every figure, including the raw samples. A run of some
+sections only replaces those in an existing ``benchmarks.json`` and keeps the others (each section records the
+commit and time it was measured at).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from pathlib import Path
 
 from benchmarks import DEFAULT_WORK_DIR, load_average, write_json_atomic, write_text_atomic
 
-SECTIONS = ("conversion", "pipeline", "models", "peer")
-_RUN_ORDER = ("conversion", "models", "pipeline", "peer")
+SECTIONS = ("conversion", "pipeline", "models", "peer", "training")
+_RUN_ORDER = ("conversion", "models", "pipeline", "peer", "training")
 _VERSIONED = ("tensorflow", "keras", "keras-hub", "numpy", "pandas", "opencv-python-headless", "albumentations",
               "torch", "monai", "lungkit")
 
@@ -113,6 +115,10 @@ def _run_section(name: str, quick: bool, work_dir: Path, threads: int, scratch: 
         from benchmarks import models
 
         return models.run(quick, threads, scratch)
+    if name == "training":
+        from benchmarks import training_feed
+
+        return training_feed.run(quick, threads, scratch)
     from benchmarks import peer_monai
 
     return peer_monai.run(quick, threads, scratch)
@@ -211,15 +217,16 @@ def render_markdown(report: dict) -> str:
         "**Noise**: the machine is shared (other jobs run on the same cores), so figures move by tens of percent "
         "between runs. Load average (1 / 5 / 15 min) at the start and end of each section:",
         "",
-        "| section | load at start | load at end | wall time |",
-        "| --- | --- | --- | ---: |",
+        "| section | load at start | load at end | wall time | measured at |",
+        "| --- | --- | --- | ---: | --- |",
     ]
     for name in _RUN_ORDER:
         info = report["load"].get(name)
         if info:
             lines.append(
                 f"| {name} | {' / '.join(map(str, info['start']))} | {' / '.join(map(str, info['end']))} | "
-                f"{info['wall_s']:.0f} s |"
+                f"{info['wall_s']:.0f} s | {info.get('measured', {}).get('commit', '')} "
+                f"{info.get('measured', {}).get('at', '')} |"
             )
     lines.append("")
     sections = report["sections"]
@@ -231,7 +238,7 @@ def render_markdown(report: dict) -> str:
     summary = summary_lines(sections, fastest)
     if summary:
         lines += ["## Summary", ""] + summary + [""]
-    for name in ("conversion", "pipeline", "models", "peer"):
+    for name in ("conversion", "pipeline", "models", "training", "peer"):
         result = sections.get(name)
         if result is None:
             continue
@@ -252,6 +259,10 @@ def render_markdown(report: dict) -> str:
             from benchmarks import models
 
             lines.append(models.markdown(result))
+        elif name == "training":
+            from benchmarks import training_feed
+
+            lines.append(training_feed.markdown(result))
         else:
             from benchmarks import peer_monai
 
@@ -310,7 +321,19 @@ def main(argv=None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     report["wall_s"] = time.perf_counter() - started
     report["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for name in report["sections"]:
+        report["load"][name]["measured"] = {"commit": report["git_commit"], "at": report["finished_at"]}
     out = Path(arguments.out)
+    previous_path = out / "benchmarks.json"
+    if set(arguments.sections) != set(SECTIONS) and previous_path.is_file():
+        # a partial run must not erase the sections it did not measure
+        previous = json.loads(previous_path.read_text())
+        for name, result in previous.get("sections", {}).items():
+            if name not in report["sections"]:
+                report["sections"][name] = result
+                report["load"][name] = previous.get("load", {}).get(name, {})
+                report["load"][name].setdefault("measured", {"commit": previous.get("git_commit", "?"),
+                                                             "at": previous.get("finished_at", "?")})
     write_json_atomic(report, out / "benchmarks.json")
     write_text_atomic(render_markdown(report), out / "benchmarks.md")
     print(f"[bench] wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'} in {report['wall_s'] / 60:.1f} min")
