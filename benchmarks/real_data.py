@@ -64,8 +64,8 @@ TRIED = ("the profile's step budget (400 steps of 8) whatever the dataset's size
          "pixel scale with 1/3 forced onto a nodule, flips and quarter turns (nnU-Net's sampling, cut in tf.data); "
          "8-bit renderings mapped back to approximate HU per patient (lung and soft-tissue peaks) so the paper's HU "
          "window applies; checkpoints chosen on validation patches; Gaussian sliding-window inference over the whole "
-         "slice; each paper's own loss and optimiser. Not tried here: longer budgets (the paper profile), lung-region "
-         "restriction of predictions, ensembling over folds or seeds, test-time flips.")
+         "slice; each paper's own loss and optimiser; the lung restriction of predictions (scored in its own column). "
+         "Not tried here: longer budgets (the paper profile), ensembling over folds or seeds, test-time flips.")
 SIZE_BINS_PX = (0.0, 10.0, 20.0, np.inf)
 #: Margin of the optional lung restriction scored beside each result (pixels at the slices' scale).
 LUNG_MARGIN_PX = 10
@@ -287,6 +287,11 @@ def main(argv=None) -> int:
     from lungkit.evaluation import git_commit
 
     report["commit"] = git_commit(_REPOSITORY_ROOT)
+    from benchmarks.run import machine_description
+
+    machine = machine_description()
+    report["machine"] = (f"{machine['cpu_model']}, {machine['usable_cores']} cores, {machine['memory_gib']} GiB, GPU: "
+                         f"{', '.join(machine['gpus']) or 'none'}")
     jobs = []
     if "lidc" in args.sources:
         folds = prepare_lidc_folds(data_root, work_dir)
