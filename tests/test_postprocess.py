@@ -143,7 +143,6 @@ def _chest(side: int = 128):
     hu[left | right] = -850.0
     nodule = (yy - 64) ** 2 + (xx - 104) ** 2 <= 5**2  # centred on the right lung's outer edge (x = 106)
     hu[nodule] = 30.0
-    outside = (yy - 64) ** 2 + (xx - 64) ** 2 <= 3**2  # mediastinum, between the lungs
     outside_body_wall = (yy - 20) ** 2 + (xx - 64) ** 2 <= 3**2
     return hu, left | right, nodule, outside_body_wall
 
