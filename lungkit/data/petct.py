@@ -82,6 +82,7 @@ FILE_PROBLEMS = (
     "xml_unparsable",
     "xml_refused",
     "annotation_sop_missing",
+    "annotation_series_unreadable",
     "annotation_size_mismatch",
     "annotation_unsupported_modality",
     "annotation_no_boxes",
@@ -125,7 +126,7 @@ class ProblemLog:
     def add(self, kind: str, message: str) -> None:
         """Count one problem of ``kind`` (and raise it when strict and it is not a box-level one)."""
         if self.strict and kind not in BOX_PROBLEMS:
-            raise PetCtError(kind, message)
+            raise FrameOfReferenceMismatch(message) if kind == "pet_frame_mismatch" else PetCtError(kind, message)
         self.counts[kind] += 1
         kept = self.messages.setdefault(kind, [])
         if len(kept) < self.max_messages:
@@ -942,6 +943,20 @@ def _files_of(folder: str) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
 
 
+def _sop_uids(files) -> list[str]:
+    """The SOPInstanceUIDs of files whose series failed to load (best effort, to name the annotations it costs)."""
+    import pydicom
+
+    uids = []
+    for path in files:
+        try:
+            uids.append(str(pydicom.dcmread(str(path), stop_before_pixels=True,
+                                            specific_tags=["SOPInstanceUID"]).SOPInstanceUID))
+        except Exception:  # an unreadable file names no annotation; the series error is already counted
+            continue
+    return uids
+
+
 def _partner(candidates: list[DicomSeries], annotated: DicomSeries) -> DicomSeries | None:
     """The series of the other modality to pair with: same study and frame of reference; most slices first.
 
@@ -1001,11 +1016,15 @@ def iter_subject_slices(index: CollectionIndex, subject: str, problems: ProblemL
 
     series_rows = index.series[(index.series["subject"] == subject) & index.series["modality"].isin(("CT", "PT"))]
     series_list: list[DicomSeries] = []
+    unreadable: dict[str, str] = {}  # SOP uid -> why its series could not be read
     for record in series_rows.itertuples(index=False):
+        files = _files_of(record.folder)
         try:
-            series_list.append(DicomSeries.from_files(_files_of(record.folder)))
+            series_list.append(DicomSeries.from_files(files))
         except PetCtError as error:
             problems.add_error(error)
+            for sop_uid in _sop_uids(files):
+                unreadable[sop_uid] = str(error)
             continue
     where: dict[str, tuple[DicomSeries, int]] = {}
     for series in series_list:
@@ -1025,6 +1044,10 @@ def iter_subject_slices(index: CollectionIndex, subject: str, problems: ProblemL
         return result
 
     for sop_uid, annotation in parsed.items():
+        if sop_uid in unreadable:
+            problems.add("annotation_series_unreadable", f"{annotation.path}: its image {sop_uid} is in a series "
+                         f"that could not be read ({unreadable[sop_uid]}); annotation skipped")
+            continue
         if sop_uid not in where:
             problems.add("annotation_sop_missing", f"{annotation.path}: names SOPInstanceUID {sop_uid}, which no CT "
                          f"or PET file of {subject} holds; annotation skipped")
