@@ -428,6 +428,45 @@ def histology_table(dataset_dir: str | os.PathLike) -> pd.DataFrame:
     return table
 
 
+def compare_mask_methods(dataset_dir: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
+    """Per mask method: how much of the boxes it fills and how often it falls back to the filled box.
+
+    Every row's masks are recomputed from its boxes and stored channels by each method of
+    :data:`lungkit.data.petct.MASK_METHODS`; the stored mask is one of them (the dataset's ``mask_method``).
+
+    Returns:
+        One row per method: ``slices``, ``mean_fill_of_boxes`` (mask pixels / box pixels), ``fallback_slices``
+        (slices where a box fell back to the filled box: no soft tissue, or no PET) and ``dice_with_box``.
+    """
+    from lungkit.data.petct import box_mask
+
+    manifest = read_petct_manifest(dataset_dir, split)
+    stats = {method: {"fill": [], "fallback": 0, "dice": []} for method in MASK_METHODS}
+    for _, row in manifest.iterrows():
+        arrays = read_petct_row(row)
+        boxes = np.zeros(arrays["ct_hu"].shape, dtype=bool)
+        for box in arrays["boxes"]:
+            boxes |= box_mask(boxes.shape, box)
+        for method in MASK_METHODS:
+            mask, source = masks_from_boxes(arrays["boxes"], method, ct_hu=arrays["ct_hu"], pet_suv=arrays["pet_suv"])
+            stats[method]["fill"].append(mask.sum() / max(boxes.sum(), 1))
+            stats[method]["dice"].append(2 * (mask & boxes).sum() / max(mask.sum() + boxes.sum(), 1))
+            stats[method]["fallback"] += int("fallback" in source)
+    return pd.DataFrame([
+        {"method": method, "slices": len(manifest), "mean_fill_of_boxes": float(np.mean(v["fill"])) if v["fill"] else
+         float("nan"), "fallback_slices": v["fallback"],
+         "dice_with_box": float(np.mean(v["dice"])) if v["dice"] else float("nan")}
+        for method, v in stats.items()
+    ])
+
+
+def problem_table(dataset_dir: str | os.PathLike) -> pd.DataFrame:
+    """The conversion's problems (``dataset.json``): one row per kind, its count and first message."""
+    log = ProblemLog()
+    log.merge(read_petct_info(dataset_dir).get("problems", {}))
+    return log.table()
+
+
 __all__ = [
     "EXTRA_MANIFEST_COLUMNS",
     "PETCT_KIT_DIR",
@@ -435,11 +474,13 @@ __all__ = [
     "PET_DIR",
     "PET_ENCODING",
     "PET_SUV_SCALE",
+    "compare_mask_methods",
     "convert_petct_to_kit",
     "histology_table",
     "mask_source_flag",
     "png16_to_suv",
     "prepare_petct_dataset",
+    "problem_table",
     "read_petct_info",
     "read_petct_manifest",
     "read_petct_row",

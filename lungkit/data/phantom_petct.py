@@ -145,8 +145,8 @@ def _physiological_suv(hu_body, lungs, spacing, side):
     suv[lungs] = SUV_LUNG
     zz, yy, xx = np.meshgrid(np.arange(depth), np.arange(side), np.arange(side), indexing="ij")
     centre = (side - 1) / 2
-    # mediastinum: the soft tissue strip between the lungs
-    mediastinum = body & ~lungs & (np.abs(xx - centre) * spacing_x < 0.07 * side * spacing_x)
+    # mediastinum: the soft tissue between the lungs (as far front and back as the lungs reach)
+    mediastinum = body & ~lungs & (np.abs(xx - centre) < 0.07 * side) & (np.abs(yy - centre) < 0.24 * side)
     suv[mediastinum] = SUV_BLOOD
     # heart: an ellipsoid in the lower half, anterior (smaller y) and to the patient's left (larger x)
     heart_centre = (centre + 0.06 * side, centre - 0.08 * side, 0.3 * depth)
