@@ -483,3 +483,31 @@ def test_box_problems_are_counted_not_dropped(tmp_path):
     assert [b.as_tuple() for b in annotation.boxes] == [(1, 2, 10, 12), (500, 500, 511, 511)]
     assert problems.counts == {"box_unknown_label": 1, "box_unnamed": 1, "box_invalid": 1, "box_outside_image": 1}
     assert all(str(xml) in m for messages in problems.messages.values() for m in messages)
+
+
+def test_annotation_on_a_pet_image_gets_the_ct_resampled_onto_it(phantom_copy):
+    truth = read_phantom_truth(phantom_copy)
+    index = index_collection(phantom_copy)
+    subject = sorted(index.annotations["subject"].unique())[0]
+    tumour = truth[subject]["tumours"][0]
+    folder = Path(index.series[(index.series["subject"] == subject) & (index.series["modality"] == "PT")]
+                  ["folder"].iloc[0])
+    pet = DicomSeries.from_files(sorted(folder.glob("*.dcm")))
+    centre = np.asarray(tumour["centre_world_mm"])
+    position = int(np.argmin(np.abs(pet.offsets_mm - centre @ pet.direction[:, 2])))
+    header = pet.headers[position]
+    column, row = ((centre - header.position) @ pet.direction[:, :2]) / np.asarray(pet.spacing_xy)
+    column, row = int(round(column)), int(round(row))
+    from lungkit.data.phantom_petct import voc_xml
+
+    annotation_dir = phantom_copy / "Annotation" / subject.split("-")[1]
+    (annotation_dir / f"{header.sop_uid}.xml").write_text(
+        voc_xml(header.columns, header.rows, [(histology_letter(subject), column - 2, row - 2, column + 2, row + 2)]))
+    slices, problems = _all_slices(phantom_copy)
+    on_pet = [s for s in slices if s.provenance["sop_uid"] == header.sop_uid]
+    assert len(on_pet) == 1 and not problems.counts.get("annotation_sop_missing")
+    item = on_pet[0]
+    assert item.annotated_modality == "PT" and item.ct_hu.shape == item.pet_suv.shape == (header.rows, header.columns)
+    assert np.array_equal(item.pet_suv, read_pet_suv(header.path))
+    # the CT resampled onto the PET slice shows the tumour (soft tissue) at the box centre, lung around it
+    assert item.ct_hu[row, column] > -400 and item.pet_suv[row, column] > 0.5 * tumour["suv_max"]

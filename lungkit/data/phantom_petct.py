@@ -52,6 +52,8 @@ TUMOUR_DIAMETER_RANGE_MM = (12.0, 30.0)
 TUMOUR_SUVMAX_RANGE = (4.0, 12.0)
 SUV_LUNG, SUV_TISSUE, SUV_BLOOD, SUV_MYOCARDIUM = 0.35, 0.7, 1.8, 5.0
 TUMOUR_HU = 35.0
+#: Sections smaller than this many pixels get no box (a reader does not box a sliver).
+MIN_BOXED_PIXELS = 4
 HISTOLOGY_CYCLE = ("A", "G", "A", "B", "E", "A", "G", "A")
 HALF_LIFE_F18_S = 6586.2
 INJECTED_DOSE_BQ = 370e6
@@ -367,6 +369,8 @@ def write_phantom_petct(
             boxes = []
             for number_in_slice in np.unique(label[z][label[z] > 0]):
                 rows, cols = np.nonzero(label[z] == number_in_slice)
+                if len(rows) < MIN_BOXED_PIXELS:
+                    continue  # a sliver at the tumour's end: nobody draws a box around two pixels
                 boxes.append((letter, int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())))
             if boxes:
                 annotations.append((sop, boxes))
