@@ -27,7 +27,7 @@ from lungkit.data.petct import (
     check_same_frame,
     histology_letter,
     index_collection,
-    iter_subject_slices,
+    iter_collection_slices,
     mask_flag,
     masks_from_boxes,
     parse_voc_xml,
@@ -69,11 +69,8 @@ def phantom_copy(small_phantom, tmp_path) -> Path:
 
 
 def _all_slices(root, strict=False):
-    index = index_collection(root, strict=strict)
     problems = ProblemLog(strict=strict)
-    slices = [s for subject in sorted(index.annotations["subject"].unique())
-              for s in iter_subject_slices(index, subject, problems)]
-    return slices, problems
+    return list(iter_collection_slices(root, problems)), problems
 
 
 # ============================================================================== real CT + VOC sample
@@ -511,3 +508,23 @@ def test_annotation_on_a_pet_image_gets_the_ct_resampled_onto_it(phantom_copy):
     assert np.array_equal(item.pet_suv, read_pet_suv(header.path))
     # the CT resampled onto the PET slice shows the tumour (soft tissue) at the box centre, lung around it
     assert item.ct_hu[row, column] > -400 and item.pet_suv[row, column] > 0.5 * tumour["suv_max"]
+
+
+def test_partial_download_and_unannotated_broken_series_are_counted_not_fatal(phantom_copy, tmp_path):
+    index = index_collection(phantom_copy)
+    first, second = sorted(index.annotations["subject"].unique())
+    shutil.rmtree(phantom_copy / "Lung-PET-CT-Dx" / second)  # a partial download: the subject's images are absent
+    study = next((phantom_copy / "Lung-PET-CT-Dx" / first).iterdir())
+    fused = study / "4.000000-Fused-40000"
+    fused.mkdir()
+    (fused / "1-1.dcm").write_bytes(b"not DICOM at all")
+    csv = phantom_copy / "metadata.csv"
+    row = csv.read_text().splitlines()[1].split(",")
+    row[-2] = "./" + fused.relative_to(phantom_copy).as_posix()
+    row[0] = "1.2.3.999"
+    csv.write_text(csv.read_text() + ",".join(row) + "\n")
+    manifest = convert_petct_to_kit(phantom_copy, tmp_path / "kit", strict=True, progress=False)
+    counts = read_petct_info(tmp_path / "kit")["problems"]["counts"]
+    assert counts["series_folder_missing"] == 2 and counts["subject_without_images"] == 1
+    assert counts["series_unreadable_unannotated"] == 1
+    assert set(manifest["patient"]) == {first}

@@ -72,12 +72,19 @@ MAX_WALK_FILES = 400_000
 #: Relative tolerance of the slice spacing check: a series whose gaps differ by more is not one volume.
 SPACING_TOLERANCE = 0.01
 
-#: Problem kinds. Box-level ones are expected in the real collection and only counted; the others lose a whole
-#: annotation or study, and ``strict`` conversions stop at them.
+#: Problem kinds. Box-level ones and notes (a partial download, an unannotated series that cannot be read, a PET in
+#: another study) are expected in the real collection and only counted; the others lose an annotation or a study's
+#: annotations, and ``strict`` conversions stop at them.
 BOX_PROBLEMS = ("box_unnamed", "box_unknown_label", "box_invalid", "box_outside_image", "box_label_differs")
+NOTE_PROBLEMS = (
+    "series_folder_missing",
+    "subject_without_images",
+    "series_unreadable_unannotated",
+    "ct_only_pet_in_other_study",
+)
+COUNTED_ONLY = BOX_PROBLEMS + NOTE_PROBLEMS
 FILE_PROBLEMS = (
     "metadata_row_invalid",
-    "series_folder_missing",
     "annotation_folder_unknown",
     "xml_unparsable",
     "xml_refused",
@@ -113,8 +120,8 @@ class ProblemLog:
     """Counts and messages of everything skipped or refused while reading.
 
     Args:
-        strict: raise :class:`PetCtError` at the first file-level problem instead of counting it (box-level
-            problems are always only counted).
+        strict: raise :class:`PetCtError` at the first file-level problem instead of counting it (the kinds in
+            :data:`COUNTED_ONLY` are always only counted).
         max_messages: messages kept per kind (counts are always complete).
     """
 
@@ -124,8 +131,8 @@ class ProblemLog:
     messages: dict = field(default_factory=dict)
 
     def add(self, kind: str, message: str) -> None:
-        """Count one problem of ``kind`` (and raise it when strict and it is not a box-level one)."""
-        if self.strict and kind not in BOX_PROBLEMS:
+        """Count one problem of ``kind`` (and raise it when strict, unless it is in :data:`COUNTED_ONLY`)."""
+        if self.strict and kind not in COUNTED_ONLY:
             raise FrameOfReferenceMismatch(message) if kind == "pet_frame_mismatch" else PetCtError(kind, message)
         self.counts[kind] += 1
         kept = self.messages.setdefault(kind, [])
@@ -260,7 +267,7 @@ def parse_voc_xml(path: str | os.PathLike, problems: ProblemLog | None = None) -
             f"{path}: holds a declaration {snippet!r} (DOCTYPE / ENTITY); VOC files need none, refusing to parse it",
         )
     try:
-        root = ElementTree.fromstring(text)
+        root = ElementTree.fromstring(data)  # the checked bytes: expat reads the declared encoding itself
     except ElementTree.ParseError as error:
         raise PetCtError("xml_unparsable", f"{path}: not well-formed XML ({error})") from error
     if root.tag != "annotation":
@@ -357,8 +364,11 @@ def _read_dicom(path: Path, header_only: bool):
 
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=header_only)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as error:
-        raise PetCtError("series_unreadable", f"{path}: not a readable DICOM file ({error})") from error
+    except InvalidDicomError as error:
+        raise PetCtError("series_unreadable", f"{path}: not a DICOM file ({error})") from error
+    except Exception as error:  # corrupt files raise struct, type and value errors from deep inside pydicom
+        raise PetCtError("series_unreadable", f"{path}: not a readable DICOM file ({type(error).__name__}: "
+                         f"{error})") from error
 
 
 @dataclass
@@ -1015,6 +1025,10 @@ def iter_subject_slices(index: CollectionIndex, subject: str, problems: ProblemL
         return
 
     series_rows = index.series[(index.series["subject"] == subject) & index.series["modality"].isin(("CT", "PT"))]
+    if series_rows.empty:
+        problems.add("subject_without_images", f"{subject}: {len(parsed)} annotation file(s) but no CT or PET series "
+                     "of this subject in the index (not downloaded?); its annotations are skipped")
+        return
     series_list: list[DicomSeries] = []
     unreadable: dict[str, str] = {}  # SOP uid -> why its series could not be read
     for record in series_rows.itertuples(index=False):
@@ -1022,8 +1036,13 @@ def iter_subject_slices(index: CollectionIndex, subject: str, problems: ProblemL
         try:
             series_list.append(DicomSeries.from_files(files))
         except PetCtError as error:
-            problems.add_error(error)
-            for sop_uid in _sop_uids(files):
+            sop_uids = _sop_uids(files)
+            if parsed.keys() & set(sop_uids):
+                problems.add_error(error)
+            else:  # e.g. a fused or secondary-capture series nobody annotated: it costs nothing
+                problems.add("series_unreadable_unannotated", f"{record.folder}: not read, no annotated image in "
+                             f"it ({error})")
+            for sop_uid in sop_uids:
                 unreadable[sop_uid] = str(error)
             continue
     where: dict[str, tuple[DicomSeries, int]] = {}
@@ -1076,6 +1095,9 @@ def iter_subject_slices(index: CollectionIndex, subject: str, problems: ProblemL
             }
             if series.modality == "CT":
                 ct_hu, pet_suv, coverage = own, None, None
+                if partner is None and any(s.modality == "PT" for s in series_list):
+                    problems.add("ct_only_pet_in_other_study", f"{annotation.path}: {subject} has PET only in "
+                                 "another study (another day, another frame of reference); this slice is CT-only")
                 if partner is not None:
                     pet_volume = volume_of(partner)
                     pet_suv = resample_onto_slice(pet_volume, series, position, default_value=0.0)
@@ -1103,6 +1125,28 @@ def iter_subject_slices(index: CollectionIndex, subject: str, problems: ProblemL
             pixel_spacing_mm=series.spacing_xy,
             provenance=provenance,
         )
+
+
+def iter_collection_slices(
+    root: str | os.PathLike,
+    problems: ProblemLog | None = None,
+    annotation_dir: str | os.PathLike | None = None,
+) -> Iterator[PetCtSlice]:
+    """Every annotated slice of a Lung-PET-CT-Dx folder, subject by subject (sorted).
+
+    Args:
+        root: the collection folder.
+        problems: collects index- and slice-level problems (a fresh, lenient log when None).
+        annotation_dir: the ``Annotation`` folder when not ``<root>/Annotation``.
+
+    Yields:
+        :class:`PetCtSlice`, see :func:`iter_subject_slices`.
+    """
+    problems = problems if problems is not None else ProblemLog()
+    index = index_collection(root, annotation_dir=annotation_dir, strict=problems.strict)
+    problems.merge(index.problems)
+    for subject in sorted(index.annotations["subject"].unique()):
+        yield from iter_subject_slices(index, subject, problems)
 
 
 def _suv_provenance(pet: DicomSeries) -> dict:
@@ -1236,6 +1280,8 @@ def masks_from_boxes(
 
 __all__ = [
     "BOX_PROBLEMS",
+    "COUNTED_ONLY",
+    "NOTE_PROBLEMS",
     "Box",
     "CollectionIndex",
     "DEFAULT_MASK_METHOD",
@@ -1257,6 +1303,7 @@ __all__ = [
     "format_boxes",
     "histology_letter",
     "index_collection",
+    "iter_collection_slices",
     "iter_subject_slices",
     "mask_flag",
     "masks_from_boxes",

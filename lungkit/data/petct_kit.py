@@ -392,7 +392,10 @@ def read_petct_info(dataset_dir: str | os.PathLike) -> dict:
 def mask_source_flag(dataset_dir: str | os.PathLike) -> str:
     """``MASKS FROM BOXES (<method>): ...`` for a Lung-PET-CT-Dx kit dataset (every result on it carries this),
     ``""`` for datasets whose masks are not derived from boxes."""
-    info = read_petct_info(dataset_dir)
+    try:
+        info = read_petct_info(dataset_dir)
+    except (OSError, ValueError):  # no dataset.json: not a Lung-PET-CT-Dx kit dataset
+        return ""
     method = info.get("mask_method")
     return mask_flag(method) if method in MASK_METHODS else ""
 
