@@ -528,3 +528,53 @@ def test_partial_download_and_unannotated_broken_series_are_counted_not_fatal(ph
     assert counts["series_folder_missing"] == 2 and counts["subject_without_images"] == 1
     assert counts["series_unreadable_unannotated"] == 1
     assert set(manifest["patient"]) == {first}
+
+
+def test_real_pet_slice_resampled_onto_a_finer_ct_grid():
+    """The real PET file's geometry tags (position, orientation, spacing order) carry it onto a CT-like grid."""
+    from lungkit.data.petct import SliceHeader, read_slice_header
+    from lungkit.data.volumes import Volume
+
+    path = _pet_file("pet_1.dcm")
+    header = read_slice_header(path)
+    suv = read_pet_suv(path)
+    pet = DicomSeries.from_files([path])
+    volume = Volume(suv[None], (*pet.spacing_xy, 5.0), tuple(header.position), pet.direction)
+    # a 2x finer grid on the same plane, its first pixel on the PET's first pixel: every other pixel is a PET centre
+    fine = SliceHeader(path=Path("ct.dcm"), sop_uid="1", modality="CT", series_uid="1", study_uid="1", subject="s",
+                       frame_of_reference_uid=header.frame_of_reference_uid, position=header.position,
+                       orientation=header.orientation,
+                       pixel_spacing=(header.pixel_spacing[0] / 2, header.pixel_spacing[1] / 2),
+                       rows=2 * header.rows - 1, columns=2 * header.columns - 1, instance_number=1)
+    target = DicomSeries(modality="CT", series_uid="1", study_uid="1", subject="s",
+                         frame_of_reference_uid=header.frame_of_reference_uid, headers=[fine],
+                         direction=pet.direction, spacing_xy=(pet.spacing_xy[0] / 2, pet.spacing_xy[1] / 2),
+                         offsets_mm=np.zeros(1))
+    on_ct = resample_onto_slice(volume, target, 0, default_value=-1.0)
+    np.testing.assert_allclose(on_ct[::2, ::2], suv, rtol=1e-5, atol=1e-5)
+    # in between, linear interpolation of the two neighbours along a row
+    np.testing.assert_allclose(on_ct[::2, 1::2], (suv[:, :-1] + suv[:, 1:]) / 2, rtol=1e-4, atol=1e-4)
+
+
+def test_walk_is_bounded(phantom_copy):
+    (phantom_copy / "metadata.csv").unlink()
+    with pytest.raises(PetCtError, match="more than 5 DICOM files and no metadata.csv"):
+        index_collection(phantom_copy, max_files=5)
+
+
+def test_xml_size_differing_from_the_image_is_counted(phantom_copy):
+    xml = sorted(_first_subject_annotation_dir(phantom_copy).glob("*.xml"))[0]
+    xml.write_text(xml.read_text().replace("<width>64</width>", "<width>512</width>"))
+    slices, problems = _all_slices(phantom_copy)
+    assert problems.counts["annotation_size_mismatch"] == 1 and str(xml) in problems.messages[
+        "annotation_size_mismatch"][0]
+    assert xml.stem not in {s.provenance["sop_uid"] for s in slices}
+
+
+def test_phantom_is_seeded(tmp_path):
+    first = write_phantom_petct(tmp_path / "a", "smoke", n_subjects=1, side=48, slices=10, seed=3)
+    second = write_phantom_petct(tmp_path / "b", "smoke", n_subjects=1, side=48, slices=10, seed=3)
+    files_a = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert files_a == files_b
+    assert all((first / p).read_bytes() == (second / p).read_bytes() for p in files_a)

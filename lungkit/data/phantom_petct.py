@@ -25,6 +25,7 @@ cycle through the histologies A, G, A, B, E, ...; every value is seeded (same se
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -71,9 +72,10 @@ PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 
 
 def _uid(seed: int, *parts) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(prefix=None, entropy_srcs=["lungkit-phantom-petct", str(seed), *map(str, parts)])
+    """A seeded UID under 2.25 (the UUID-derived root): a 128-bit hash of the seed and the parts, so the same seed
+    gives the same UIDs (pydicom's ``generate_uid`` is random under 2.25)."""
+    text = "/".join(["lungkit-phantom-petct", str(seed), *map(str, parts)])
+    return "2.25." + str(int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "big"))
 
 
 def _replaceable(root: Path) -> bool:
