@@ -267,7 +267,9 @@ def parse_voc_xml(path: str | os.PathLike, problems: ProblemLog | None = None) -
             f"{path}: holds a declaration {snippet!r} (DOCTYPE / ENTITY); VOC files need none, refusing to parse it",
         )
     try:
-        root = ElementTree.fromstring(data)  # the checked bytes: expat reads the declared encoding itself
+        # parse the checked text, not the bytes: a str is fed to expat as UTF-8 whatever encoding the file declares,
+        # so the parser sees exactly the characters the declaration check saw
+        root = ElementTree.fromstring(text)
     except ElementTree.ParseError as error:
         raise PetCtError("xml_unparsable", f"{path}: not well-formed XML ({error})") from error
     if root.tag != "annotation":
