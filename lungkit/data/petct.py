@@ -590,6 +590,11 @@ def read_ct_hu(path: str | os.PathLike) -> np.ndarray:
 class DicomSeries:
     """One DICOM series as a stack of slices sorted along the slice normal.
 
+    Why not SimpleITK's ``ImageSeriesReader`` (GDCM sorts by geometry too): the reader must know each image's
+    SOPInstanceUID (annotations name images by it), read only the annotated CT slice rather than the whole volume,
+    apply each PET file's own RescaleSlope and the SUV factor from its tags, and say which file breaks a series
+    (mixed orientations, sizes, duplicate positions, gaps). SimpleITK then does the geometry-aware resampling.
+
     Attributes:
         modality: ``CT`` or ``PT`` (or what the files say).
         series_uid, study_uid, subject, frame_of_reference_uid: identity.
