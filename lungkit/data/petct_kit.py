@@ -265,7 +265,7 @@ def convert_petct_to_kit(
         metadata: extra provenance for ``dataset.json`` (data source, profile, phantom marker).
 
     Returns:
-        The manifest as read back by :func:`~lungkit.data.kit_dataset.read_manifest` (absolute paths).
+        The manifest as read back by :func:`read_petct_manifest` (absolute paths, ``pet_path`` included).
 
     Raises:
         ValueError: for an unknown mask method, or when no annotated slice could be read (with the problem counts).
@@ -277,7 +277,7 @@ def convert_petct_to_kit(
         raise ValueError(f"unknown mask method {mask_method!r}; expected one of {MASK_METHODS}")
     root, out_dir = Path(root).expanduser(), Path(out_dir)
     if kit_dataset.is_complete(out_dir) and not overwrite:
-        return kit_dataset.read_manifest(out_dir)
+        return read_petct_manifest(out_dir)
     index = index_collection(root, annotation_dir=annotation_dir, strict=strict)
     staging = staging_dir(out_dir)
     _prepare_staging(staging, _request(root, annotation_dir, mask_method, seed, test_fraction, val_fraction))
@@ -330,7 +330,7 @@ def convert_petct_to_kit(
     write_text_atomic(staging / DATASET_INFO_NAME, json.dumps(info, indent=2, default=str))
     write_text_atomic(staging / kit_dataset.COMPLETE_MARKER, "")
     move_into_place(staging, out_dir, overwrite)
-    return kit_dataset.read_manifest(out_dir)
+    return read_petct_manifest(out_dir)
 
 
 def prepare_petct_dataset(
