@@ -34,6 +34,7 @@ import pandas as pd
 from lungkit.data import kit_dataset
 from lungkit.data.export import (
     DATASET_INFO_NAME,
+    HU_ROUNDING_RULE,
     move_into_place,
     read_hu_png,
     read_png,
@@ -164,7 +165,9 @@ def _convert_subject(index, subject: str, staging: Path, mask_method: str, stric
     """Write one subject's slices into the staging folder; returns its rows and problem log (as a dict)."""
     problems = ProblemLog(strict=strict)
     rows = []
+    max_rounding = 0.0  # CT HU are integers, except CT resampled onto an annotated PET image
     for item in iter_subject_slices(index, subject, problems):
+        max_rounding = max(max_rounding, float(np.abs(np.rint(item.ct_hu) - item.ct_hu).max(initial=0.0)))
         provenance = item.provenance
         slice_id = f"{subject}_{provenance['sop_uid'].replace('.', '-')}"
         paths = {
@@ -226,7 +229,7 @@ def _convert_subject(index, subject: str, staging: Path, mask_method: str, stric
             "pet_series_uid": provenance["partner_series_uid"] if item.pet_suv is not None else "",
             "suv_decay_factor": provenance.get("suv", {}).get("decay_factor", float("nan")),
         })
-    return {"subject": subject, "rows": rows, "problems": problems.as_dict()}
+    return {"subject": subject, "rows": rows, "problems": problems.as_dict(), "max_hu_rounding": max_rounding}
 
 
 def convert_petct_to_kit(
@@ -285,6 +288,7 @@ def convert_petct_to_kit(
     problems.merge(index.problems)
     subjects = sorted(index.annotations["subject"].unique())
     rows = []
+    max_rounding = 0.0
     for subject in progress_bar(subjects, desc="Lung-PET-CT-Dx subjects", unit="subject", disable=not progress):
         record_path = staging / _SUBJECTS_DIR / f"{subject}.json"
         record = None
@@ -297,6 +301,7 @@ def convert_petct_to_kit(
             record = _convert_subject(index, subject, staging, mask_method, strict)
             write_text_atomic(record_path, json.dumps(record, default=float))
         rows.extend(record["rows"])
+        max_rounding = max(max_rounding, float(record.get("max_hu_rounding", 0.0)))
         problems.merge(record["problems"])
     if not rows:
         raise ValueError(f"{root}: no annotated slice could be read from {len(subjects)} annotated subject(s); "
@@ -317,7 +322,7 @@ def convert_petct_to_kit(
                         "slices_with_pet": int(manifest["has_pet"].sum()),
                         "slices_ct_only": int((manifest["has_pet"] == 0).sum()),
                         "clipped_px": int(manifest["pet_clipped_px"].sum())},
-        "hu_rounding": {"rule": "nearest 1 HU (CT stores integer HU)"},
+        "hu_rounding": {"rule": HU_ROUNDING_RULE, "rounded": max_rounding > 0, "max_abs_error_hu": max_rounding},
         "n_slices": int(len(manifest)),
         "n_subjects": int(manifest["patient"].nunique()),
         "histology_counts": {k: int(v) for k, v in manifest.groupby("histology")["patient"].nunique().items()},
