@@ -578,3 +578,13 @@ def test_phantom_is_seeded(tmp_path):
     files_b = sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     assert files_a == files_b
     assert all((first / p).read_bytes() == (second / p).read_bytes() for p in files_a)
+
+
+def test_metadata_written_on_windows_is_read(phantom_copy):
+    csv = phantom_copy / "metadata.csv"
+    with_slashes, _ = _all_slices(phantom_copy)
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0]] + [line.replace("/", "\\") for line in lines[1:]]) + "\n")
+    with_backslashes, problems = _all_slices(phantom_copy)
+    assert not problems.counts.get("series_folder_missing")
+    assert [s.provenance["sop_uid"] for s in with_backslashes] == [s.provenance["sop_uid"] for s in with_slashes]

@@ -815,7 +815,8 @@ def _series_from_metadata(root: Path, csv_path: Path, problems: ProblemLog) -> p
     rows = []
     for row_number, record in table.iterrows():
         where = f"{csv_path}: row {row_number} (line {row_number + 2})"
-        location = record["File Location"].strip()
+        # the NBIA retriever writes '.\\Lung-PET-CT-Dx\\...' on Windows and './Lung-PET-CT-Dx/...' elsewhere
+        location = record["File Location"].strip().replace("\\", "/")
         if not location or not record["Series UID"].strip():
             problems.add("metadata_row_invalid", f"{where}: empty 'File Location' or 'Series UID'")
             continue
