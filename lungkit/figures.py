@@ -279,6 +279,77 @@ def plot_attention_maps(experiment: SegmentationExperiment, model, evaluation: E
     return figure
 
 
+# ============================================================================ PET/CT (paper 000, Lung-PET-CT-Dx)
+
+
+def plot_petct_examples(dataset_dir: str | Path, n: int = 3, seed: int = 0, suv_max: float = 8.0):
+    """Annotated PET/CT slices: CT, PET, fused, and the masks each method derives from the boxes.
+
+    One row per slice (drawn seeded, one per histology first, slices with PET preferred). Columns: CT in a lung
+    window with the boxes (yellow); PET SUV (0 to ``suv_max``, black where the study is CT-only); CT with PET
+    overlaid where SUV > 1 (fused); a zoom on the first box with the outline of every mask method (box yellow,
+    ``box_ct_threshold`` green, ``box_pet_threshold`` red).
+
+    Args:
+        dataset_dir: a Lung-PET-CT-Dx kit dataset (:func:`lungkit.data.petct_kit.prepare_petct_dataset`).
+        n: slices to show.
+        seed: which slices.
+        suv_max: top of the PET colour scale.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from lungkit.data.luna16_kit import lung_window
+    from lungkit.data.petct import masks_from_boxes
+    from lungkit.data.petct_kit import read_petct_manifest, read_petct_row
+
+    manifest = read_petct_manifest(dataset_dir)
+    rng = np.random.default_rng(seed)
+    order = manifest.iloc[rng.permutation(len(manifest))]
+    order = order.sort_values("has_pet", ascending=False, kind="stable")
+    picks = list(order.drop_duplicates("histology").index)[:n]
+    picks += [i for i in order.index if i not in picks][: n - len(picks)]
+    colours = {"box": "yellow", "box_ct_threshold": "lime", "box_pet_threshold": "red"}
+    figure, axes = plt.subplots(len(picks), 4, figsize=(13, 3.3 * len(picks)), squeeze=False)
+    for axis_row, index in zip(axes, picks):
+        row = manifest.loc[index]
+        arrays = read_petct_row(row)
+        ct, pet, boxes = arrays["ct_hu"], arrays["pet_suv"], arrays["boxes"]
+        shown_pet = pet if pet is not None else np.zeros_like(ct)
+        axis_row[0].imshow(lung_window(ct), cmap="gray", vmin=0, vmax=1)
+        axis_row[1].imshow(shown_pet, cmap="inferno", vmin=0, vmax=suv_max)
+        axis_row[2].imshow(lung_window(ct), cmap="gray", vmin=0, vmax=1)
+        axis_row[2].imshow(np.ma.masked_less(shown_pet, 1.0), cmap="inferno", vmin=0, vmax=suv_max, alpha=0.55)
+        for axis in axis_row[:3]:
+            for xmin, ymin, xmax, ymax in boxes:
+                axis.add_patch(Rectangle((xmin - 0.5, ymin - 0.5), xmax - xmin + 1, ymax - ymin + 1, fill=False,
+                                         edgecolor="yellow", linewidth=1.0))
+        xmin, ymin, xmax, ymax = boxes[0]
+        margin = max(8, (xmax - xmin) // 2, (ymax - ymin) // 2)
+        ys = slice(max(ymin - margin, 0), min(ymax + margin + 1, ct.shape[0]))
+        xs = slice(max(xmin - margin, 0), min(xmax + margin + 1, ct.shape[1]))
+        axis_row[3].imshow(lung_window(ct[ys, xs]), cmap="gray", vmin=0, vmax=1)
+        for method, colour in colours.items():
+            mask, source = masks_from_boxes(boxes, method, ct_hu=ct, pet_suv=pet)
+            if mask[ys, xs].any():
+                axis_row[3].contour(mask[ys, xs], levels=[0.5], colors=colour, linewidths=1.1,
+                                    linestyles="dashed" if "fallback" in source else "solid")
+        pet_text = f"PET SUVmax in box {row['pet_suv_max']:.1f}" if pet is not None else "CT-only study (no PET)"
+        axis_row[0].set_ylabel(f"{row['patient']} ({row['histology']}: {row['histology_name']})\n{pet_text}",
+                               fontsize=8)
+        for axis in axis_row:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    for axis, title in zip(axes[0], ("CT, boxes", f"PET SUV 0-{suv_max:g}", "fused (SUV > 1)",
+                                     "masks: box / CT threshold / PET threshold")):
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 # ============================================================================ prompted segmentation (paper 003, LUNA16)
 
 
@@ -616,6 +687,7 @@ __all__ = [
     "plot_crop_augmentation_preview",
     "plot_crop_examples",
     "plot_examples_per_class",
+    "plot_petct_examples",
     "plot_prediction_gallery",
     "plot_predictions",
     "plot_prompt_examples",

@@ -6,6 +6,7 @@ Every source (Lung-RADS pickles, the phantom, LUNA16 / NRRD / NIfTI volumes, Lun
         images/<id>.png      16-bit grey PNG: stored = HU + HU_OFFSET (lossless for integer HU in [-32768, 32767])
         masks/<id>.png       8-bit grey PNG, tumour mask as 0 / 255
         lungs/<id>.png       8-bit grey PNG, lung mask as 0 / 255 (where the source has one, else all 255)
+        pet/<id>.png         Lung-PET-CT-Dx only: 16-bit PET channel, round(SUVbw * 1000) (see lungkit.data.petct_kit)
         manifest.csv         one row per slice, columns ``MANIFEST_COLUMNS`` (extra columns allowed)
         COMPLETE             written last; a folder without it is an unfinished conversion
 
