@@ -182,6 +182,14 @@ def test_pet_with_inconsistent_tags_is_refused(tmp_path):
         read_pet_suv(tmp_path / "counts.dcm")
 
 
+def test_an_image_claiming_a_huge_size_is_refused_before_decoding(tmp_path):
+    dataset = pydicom.dcmread(_pet_file("pet_1.dcm"))
+    dataset.Rows, dataset.Columns = 60000, 60000  # a decoder would allocate 7 GB for this claim
+    dataset.save_as(tmp_path / "huge.dcm")
+    with pytest.raises(PetCtError, match=r"huge\.dcm: image tags .*at most 4096 x 4096"):
+        read_pet_suv(tmp_path / "huge.dcm")
+
+
 # ============================================================================== phantom: geometry, PET on CT
 
 

@@ -64,6 +64,8 @@ METADATA_COLUMNS = ("Series UID", "Subject ID", "Study UID", "Modality", "File L
 
 #: A VOC file of this collection is about 600 bytes; anything beyond this cap is not an annotation.
 MAX_XML_BYTES = 256 * 1024
+#: Largest image side decoded (CT is 512, PET about 200; a larger claim is a mistake or a hostile file).
+MAX_SLICE_SIDE = 4096
 #: The DICOM walk (used without metadata.csv) goes at most this deep below the root ...
 MAX_WALK_DEPTH = 6
 #: ... and reads at most this many files (the collection has about 250,000).
@@ -561,6 +563,16 @@ def read_pet_suv(path: str | os.PathLike) -> np.ndarray:
 def _rescaled_pixels(dataset, path: Path, kind: str) -> np.ndarray:
     slope = _require_number(dataset, "RescaleSlope", path, kind)
     intercept = _require_number(dataset, "RescaleIntercept", path, kind)
+    # checked before decoding: a compressed PixelData can claim any size, and decoding it would allocate that much
+    declared = {keyword: dataset.get(keyword) for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel")}
+    try:
+        too_large = (int(declared["Rows"] or 0) > MAX_SLICE_SIDE or int(declared["Columns"] or 0) > MAX_SLICE_SIDE
+                     or int(declared["NumberOfFrames"] or 1) != 1 or int(declared["SamplesPerPixel"] or 1) != 1)
+    except (TypeError, ValueError):
+        too_large = True
+    if too_large:
+        raise PetCtError(kind, f"{path}: image tags {declared}; expected one single-sample frame of at most "
+                         f"{MAX_SLICE_SIDE} x {MAX_SLICE_SIDE} pixels")
     try:
         stored = dataset.pixel_array
     except Exception as error:  # pydicom raises many types for missing handlers / corrupt data
