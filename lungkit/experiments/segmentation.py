@@ -278,8 +278,7 @@ class SegmentationExperiment:
     def predict_images(self, model, images: np.ndarray, overlap: float | None = None) -> np.ndarray:
         """Model-ready slices (N, H, W, C) -> probabilities (N, H, W): by sliding window of the patch size under
         patch training (Gaussian-weighted, half-overlapping windows), else one pass."""
-        from lungkit.inference import DEFAULT_OVERLAP, sliding_window_predict
-        from lungkit.training import predict_probabilities
+        from lungkit.inference import DEFAULT_OVERLAP, predict_probabilities, sliding_window_predict
 
         if self.recipe.patch_size:
             return sliding_window_predict(
