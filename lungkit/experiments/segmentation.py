@@ -429,9 +429,11 @@ class SegmentationExperiment:
         )
         from lungkit.evaluation import load_summary
 
+        summary = load_summary(summary_path)
+        self.save_model_card(model, summary)
         return EvaluationResult(
             per_image=per_image,
-            summary=load_summary(summary_path),
+            summary=summary,
             summary_path=summary_path,
             postprocess=method_used,
             hu=hu,
@@ -440,6 +442,47 @@ class SegmentationExperiment:
             probabilities=probabilities,
             predicted_masks=predicted_masks,
         )
+
+
+    def save_model_card(self, model, summary: dict) -> Path:
+        """Save ``model.keras`` and ``model_card.json`` in :attr:`model_dir`: the evaluated model with what
+        ``lungkit predict`` needs to apply it (slice size, window, preprocessing, threshold) and what its numbers
+        mean (this result's protocol line and test metrics).
+
+        Args:
+            model: the model that was evaluated.
+            summary: the result's ``summary.json`` as loaded by :func:`lungkit.evaluation.load_summary`.
+
+        Returns:
+            The card's path.
+        """
+        from lungkit.model_card import make_card, save_model_with_card
+        from lungkit.reports import protocol_line
+
+        protocol = summary.get("protocol", {})
+        metrics = {name: block.get("mean") if isinstance(block, dict) else block
+                   for name, block in summary.get("metrics", {}).items()}
+        card = make_card(
+            architecture=self.recipe.model,
+            scale=self.recipe.model_scale or "paper",
+            slice_size=self.recipe.image_size,
+            channels=self.recipe.input_channels,
+            preprocessing=self.recipe.preprocessing,
+            window=self.recipe.patch_size,
+            from_logits=self.recipe.from_logits,
+            threshold=0.5,  # evaluate() scores probabilities >= 0.5 (before any CRF-style refinement)
+            postprocessing=protocol.get("postprocess", "none"),
+            postprocessing_paper=self.postprocess,
+            lung_restriction=protocol.get("lung_restriction", "none"),
+            data_source=protocol.get("data_source", "unknown"),
+            data_fingerprint=protocol.get("data_fingerprint"),
+            split=protocol.get("split", ""),
+            protocol_line=protocol_line(summary),
+            test_metrics=metrics,
+            paper=self.paper_id,
+            result_key=self.result_key,
+        )
+        return save_model_with_card(model, self.model_dir, card)
 
 
 def load_predictions(run_dir: str | Path, paper_id: str, result_key: str) -> dict:
