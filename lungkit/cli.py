@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser, reproduce = _parsers()
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return _predict(args, parser)
     from lungkit import runner
 
     notebooks_dir = Path(args.notebooks_dir) if args.notebooks_dir else runner.DEFAULT_NOTEBOOKS_DIR
@@ -115,8 +117,6 @@ def main(argv: list[str] | None = None) -> int:
         for notebook in runner.discover_notebooks(notebooks_dir):
             print(notebook.name)
         return 0
-    if args.command == "predict":
-        return _predict(args, parser)
     return 2
 
 
