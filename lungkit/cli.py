@@ -76,6 +76,14 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                          help="threshold only, even when the card's result used a CRF-style refinement")
     predict.add_argument("--flips", action="store_true", help="test-time flips (off in every reported result)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    export = commands.add_parser(
+        "export", help="export a trained model as a TensorFlow SavedModel or TFLite file, checked against Keras",
+    )
+    export.add_argument("model_dir", metavar="MODEL_DIR", help="folder with model.keras and model_card.json")
+    export.add_argument("--format", required=True, choices=("savedmodel", "tflite"))
+    export.add_argument("--out", default=None, help="export folder (default: MODEL_DIR/export_<format>)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     return parser, reproduce
 
 
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _predict(args, parser)
+    if args.command == "export":
+        return _export(args)
     from lungkit import runner
 
     notebooks_dir = Path(args.notebooks_dir) if args.notebooks_dir else runner.DEFAULT_NOTEBOOKS_DIR
@@ -139,6 +149,21 @@ def _predict(args, parser: argparse.ArgumentParser) -> int:
         print(f"lungkit predict: error: {error}", file=sys.stderr)
         return 2
     print(f"{len(args.inputs)} input(s), {len(table)} tumour component(s); masks, overlays and tumours.csv in {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    """Run ``lungkit export``; a refused model, format or folder, or a failed check, is one line and exit code 2."""
+    from lungkit.model_card import ModelCardError
+    from lungkit.serving import ExportError, export_model
+
+    try:
+        block = export_model(args.model_dir, args.format, out=args.out, overwrite=args.overwrite)
+    except (ModelCardError, ExportError, FileExistsError, ValueError) as error:
+        print(f"lungkit export: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{block['format']} export in {block['path']}: probabilities within {block['max_abs_difference']:.2g} of "
+          f"Keras on the check input (tolerance {block['tolerance']:g})")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -427,3 +428,52 @@ def test_unknown_input_kind_names_the_file(model_dir, tmp_path):
     with pytest.raises(PredictInputError, match=r"scan.dcm: a single DICOM file; pass the folder of its series"):
         predict(model_dir, [odd], tmp_path / "out", progress=False)
     assert nothing_written(tmp_path / "out")
+
+
+# -- export ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("export_format", ["savedmodel", "tflite"])
+def test_export_matches_keras_within_the_stated_tolerance(model_dir, tmp_path, capsys, export_format):
+    from lungkit.serving import TOLERANCES, check_input
+
+    out = tmp_path / f"export_{export_format}"
+    assert cli.main(["export", str(model_dir), "--format", export_format, "--out", str(out)]) == 0
+    card = json.loads((out / CARD_FILE).read_text())
+    block = card["export"]
+    assert block["format"] == export_format and block["tolerance"] == TOLERANCES[export_format]
+    assert 0.0 <= block["max_abs_difference"] <= block["tolerance"]
+    model, _ = load_model_with_card(model_dir)
+    inputs = check_input(card)
+    expected = model.predict(inputs, verbose=0)
+    if export_format == "savedmodel":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(out))  # keep a reference: its variables die with the object
+        exported = loaded.serve(tf.constant(inputs)).numpy()
+    else:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice in favour of ai_edge_litert
+            interpreter = tf.lite.Interpreter(model_path=str(out / "model.tflite"))
+        entry = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(entry["index"], inputs.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(entry["index"], inputs)
+        interpreter.invoke()
+        exported = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(exported, expected, atol=TOLERANCES[export_format], rtol=0)
+    # a second export into the same folder is refused, and leaves the first untouched
+    assert cli.main(["export", str(model_dir), "--format", export_format, "--out", str(out)]) == 2
+    assert "export folder exists" in capsys.readouterr().err
+    assert json.loads((out / CARD_FILE).read_text()) == card
+
+
+def test_export_refuses_a_model_without_card(model_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(model_dir / MODEL_FILE, bare / MODEL_FILE)
+    assert cli.main(["export", str(bare), "--format", "savedmodel"]) == 2
+    assert "a model without its card" in capsys.readouterr().err
+    assert sorted(path.name for path in bare.iterdir()) == [MODEL_FILE]
