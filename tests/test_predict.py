@@ -477,3 +477,29 @@ def test_export_refuses_a_model_without_card(model_dir, tmp_path, capsys):
     assert cli.main(["export", str(bare), "--format", "savedmodel"]) == 2
     assert "a model without its card" in capsys.readouterr().err
     assert sorted(path.name for path in bare.iterdir()) == [MODEL_FILE]
+
+
+def _round_trip(architecture, tmp_path):
+    from lungkit.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(architecture, "tiny")
+    side, channels = model.input_shape[1], model.input_shape[-1]
+    card = make_card(architecture=architecture, scale="tiny", slice_size=side, channels=channels,
+                     preprocessing="hu_window_unit", from_logits=model.layers[-1].activation is keras.activations.linear
+                     if hasattr(model.layers[-1], "activation") else False)
+    save_model_with_card(model, tmp_path / architecture, card)
+    loaded, _ = load_model_with_card(tmp_path / architecture)
+    inputs = np.random.default_rng(0).uniform(size=(2, side, side, channels)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["unet", "attention_unet", "swin_unet", "unetr"])
+def test_every_segmentation_model_reloads_from_its_card(architecture, tmp_path):
+    # SegmentationExperiment.evaluate saves every model it scores: each architecture must survive the round trip
+    _round_trip(architecture, tmp_path)
+
+
+@pytest.mark.slow
+def test_resnet50_unet_reloads_from_its_card(tmp_path):
+    _round_trip("resnet50_unet", tmp_path)  # the full ResNet50 encoder even at tiny scale: ~95 MB on disk
