@@ -177,8 +177,13 @@ def read_dicom_series(folder: str | Path):
     folder = Path(folder)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
+        from lungkit.data.slices import SLICE_SUFFIXES
+
         below = sorted({str(path.parent) for path in folder.rglob("*.dcm")})[:5]
-        hint = f"; DICOM files lie in subfolders, pass one series folder, e.g. {below[0]}" if below else ""
+        slices_below = next((path.parent for path in folder.rglob("*") if path.suffix.lower() in SLICE_SUFFIXES), None)
+        hint = (f"; DICOM files lie in subfolders, pass one series folder, e.g. {below[0]}" if below
+                else f"; slice files lie in subfolders, pass one folder of slices, e.g. {slices_below}"
+                if slices_below else "")
         count = sum(1 for child in folder.iterdir() if child.is_file())
         raise PredictInputError(f"{folder}: no DICOM series found ({count} file(s), none a DICOM image){hint}")
     if len(series_ids) > 1:
