@@ -503,3 +503,24 @@ def test_every_segmentation_model_reloads_from_its_card(architecture, tmp_path):
 @pytest.mark.slow
 def test_resnet50_unet_reloads_from_its_card(tmp_path):
     _round_trip("resnet50_unet", tmp_path)  # the full ResNet50 encoder even at tiny scale: ~95 MB on disk
+
+
+# -- DICOM series written by the kit (no sample needed) ----------------------------------------------------------
+
+
+def test_written_dicom_series_reads_back_and_a_gap_is_refused(model_dir, tmp_path, capsys):
+    from lungkit.data.volumes import Volume, write_dicom_series
+    from lungkit.predict import read_dicom_series
+
+    rng = np.random.default_rng(4)
+    volume = Volume(rng.integers(-1000, 400, size=(5, 24, 32)).astype(np.int16), spacing=(0.75, 0.8, 2.5),
+                    origin=(120.5, -80.25, -300.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    series = write_dicom_series(volume, tmp_path / "series")
+    back = read_dicom_series(series)
+    np.testing.assert_array_equal(back.array, volume.array)
+    np.testing.assert_allclose(back.spacing, volume.spacing)
+    np.testing.assert_allclose(back.origin, volume.origin)
+    np.testing.assert_allclose(back.direction, volume.direction)
+
+    (series / "slice0002.dcm").unlink()  # a missing slice: the mask's regular grid would misplace the rest
+    refused(capsys, [model_dir, series], tmp_path / "out", "slices are not evenly spaced along their normal")
