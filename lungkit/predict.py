@@ -164,6 +164,50 @@ def check_axial_geometry(volume, source: str | Path) -> None:
         )
 
 
+def canonical_axial_view(direction) -> tuple:
+    """How to show a volume's axial slices the way the training slices were stored, and how to undo it.
+
+    The kit's training slices (Lung-RADS pickles, DICOM, LUNA16) are stored with the column index running to the
+    patient's left and the row index to the posterior (DICOM's LPS with an identity in-plane direction). A NIfTI
+    written by a RAS tool, or any volume with flipped or swapped in-plane axes, holds the same slice mirrored or
+    turned; a 2-D model would see it so. This finds the transpose and flips that bring the in-plane axes to +x
+    (left) and +y (posterior).
+
+    Args:
+        direction: the volume's 3x3 direction matrix (orthogonal, axial: see :func:`check_axial_geometry`).
+
+    Returns:
+        ``(to_canonical, from_canonical, description)``: two functions of a ``(N, H, W)`` stack and a note (empty
+        when the volume is stored canonically already).
+    """
+    in_plane = np.asarray(direction, np.float64)[:2, :2]
+    transpose = abs(in_plane[0, 0]) < abs(in_plane[1, 0])  # the column axis runs along world y: rows and columns swap
+    if transpose:
+        in_plane = in_plane[:, ::-1]
+    flip_rows, flip_columns = in_plane[1, 1] < 0, in_plane[0, 0] < 0
+
+    def to_canonical(stack):
+        stack = np.swapaxes(stack, 1, 2) if transpose else stack
+        if flip_rows:
+            stack = stack[:, ::-1]
+        if flip_columns:
+            stack = stack[:, :, ::-1]
+        return np.ascontiguousarray(stack)
+
+    def from_canonical(stack):
+        if flip_columns:
+            stack = stack[:, :, ::-1]
+        if flip_rows:
+            stack = stack[:, ::-1]
+        return np.ascontiguousarray(np.swapaxes(stack, 1, 2) if transpose else stack)
+
+    steps = [step for step, done in (("rows and columns swapped", transpose), ("rows flipped", flip_rows),
+                                     ("columns flipped", flip_columns)) if done]
+    note = f"slices shown to the model in the training orientation ({', '.join(steps)}), masks written back" if steps \
+        else ""
+    return to_canonical, from_canonical, note
+
+
 def read_dicom_series(folder: str | Path):
     """A DICOM series folder -> a :class:`lungkit.data.volumes.Volume` in HU, slices sorted by geometry.
 
@@ -216,10 +260,17 @@ def _check_slice_positions(folder: Path, files: list[str]) -> None:
         return
     positions = []
     for name in files:
-        header = pydicom.dcmread(name, stop_before_pixels=True)
-        orientation = np.asarray(header.ImageOrientationPatient, np.float64)
+        try:
+            header = pydicom.dcmread(name, stop_before_pixels=True)
+            orientation = np.asarray(header.ImageOrientationPatient, np.float64)
+            position = np.asarray(header.ImagePositionPatient, np.float64)
+        except (AttributeError, ValueError, OSError, pydicom.errors.InvalidDicomError) as error:
+            raise PredictInputError(
+                f"{name}: no usable ImageOrientationPatient / ImagePositionPatient ({error}); the slices of a series "
+                "are placed by these tags"
+            ) from error
         normal = np.cross(orientation[:3], orientation[3:])
-        positions.append(float(np.dot(normal, np.asarray(header.ImagePositionPatient, np.float64))))
+        positions.append(float(np.dot(normal, position)))
     gaps = np.diff(positions)
     typical = float(np.median(np.abs(gaps)))
     if typical == 0.0 or np.abs(np.abs(gaps) - typical).max() > SLICE_GAP_TOLERANCE * typical + 1e-3:
@@ -641,9 +692,14 @@ def _predict_case(case: PredictionCase, model, settings, case_dir: Path, *, thre
         groups = list(by_shape.values())
         stacks = [np.stack([case.hu[index] for index in group]) for group in groups]
     masks, probabilities, unrestricted, method_used = [None] * len(case.hu), [None] * len(case.hu), 0, "none"
+    orientation_note = ""
+    if case.volume is not None:
+        to_canonical, from_canonical, orientation_note = canonical_axial_view(case.volume.direction)
+    else:  # 2-D inputs carry no orientation: they are taken as stored
+        to_canonical = from_canonical = np.asarray
     for group, stack in zip(groups, stacks):
-        stack_probabilities = predict_fn(model, stack, settings, batch_size=batch_size, progress=progress,
-                                         description=case.name)
+        stack_probabilities = from_canonical(predict_fn(model, to_canonical(stack), settings, batch_size=batch_size,
+                                                        progress=progress, description=case.name))
         if lung_only:
             stack_probabilities, missed = restrict_to_lungs(stack_probabilities, stack, int(lung_margin_px))
             unrestricted += missed
@@ -671,7 +727,8 @@ def _predict_case(case: PredictionCase, model, settings, case_dir: Path, *, thre
     table.insert(0, "case", case.name)
     table.to_csv(case_dir / "tumours.csv", index=False)
     record = {
-        "case": case.name, "input": str(case.source.resolve()), "kind": case.kind, "input_note": case.note,
+        "case": case.name, "input": str(case.source.resolve()), "kind": case.kind,
+        "input_note": "; ".join(note for note in (case.note, orientation_note) if note),
         "slices": slices, "slices_with_tumour": overlays, "components": len(table), "masks": written,
         "postprocess": method_used,
         "lung_restriction": (f"inside the lungs from HU grown by {int(lung_margin_px)} px; {unrestricted} slice(s) "
@@ -689,6 +746,7 @@ __all__ = [
     "LUNGRADS_SIZE_CLASSES_MM",
     "PredictInputError",
     "PredictionCase",
+    "canonical_axial_view",
     "check_axial_geometry",
     "input_kind",
     "lungrads_size_class",

@@ -221,14 +221,15 @@ def test_predict_dicom_series_keeps_the_geometry_exactly(model_dir, tmp_path, pe
 
 def test_tumours_csv_matches_the_written_mask(model_dir, tmp_path, monkeypatch):
     shape = (12, 40, 48)  # z, y, x
-    volume_file = tmp_path / "scan.nii.gz"
-    write_volume_file(volume_file, np.full(shape, -800, np.int16))
     z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     spacing_x, spacing_y, spacing_z = 0.7, 0.8, 2.5
-    # an ellipsoid of radius 6 mm (a solid LR3-sized nodule in the axial plane) and a 2-voxel speck elsewhere
+    # a ball of radius 6 mm (a solid LR3-sized nodule in the axial plane) and a 2-voxel speck elsewhere, drawn into
+    # the scan as soft tissue; the forced "model" calls soft tissue tumour, wherever the slices are turned
     ball = (((x - 20) * spacing_x) ** 2 + ((y - 18) * spacing_y) ** 2 + ((z - 6) * spacing_z) ** 2) <= 6.0 ** 2
     speck = (z == 1) & (y == 35) & ((x == 44) | (x == 45))
-    forced_probabilities(monkeypatch, lambda hu: np.where(ball | speck, 0.9, 0.1))
+    volume_file = tmp_path / "scan.nii.gz"
+    write_volume_file(volume_file, np.where(ball | speck, 40, -800).astype(np.int16))
+    forced_probabilities(monkeypatch, lambda hu: np.where(hu > -100, 0.9, 0.1))
 
     out = tmp_path / "out"
     predict(model_dir, [volume_file], out, progress=False)
@@ -524,3 +525,34 @@ def test_written_dicom_series_reads_back_and_a_gap_is_refused(model_dir, tmp_pat
 
     (series / "slice0002.dcm").unlink()  # a missing slice: the mask's regular grid would misplace the rest
     refused(capsys, [model_dir, series], tmp_path / "out", "slices are not evenly spaced along their normal")
+
+
+def test_slices_reach_the_model_in_the_training_orientation(model_dir, tmp_path, monkeypatch):
+    from lungkit.predict import canonical_axial_view
+
+    stack = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    swapped = np.array([[0, -1, 0], [-1, 0, 0], [0, 0, 1]], float)  # columns along -y, rows along -x
+    for direction in (np.eye(3), np.diag([-1.0, -1.0, 1.0]), np.diag([1.0, -1.0, -1.0]), swapped):
+        to_canonical, from_canonical, _ = canonical_axial_view(direction)
+        np.testing.assert_array_equal(from_canonical(to_canonical(stack)), stack)
+
+    # a RAS-style NIfTI (x and y index axes point right and anterior): the array's first row and column is the
+    # patient's left-posterior corner, which training slices hold in their last row and column; the model must see
+    # the marker there, and the mask must come back in the file's own orientation
+    array = np.full((3, 20, 30), -800, np.int16)
+    array[1, 0, 0] = 100
+    scan = tmp_path / "ras.nii.gz"
+    write_volume_file(scan, array, direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    seen = []
+
+    def make(hu):
+        seen.append(hu)
+        return (hu > 0).astype(np.float32)
+
+    forced_probabilities(monkeypatch, make)
+    predict(model_dir, [scan], tmp_path / "out", progress=False)
+    assert seen[0][1, -1, -1] == 100 and seen[0][1, 0, 0] == -800
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "ras" / "mask.nii.gz")))
+    np.testing.assert_array_equal(np.argwhere(mask), [[1, 0, 0]])
+    note = json.loads((tmp_path / "out" / "prediction.json").read_text())["cases"][0]["input_note"]
+    assert "rows flipped, columns flipped" in note
