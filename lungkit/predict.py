@@ -219,6 +219,29 @@ def read_dicom_series(folder: str | Path):
     from lungkit.data.volumes import Volume
 
     folder = Path(folder)
+    files = dicom_series_files(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise PredictInputError(f"{folder}: SimpleITK could not read the series: {str(error).strip()}") from error
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    volume = Volume.from_sitk(image, source_path=str(folder))
+    volume.array = volume.array.astype(np.float32)
+    return volume
+
+
+def dicom_series_files(folder: str | Path) -> list[str]:
+    """The files of the one DICOM series in ``folder``, sorted by position along the slice normal (headers only).
+
+    Raises:
+        PredictInputError: when the folder holds no DICOM series, more than one series, or unevenly spaced slices.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         from lungkit.data.slices import SLICE_SUFFIXES
@@ -239,17 +262,7 @@ def read_dicom_series(folder: str | Path):
         )
     files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
     _check_slice_positions(folder, files)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise PredictInputError(f"{folder}: SimpleITK could not read the series: {str(error).strip()}") from error
-    if image.GetDimension() == 2:
-        image = sitk.JoinSeries(image)
-    volume = Volume.from_sitk(image, source_path=str(folder))
-    volume.array = volume.array.astype(np.float32)
-    return volume
+    return files
 
 
 def _check_slice_positions(folder: Path, files: list[str]) -> None:
@@ -289,6 +302,72 @@ def _case_name(path: Path, taken: set) -> str:
         name, number = f"{stem}_{number}", number + 1
     taken.add(name)
     return name
+
+
+def check_input(path: str | Path, intensity=None) -> str:
+    """Refuse an input before any pixel is read or anything written: its kind, and what headers can tell.
+
+    Volumes: SimpleITK reads the header only (3-D, one component, orthogonal axial geometry). DICOM folders: one
+    series, evenly spaced, orthogonal axial orientation (headers only). Slice folders: at least one slice file and a
+    declared intensity. Pickles: only the kind (the restricted loader checks the rest when the case is read; a
+    failure then still leaves nothing, the outputs being staged).
+
+    Returns:
+        The input's kind.
+
+    Raises:
+        PredictInputError: naming the input and what is wrong.
+    """
+    import SimpleITK as sitk
+
+    from lungkit.data.slices import SLICE_SUFFIXES
+
+    path = Path(path)
+    kind = input_kind(path)
+    if kind == "volume":
+        if _volume_suffix(path) == ".mhd":
+            from lungkit.data.volumes import _check_metaimage_data_file
+
+            try:
+                _check_metaimage_data_file(path)
+            except (ValueError, FileNotFoundError) as error:
+                raise PredictInputError(str(error)) from error
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as error:
+            raise PredictInputError(f"{path}: SimpleITK could not read this file: {str(error).strip()}") from error
+        if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+            raise PredictInputError(f"{path}: expected a 3-D volume with one value per voxel, got "
+                                    f"{reader.GetDimension()}-D with {reader.GetNumberOfComponents()} component(s)")
+        check_axial_geometry(_Geometry(np.array(reader.GetDirection()).reshape(3, 3)), path)
+    elif kind == "dicom":
+        import pydicom
+
+        files = dicom_series_files(path)
+        try:
+            orientation = np.asarray(pydicom.dcmread(files[0], stop_before_pixels=True).ImageOrientationPatient, float)
+        except (AttributeError, ValueError, OSError, pydicom.errors.InvalidDicomError) as error:
+            raise PredictInputError(f"{files[0]}: no usable ImageOrientationPatient ({error})") from error
+        row, column = orientation[:3], orientation[3:]
+        check_axial_geometry(_Geometry(np.column_stack([row, column, np.cross(row, column)])), path)
+    elif kind == "slices":
+        if intensity is None:
+            raise PredictInputError(
+                f"{path}: slice files need their intensity declared (--intensity hu|display8|unit): what a pixel "
+                "value means in HU is never guessed"
+            )
+        if path.is_dir() and not any(child.suffix.lower() in SLICE_SUFFIXES for child in path.iterdir()):
+            raise PredictInputError(f"{path}: no slice files ({', '.join(SLICE_SUFFIXES)})")
+    return kind
+
+
+@dataclass
+class _Geometry:
+    """The direction alone, for :func:`check_axial_geometry` on a header."""
+
+    direction: np.ndarray
 
 
 def read_case(path: str | Path, name: str, intensity=None, pixel_spacing_mm: float | None = None) -> PredictionCase:
@@ -596,7 +675,8 @@ def predict(
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False (checked before anything is read).
         lungkit.model_card.ModelCardError: a model folder without a usable card.
-        PredictInputError: an input that cannot be used (all inputs are read before anything is written).
+        PredictInputError: an input that cannot be used (every input's header is checked before the model loads;
+            a failure found later, while reading pixels, still leaves nothing: the outputs are staged).
         ValueError: a threshold outside (0, 1), a non-positive batch size, an unavailable device.
     """
     from lungkit import inference
@@ -613,8 +693,10 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     load_model_card(model_dir)  # a folder without a usable card is refused before any input is read
+    for path in inputs:  # headers only: a bad input is refused before the model loads or anything is written
+        check_input(path, intensity)
     taken: set = set()
-    cases = [read_case(path, _case_name(Path(path), taken), intensity, pixel_spacing_mm) for path in inputs]
+    names = [_case_name(Path(path), taken) for path in inputs]
     device_used = select_device(device)
     model, card = load_model_with_card(model_dir)
     settings = inference_settings(card, flips=flips)
@@ -628,10 +710,13 @@ def predict(
     try:
         tables = []
         records = []
-        for case in cases:
+        for path, name in zip(inputs, names):
+            # one case in memory at a time: a long list of CT volumes needs the memory of the largest, not the sum
+            case = read_case(path, name, intensity, pixel_spacing_mm)
             table, record = _predict_case(case, model, settings, staging / case.name, threshold=threshold,
                                           batch_size=batch_size, lung_only=lung_only, lung_margin_px=lung_margin_px,
                                           method=method, progress=progress, predict_fn=inference.predict_hu_slices)
+            del case
             tables.append(table)
             records.append(record)
         everything = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TUMOUR_COLUMNS)
@@ -748,6 +833,8 @@ __all__ = [
     "PredictionCase",
     "canonical_axial_view",
     "check_axial_geometry",
+    "check_input",
+    "dicom_series_files",
     "input_kind",
     "lungrads_size_class",
     "overlay_image",
