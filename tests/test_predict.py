@@ -371,10 +371,29 @@ def test_mixed_series_are_refused(model_dir, tmp_path, capsys, petct_sample):
     refused(capsys, [model_dir, mixed], tmp_path / "out", "mixed series in one folder: 2 SeriesInstanceUIDs")
 
 
-def test_non_orthogonal_volume_is_refused(model_dir, tmp_path, capsys):
-    skewed = tmp_path / "skewed.nrrd"
+def test_non_orthogonal_volume_is_refused(model_dir, tmp_path, capsys, monkeypatch):
+    good, skewed = tmp_path / "good.nrrd", tmp_path / "skewed.nrrd"
+    write_volume_file(good, np.zeros((4, 16, 16), np.int16))
     write_volume_file(skewed, np.zeros((4, 16, 16), np.int16), direction=(1, 0.5, 0, 0, 0.8660254, 0, 0, 0, 1))
-    refused(capsys, [model_dir, skewed], tmp_path / "out", "is not orthogonal")
+    seen = forced_probabilities(monkeypatch, lambda hu: np.zeros(hu.shape))
+    refused(capsys, [model_dir, good, skewed], tmp_path / "out", f"{skewed}: the direction matrix")
+    assert seen == []  # refused from the headers, before the good input was predicted
+
+
+def test_sagittal_volume_is_refused(model_dir, tmp_path, capsys):
+    sagittal = tmp_path / "sagittal.nrrd"
+    write_volume_file(sagittal, np.zeros((4, 16, 16), np.int16), direction=(0, 0, 1, 1, 0, 0, 0, 1, 0))
+    refused(capsys, [model_dir, sagittal], tmp_path / "out", "the slices are not axial")
+
+
+def test_gpu_asked_for_where_there_is_none(model_dir, tmp_path, capsys):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    volume = tmp_path / "small.nrrd"
+    write_volume_file(volume, np.full((3, 40, 40), -700, np.int16))
+    refused(capsys, [model_dir, volume, "--device", "gpu"], tmp_path / "out", "TensorFlow sees no GPU")
 
 
 def test_model_without_card_is_refused(model_dir, tmp_path, capsys, pyradiomics_sample):
