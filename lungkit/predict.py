@@ -409,7 +409,14 @@ def read_case(path: str | Path, name: str, intensity=None, pixel_spacing_mm: flo
 
 
 def _read_slice_files(case: PredictionCase, intensity) -> None:
-    from lungkit.data.slices import SLICE_SUFFIXES, SliceSourceError, _natural_key, intensity_map, read_slice_file
+    from lungkit.data.slices import (
+        SLICE_SUFFIXES,
+        SliceSourceError,
+        _natural_key,
+        calibrate_display_map,
+        intensity_map,
+        read_slice_file,
+    )
 
     path = case.source
     files = [path] if path.is_file() else sorted(
@@ -422,13 +429,18 @@ def _read_slice_files(case: PredictionCase, intensity) -> None:
             "means in HU is never guessed"
         )
     mapping = intensity_map(intensity)
-    slices = []
+    raw = []
     for file in files:
         try:
-            slices.append(mapping.to_hu(read_slice_file(file)))
+            raw.append(read_slice_file(file))
         except SliceSourceError as error:
             raise PredictInputError(str(error)) from error
-    case.files, case.hu = files, slices
+    integer_values = [values.ravel() for values in raw if values.dtype.kind in "iu"]
+    if mapping.kind == "display8" and integer_values:
+        # as the slice-folder conversion does for each patient (a folder here is one patient's slices): display
+        # renderings differ in window between exports, so the map is estimated from the folder's own histogram
+        mapping = calibrate_display_map(np.concatenate(integer_values), mapping)
+    case.files, case.hu = files, [mapping.to_hu(values) for values in raw]
     case.note = f"intensity {mapping.describe()}"
 
 

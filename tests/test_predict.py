@@ -575,3 +575,15 @@ def test_slices_reach_the_model_in_the_training_orientation(model_dir, tmp_path,
     np.testing.assert_array_equal(np.argwhere(mask), [[1, 0, 0]])
     note = json.loads((tmp_path / "out" / "prediction.json").read_text())["cases"][0]["input_note"]
     assert "rows flipped, columns flipped" in note
+
+
+def test_lidc_png_patient_folder_is_calibrated_like_the_conversion(model_dir, tmp_path):
+    from conftest import shared_sample
+
+    patient = sorted((shared_sample("lidc-png-sample") / "image").iterdir())[0]
+    out = tmp_path / "out"
+    predict(model_dir, [patient], out, intensity="display8", progress=False)
+    record = json.loads((out / "prediction.json").read_text())["cases"][0]
+    assert "calibrated on this patient's histogram" in record["input_note"]
+    written = sorted(path.name for path in (out / patient.name / "masks").iterdir())
+    assert written == sorted(path.name for path in patient.iterdir()) and record["slices"] == len(written)
