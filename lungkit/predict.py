@@ -22,7 +22,8 @@ Outputs, in ``out_dir``, one folder per input (named after it) plus two files fo
     <case>/mask<suffix>        the mask in the input's form and exact geometry (uint8 0/1): .nrrd for .nrrd,
                                .nii.gz for .nii.gz, .mhd + .raw for .mhd, ...; .nrrd for a DICOM series (it keeps
                                DICOM's double-precision origin exactly, which NIfTI's float32 header cannot)
-    <case>/masks/<file>        slice folders: one mask per slice file, same name (PNG 0/255, NPY 0/1)
+    <case>/masks/<file>        slice folders: one mask per slice file, same name (PNG 0/255, NPY 0/1; TIFF and
+                               JPEG inputs get <name>.png)
     <case>/predicted_masks.pkl Lung-RADS pickles: the source rows' label1 and a predicted_mask column (uint8 0/1)
     <case>/overlays/*.png      the slices with tumour, lung window, tumour in red
     <case>/tumours.csv         one row per connected tumour component (3-D for volumes, 2-D per slice otherwise)
@@ -565,6 +566,17 @@ def _write_image(path: Path, image: np.ndarray) -> None:
     path.write_bytes(encoded.tobytes())
 
 
+def _slice_output_names(file: Path) -> tuple[str, str]:
+    """``(mask name, overlay name)`` of a slice file: a PNG keeps its name, an NPY mask stays NPY, TIFF and JPEG
+    inputs get lossless PNG masks (a JPEG mask would blur its edge); names stay distinct for distinct inputs."""
+    suffix = file.suffix.lower()
+    if suffix == ".png":
+        return file.name, file.name
+    if suffix == ".npy":
+        return file.name, f"{file.name}.png"
+    return f"{file.name}.png", f"{file.name}.png"
+
+
 def _write_case_masks(case: PredictionCase, case_dir: Path, masks: list) -> list[str]:
     """Write the masks in the input's own form; returns the written paths, relative to ``case_dir``."""
     from lungkit.data.volumes import with_array, write_volume
@@ -578,12 +590,10 @@ def _write_case_masks(case: PredictionCase, case_dir: Path, masks: list) -> list
         folder.mkdir()
         written = []
         for file, mask in zip(case.files, masks):
+            target = folder / _slice_output_names(file)[0]
             if file.suffix.lower() == ".npy":
-                target = folder / file.name
                 np.save(target, mask.astype(np.uint8))
             else:
-                # a PNG beside a PNG; TIFF/JPEG inputs get lossless PNG masks (a JPEG mask would blur its edge)
-                target = folder / f"{file.stem}.png"
                 _write_image(target, (mask > 0).astype(np.uint8) * 255)
             written.append(f"masks/{target.name}")
         return written
@@ -603,7 +613,7 @@ def _write_overlays(case: PredictionCase, case_dir: Path, masks: list) -> int:
             hu_stack, mask_stack = hu_stack[None], mask_stack[None]
         for index in np.flatnonzero(mask_stack.reshape(len(mask_stack), -1).any(axis=1)):
             if case.kind == "slices":
-                name = f"{case.files[stack_index].stem}.png"
+                name = _slice_output_names(case.files[stack_index])[1]
             elif case.kind == "pickle":
                 name = f"row{case.frame.index[stack_index]}.png"
             else:

@@ -20,6 +20,7 @@ import pytest
 keras = pytest.importorskip("keras")
 sitk = pytest.importorskip("SimpleITK")
 
+from conftest import shared_sample  # noqa: E402
 from lungkit import cli, inference  # noqa: E402
 from lungkit.model_card import (  # noqa: E402
     CARD_FILE,
@@ -578,8 +579,6 @@ def test_slices_reach_the_model_in_the_training_orientation(model_dir, tmp_path,
 
 
 def test_lidc_png_patient_folder_is_calibrated_like_the_conversion(model_dir, tmp_path):
-    from conftest import shared_sample
-
     patient = sorted((shared_sample("lidc-png-sample") / "image").iterdir())[0]
     out = tmp_path / "out"
     predict(model_dir, [patient], out, intensity="display8", progress=False)
