@@ -536,7 +536,11 @@ def test_written_dicom_series_reads_back_and_a_gap_is_refused(model_dir, tmp_pat
     rng = np.random.default_rng(4)
     volume = Volume(rng.integers(-1000, 400, size=(5, 24, 32)).astype(np.int16), spacing=(0.75, 0.8, 2.5),
                     origin=(120.5, -80.25, -300.0), direction=np.diag([-1.0, -1.0, 1.0]))
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
     series = write_dicom_series(volume, tmp_path / "series")
+    assert locale.setlocale(locale.LC_ALL) == before  # GDCM's writer sets "C"; the kit puts the locale back
     back = read_dicom_series(series)
     np.testing.assert_array_equal(back.array, volume.array)
     np.testing.assert_allclose(back.spacing, volume.spacing)

@@ -24,6 +24,7 @@ interpolation. The new grid keeps the origin (centre of the first voxel) and the
 
 from __future__ import annotations
 
+import locale
 import os
 import shutil
 import time
@@ -487,10 +488,26 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike, series_uid: st
     stamp = f"{int(time.time() * 1e3)}.{os.getpid()}"
     study_uid = f"{uid_root}.1.{stamp}"
     series_uid = series_uid or f"{uid_root}.2.{stamp}"
-    direction = volume.direction
-    orientation = "\\".join(f"{value:.10g}" for value in (*direction[:, 0], *direction[:, 1]))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    # GDCM's DICOM writer sets the process locale to "C" (measured with SimpleITK 2.5: LC_CTYPE C.UTF-8 -> C),
+    # after which every open() / read_text() without an encoding reads ASCII and fails on UTF-8 files
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(writer, image, volume, temporary, series_uid, study_uid, description)
+        os.replace(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+    return folder
+
+
+def _write_dicom_slices(writer, image, volume: Volume, folder: Path, series_uid: str, study_uid: str,
+                        description: str) -> None:
+    direction = volume.direction
+    orientation = "\\".join(f"{value:.10g}" for value in (*direction[:, 0], *direction[:, 1]))
     for index in range(image.GetDepth()):
         slice_image = image[:, :, index]
         position = index_to_world(volume, (0.0, 0.0, float(index)))
@@ -511,7 +528,5 @@ def write_dicom_series(volume: Volume, folder: str | os.PathLike, series_uid: st
         }
         for key, value in tags.items():
             slice_image.SetMetaData(key, value)
-        writer.SetFileName(str(temporary / f"slice{index:04d}.dcm"))
+        writer.SetFileName(str(folder / f"slice{index:04d}.dcm"))
         writer.Execute(slice_image)
-    os.replace(temporary, folder)
-    return folder
