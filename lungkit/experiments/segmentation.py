@@ -8,7 +8,9 @@ The model notebooks are short because this module strings the stages together, a
 3. tf.data for train and validation, the model from the registry, :func:`lungkit.training.train` (resumable);
 4. test predictions, the paper's post-processing (dense CRF or its fallback, whichever actually ran is recorded),
    per-image metrics, intensity robustness, a summary with bootstrap CIs, written with the full protocol to
-   ``<run_dir>/results/<paper>/<result_key>/`` together with ``predictions.npz`` for the report's gallery.
+   ``<run_dir>/results/<paper>/<result_key>/`` together with ``predictions.npz`` for the report's gallery;
+5. the evaluated model saved with its card (``model.keras`` + ``model_card.json`` in the model folder,
+   :mod:`lungkit.model_card`), which ``lungkit predict`` and ``lungkit export`` read.
 
 :class:`LunaUNetBaseline` is the same experiment on paper 003's LUNA16 nodule windows (the trained baseline beside
 zero-shot SAM, :mod:`lungkit.experiments.prompted`). The figures of these results are in :mod:`lungkit.figures`.
@@ -329,7 +331,8 @@ class SegmentationExperiment:
                 restriction. Recorded in the protocol.
 
         Returns:
-            An :class:`EvaluationResult`.
+            An :class:`EvaluationResult`. The model is saved with its card in :attr:`model_dir`
+            (:meth:`save_model_card`).
         """
         from lungkit.data.prepare import read_dataset_info
         from lungkit.evaluation import data_fingerprint, evaluate_segmentation, summarize, write_results
@@ -442,7 +445,6 @@ class SegmentationExperiment:
             probabilities=probabilities,
             predicted_masks=predicted_masks,
         )
-
 
     def save_model_card(self, model, summary: dict) -> Path:
         """Save ``model.keras`` and ``model_card.json`` in :attr:`model_dir`: the evaluated model with what
