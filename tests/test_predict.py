@@ -590,3 +590,19 @@ def test_lidc_png_patient_folder_is_calibrated_like_the_conversion(model_dir, tm
     assert "calibrated on this patient's histogram" in record["input_note"]
     written = sorted(path.name for path in (out / patient.name / "masks").iterdir())
     assert written == sorted(path.name for path in patient.iterdir()) and record["slices"] == len(written)
+
+
+def test_lung_masked_preprocessing_finds_the_lungs_from_hu():
+    from lungkit.postprocess import lung_region
+
+    settings = inference.InferenceSettings(slice_size=64, channels=3, preprocessing="lung_masked_hu")
+    y, x = np.mgrid[:64, :64]
+    body = np.where(((y - 32) / 28) ** 2 + ((x - 32) / 30) ** 2 <= 1, 40.0, -1000.0)  # soft tissue in air
+    lungs = (((y - 32) / 14) ** 2 + ((x - 18) / 8) ** 2 <= 1) | (((y - 32) / 14) ** 2 + ((x - 46) / 8) ** 2 <= 1)
+    chest = np.where(lungs, -850.0, body).astype(np.float32)
+    inputs, without_lungs = inference.model_inputs_from_hu(np.stack([chest, np.full((64, 64), 40.0)]), settings)
+    assert inputs.shape == (2, 64, 64, 3) and without_lungs == 1  # the all-tissue slice has no lungs: left whole
+    region = lung_region(chest, margin_px=0)
+    np.testing.assert_allclose(inputs[0, ..., 0][~region], 0.0)  # outside the lungs: air, the window's 0
+    np.testing.assert_allclose(inputs[0, ..., 0][lungs], (-850.0 + 1000.0) / 1400.0, atol=1e-6)
+    np.testing.assert_array_equal(inputs[0, ..., 1], inputs[0, ..., 0])  # channels repeat the slice
