@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m benchmarks.run [--quick] [--sections conversion pipeline models peer training] [--out reports]
+    python -m benchmarks.run [--quick] [--sections conversion pipeline models peer training predict] [--out reports]
                              [--work-dir benchmarks/_work] [--threads N]
 
-(``make bench`` runs it with the defaults.) Sections run in the order conversion, models, pipeline, peer, training; the
+(``make bench`` runs it with the defaults.) Sections run in the order conversion, models, pipeline, peer, training, predict; the
 pipeline's verdict needs the models' training throughput, so both are written together at the end. Every
 measurement that reports memory runs in its own child process. The JSON holds the machine, the library versions,
 the load average at the start and end of each section and every figure, including the raw samples. A run of some
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from benchmarks import DEFAULT_WORK_DIR, load_average, write_json_atomic, write_text_atomic
 
-SECTIONS = ("conversion", "pipeline", "models", "peer", "training")
-_RUN_ORDER = ("conversion", "models", "pipeline", "peer", "training")
+SECTIONS = ("conversion", "pipeline", "models", "peer", "training", "predict")
+_RUN_ORDER = ("conversion", "models", "pipeline", "peer", "training", "predict")
 _VERSIONED = ("tensorflow", "keras", "keras-hub", "numpy", "pandas", "opencv-python-headless", "albumentations",
               "torch", "monai", "lungkit")
 
@@ -119,6 +119,10 @@ def _run_section(name: str, quick: bool, work_dir: Path, threads: int, scratch: 
         from benchmarks import training_feed
 
         return training_feed.run(quick, threads, scratch)
+    if name == "predict":
+        from benchmarks import predict
+
+        return predict.run(quick, threads, scratch)
     from benchmarks import peer_monai
 
     return peer_monai.run(quick, threads, scratch)
@@ -238,7 +242,7 @@ def render_markdown(report: dict) -> str:
     summary = summary_lines(sections, fastest)
     if summary:
         lines += ["## Summary", ""] + summary + [""]
-    for name in ("conversion", "pipeline", "models", "training", "peer"):
+    for name in ("conversion", "pipeline", "models", "training", "peer", "predict"):
         result = sections.get(name)
         if result is None:
             continue
@@ -263,6 +267,10 @@ def render_markdown(report: dict) -> str:
             from benchmarks import training_feed
 
             lines.append(training_feed.markdown(result))
+        elif name == "predict":
+            from benchmarks import predict
+
+            lines.append(predict.markdown(result))
         else:
             from benchmarks import peer_monai
 

@@ -8,6 +8,8 @@ One subpackage or module per pipeline stage:
 - ``lungkit.models``: one file per architecture plus a registry.
 - ``lungkit.losses`` / ``lungkit.metrics`` / ``lungkit.postprocess`` / ``lungkit.evaluation``.
 - ``lungkit.training``: recipes -> compile/fit.
+- ``lungkit.inference`` / ``lungkit.model_card`` / ``lungkit.predict`` / ``lungkit.serving``: applying a trained
+  model (batching, sliding window), the card saved beside it, ``lungkit predict`` and ``lungkit export``.
 - ``lungkit.papers`` / ``lungkit.reports``: reported tables as data, reproduced tables as files.
 
 Importing lungkit first sets up TensorFlow's environment on a machine without an accelerator (see

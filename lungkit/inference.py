@@ -1,15 +1,27 @@
-"""Apply a trained segmentation model to whole slices: sliding-window inference with Gaussian weighting.
+"""Apply a trained segmentation model: the one home of inference (evaluation, the notebooks and ``lungkit predict``
+all come here).
 
-Models trained on patches (nnU-Net's way of keeping small nodules at their native pixel scale) and models with a
-fixed input size (Swin-UNet, UNETR) cannot take a whole slice at once. :func:`sliding_window_predict` tiles each
-slice with overlapping windows of the model's input size, predicts every window, and blends the overlapping
-probabilities with a Gaussian importance map (weights highest at a window's centre, where the model saw the most
-context; nnU-Net uses sigma = 1/8 of the window). With a window as large as the slice it is one plain prediction.
+Three layers, each usable alone:
+
+- :func:`predict_probabilities`: a batched forward pass over model-ready inputs of the model's size, with an
+  optional sigmoid (logit heads) and optional test-time flips.
+- :func:`sliding_window_predict`: models trained on patches (nnU-Net's way of keeping small nodules at their native
+  pixel scale) and models with a fixed input size (Swin-UNet, UNETR) cannot take a whole slice at once. It tiles
+  each slice with overlapping windows of the model's input size, predicts every window, and blends the overlapping
+  probabilities with a Gaussian importance map (weights highest at a window's centre, where the model saw the most
+  context; nnU-Net uses sigma = 1/8 of the window). With a window as large as the slice it is one plain prediction.
+- :func:`predict_hu_slices`: HU slices of any size -> probabilities of the same size, by exactly the steps training
+  used (:class:`InferenceSettings`, read from a model card by :func:`lungkit.model_card.inference_settings`):
+  resize to the training slice size, the named preprocessing, one pass or sliding window, resize back.
+
+Test-time flips (``flips=True``) average the prediction of the slice with those of its left-right and up-down
+mirror images (each mirrored back); off by default, as in every result the kit reports.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,6 +66,7 @@ def sliding_window_predict(
     overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 8,
     from_logits: bool = False,
+    flips: bool = False,
 ) -> np.ndarray:
     """Probabilities for whole slices from a model that sees ``window x window`` inputs.
 
@@ -64,6 +77,7 @@ def sliding_window_predict(
         overlap: fraction of a window shared with its neighbour.
         batch_size: windows per forward pass.
         from_logits: the model outputs logits (sigmoid is applied before blending).
+        flips: average each window's prediction with those of its mirror images (see the module docstring).
 
     Returns:
         float32 ``(N, H, W)`` probabilities.
@@ -91,12 +105,198 @@ def sliding_window_predict(
     for start in range(0, len(tiles), batch_size):
         chunk = tiles[start : start + batch_size]
         batch = np.stack([images[i, y : y + window, x : x + window] for i, y, x in chunk])
-        output = np.asarray(model.predict_on_batch(batch), np.float32)[..., 0]
-        if from_logits:
-            output = 1.0 / (1.0 + np.exp(-output))
+        output = _forward(model, batch, from_logits, flips)[..., 0]
         for (i, y, x), probability in zip(chunk, output):
             summed[i, y : y + window, x : x + window] += probability * weights
     return summed / normaliser[None]
 
 
-__all__ = ["DEFAULT_OVERLAP", "gaussian_importance", "sliding_window_predict", "window_starts"]
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(values).astype(np.float32)
+
+
+def _forward(model, batch: np.ndarray, from_logits: bool, flips: bool) -> np.ndarray:
+    """One forward pass of a batch ``(B, H, W, C)`` -> probabilities ``(B, H, W, 1)``, optionally flip-averaged."""
+    def once(inputs):
+        output = np.asarray(model.predict_on_batch(inputs), np.float32)
+        return _sigmoid(output) if from_logits else output
+
+    probabilities = once(batch)
+    if flips:
+        # mirror, predict, mirror back: axis 2 is left-right, axis 1 up-down
+        probabilities = probabilities + once(batch[:, :, ::-1])[:, :, ::-1] + once(batch[:, ::-1])[:, ::-1]
+        probabilities = probabilities / 3.0
+    return probabilities
+
+
+def predict_probabilities(model, images, batch_size: int = 8, from_logits: bool = False,
+                          flips: bool = False) -> np.ndarray:
+    """Tumour probabilities for a stack of model-ready images of the model's input size.
+
+    Args:
+        model: a segmentation model with one output channel.
+        images: array (N, H, W) or (N, H, W, C), or a batched ``tf.data.Dataset`` yielding images (or
+            (image, mask) pairs; the masks are ignored).
+        batch_size: prediction batch size (arrays only).
+        from_logits: the model outputs logits; a sigmoid is applied.
+        flips: test-time flips (arrays only; see the module docstring).
+
+    Returns:
+        float32 array (N, H, W, 1) in [0, 1].
+
+    Raises:
+        ValueError: for an array that is not 3-D or 4-D, a non-positive batch size, or flips asked of a dataset.
+    """
+    import tensorflow as tf
+
+    if isinstance(images, tf.data.Dataset):
+        if flips:
+            raise ValueError("test-time flips need an array of images, not a tf.data.Dataset")
+        outputs = np.asarray(model.predict(images, verbose=0), np.float32)
+        return _sigmoid(outputs) if from_logits else outputs
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if len(images) == 0:
+        return np.zeros(images.shape[:3] + (1,), np.float32)
+    if not flips:
+        # keras' own batching: it distributes batches over the replicas of a strategy the model was built under
+        outputs = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), np.float32)
+        return _sigmoid(outputs) if from_logits else outputs
+    return np.concatenate([
+        _forward(model, images[start : start + batch_size], from_logits, flips)
+        for start in range(0, len(images), batch_size)
+    ])
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a model saw its slices in training, so that inference repeats it exactly.
+
+    Args:
+        slice_size: side training slices were resized to (the recipe's ``image_size``); every slice is resized to
+            ``slice_size x slice_size`` before preprocessing, as evaluation does.
+        channels: model input channels (1, or 3 = the slice repeated).
+        preprocessing: name in :data:`lungkit.preprocess.PREPROCESSING`.
+        window: sliding-window side for models trained on patches (the recipe's ``patch_size``); None: one pass
+            over the whole slice (then the model's input side must be ``slice_size`` or free).
+        from_logits: the model outputs logits.
+        overlap: sliding-window overlap.
+        flips: test-time flips.
+    """
+
+    slice_size: int
+    channels: int
+    preprocessing: str
+    window: int | None = None
+    from_logits: bool = False
+    overlap: float = DEFAULT_OVERLAP
+    flips: bool = False
+
+    def describe(self) -> str:
+        """One line for a prediction's record."""
+        passes = (f"Gaussian-weighted sliding window of {self.window} px (overlap {self.overlap:g})" if self.window
+                  else "one pass per slice")
+        return (f"slices resized to {self.slice_size} px (bilinear), preprocessing {self.preprocessing!r}, "
+                f"{self.channels} channel(s), {passes}, test-time flips {'on' if self.flips else 'off'}, "
+                "probabilities resized back to the input's size (bilinear)")
+
+
+def model_inputs_from_hu(hu_slices: np.ndarray, settings: InferenceSettings) -> tuple[np.ndarray, int]:
+    """HU slices ``(N, H, W)`` -> model inputs ``(N, S, S, C)`` at ``settings.slice_size``.
+
+    Returns:
+        ``(inputs, slices without a plausible lung)``: the second counts slices of a lung-masked preprocessing that
+        fell back to the whole slice (always 0 for other preprocessings).
+    """
+    from lungkit.postprocess import lung_region
+    from lungkit.preprocess import get_preprocessing, needs_lung_mask, resize_image
+
+    preprocess = get_preprocessing(settings.preprocessing)
+    with_lungs = needs_lung_mask(settings.preprocessing)
+    inputs, without_lungs = [], 0
+    for hu in np.asarray(hu_slices, np.float32):
+        if hu.shape != (settings.slice_size, settings.slice_size):
+            hu = resize_image(hu, settings.slice_size)
+        if with_lungs:
+            # training read the lungs from the dataset's lung masks; a new scan has none, so they come from HU
+            lungs = lung_region(hu, margin_px=0)
+            if lungs is None:
+                without_lungs += 1
+                lungs = np.ones(hu.shape, bool)
+            inputs.append(preprocess(hu, lungs))
+        else:
+            inputs.append(preprocess(hu))
+    images = np.stack(inputs)[..., None] if inputs else np.zeros((0, settings.slice_size, settings.slice_size, 1),
+                                                                    np.float32)
+    if settings.channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    return images.astype(np.float32), without_lungs
+
+
+def predict_hu_slices(model, hu_slices: np.ndarray, settings: InferenceSettings, batch_size: int = 8,
+                      progress: bool = False, description: str = "predict") -> np.ndarray:
+    """Probabilities for HU slices of any size, by the steps the model was trained with.
+
+    Args:
+        model: the trained model.
+        hu_slices: ``(N, H, W)`` slices in Hounsfield units.
+        settings: how the model saw its slices (:func:`lungkit.model_card.inference_settings`).
+        batch_size: slices (one pass) or windows (sliding window) per forward pass; slices are also processed in
+            chunks of this many, so memory stays bounded on a long series.
+        progress: show a progress bar (slices).
+        description: the progress bar's label.
+
+    Returns:
+        float32 ``(N, H, W)`` probabilities in [0, 1].
+
+    Raises:
+        ValueError: for input that is not ``(N, H, W)`` or a non-positive batch size.
+    """
+    from lungkit.preprocess import resize_image
+    from lungkit.progress import progress_bar
+
+    hu_slices = np.asarray(hu_slices)
+    if hu_slices.ndim != 3:
+        raise ValueError(f"hu_slices must be (N, H, W), got shape {hu_slices.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    count, height, width = hu_slices.shape
+    probabilities = np.zeros((count, height, width), np.float32)
+    bar = progress_bar(total=count, desc=description, unit="slice", disable=not progress)
+    try:
+        for start in range(0, count, batch_size):
+            images, _ = model_inputs_from_hu(hu_slices[start : start + batch_size], settings)
+            if settings.window:
+                chunk = sliding_window_predict(model, images, window=settings.window, overlap=settings.overlap,
+                                               batch_size=batch_size, from_logits=settings.from_logits,
+                                               flips=settings.flips)
+            else:
+                chunk = predict_probabilities(model, images, batch_size=batch_size,
+                                              from_logits=settings.from_logits, flips=settings.flips)[..., 0]
+            for offset, probability in enumerate(chunk):
+                if probability.shape != (height, width):
+                    probability = resize_image(probability, (height, width))
+                probabilities[start + offset] = np.clip(probability, 0.0, 1.0)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return probabilities
+
+
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "InferenceSettings",
+    "gaussian_importance",
+    "model_inputs_from_hu",
+    "predict_hu_slices",
+    "predict_probabilities",
+    "sliding_window_predict",
+    "window_starts",
+]

@@ -230,6 +230,11 @@ def test_unet_baseline_writes_a_lungkit_row_with_the_luna16_protocol(kit_dir, ru
     assert summary["protocol"]["data_source"] == "phantom"
     assert summary["protocol"]["notes"].startswith("MASKS FROM DIAMETERS")
     assert summary["n_images"] == len(read_manifest(windows, "test"))
+    from lungkit.model_card import load_model_with_card
+
+    _, card = load_model_with_card(baseline.model_dir)  # evaluate saved the scored model with its card
+    assert card["result"]["result_key"] == "unet_luna16" and card["input"]["slice_size"] == baseline.recipe.image_size
+    assert card["result"]["test_metrics"]["dice"] == pytest.approx(summary["metrics"]["dice"]["mean"])
     markdown, _ = reports.write_paper_report("paper003", reports.collect_summaries(run_dir), run_dir / "rep2")
     section = markdown.read_text().split("## lungkit results with no row in the paper's tables")[1]
     assert re.search(r"`unet_luna16` \(model `unet`\): dice \d\.\d{3}", section)

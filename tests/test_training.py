@@ -20,6 +20,7 @@ keras = pytest.importorskip("keras")
 from lungkit.models import build_model  # noqa: E402
 from lungkit.models.attention_unet import attention_maps_model  # noqa: E402
 from lungkit.figures import plot_training_curves  # noqa: E402
+from lungkit.inference import predict_probabilities  # noqa: E402
 from lungkit.profiles import get_profile  # noqa: E402
 from lungkit.training import (  # noqa: E402
     RECIPE_KEYS,
@@ -30,7 +31,6 @@ from lungkit.training import (  # noqa: E402
     compile_model,
     configure_precision,
     make_optimizer,
-    predict_probabilities,
     train,
 )
 

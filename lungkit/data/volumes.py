@@ -24,7 +24,10 @@ interpolation. The new grid keeps the origin (centre of the first voxel) and the
 
 from __future__ import annotations
 
+import locale
 import os
+import shutil
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -444,3 +447,86 @@ def with_array(volume: Volume, array: np.ndarray) -> Volume:
     if np.shape(array) != volume.array.shape:
         raise ValueError(f"array shape {np.shape(array)} differs from the volume's {volume.array.shape}")
     return replace(volume, array=np.asarray(array), direction=volume.direction.copy())
+
+
+def write_dicom_series(volume: Volume, folder: str | os.PathLike, series_uid: str | None = None,
+                       description: str = "lungkit volume") -> Path:
+    """Write a volume as a CT DICOM series, one file per slice (``slice0000.dcm`` ...), in one new folder.
+
+    Each slice carries the volume's geometry (ImagePositionPatient from the volume's origin and direction,
+    ImageOrientationPatient, PixelSpacing, SliceThickness) and HU as signed 16-bit values with rescale slope 1 and
+    intercept 0, so reading the folder back (:func:`lungkit.predict.read_dicom_series`, SimpleITK, any viewer) gives
+    the same voxels in the same places. Made for demonstrations and tests (a phantom as a scanner would store it);
+    the files are DICOM "secondary capture" style CT, not a full scanner export.
+
+    Args:
+        volume: the volume (HU, rounded to integers).
+        folder: the series folder; must not exist yet.
+        series_uid: the SeriesInstanceUID; a new one when None.
+        description: SeriesDescription.
+
+    Returns:
+        The folder.
+
+    Raises:
+        FileExistsError: when ``folder`` exists.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"{folder}: exists; a DICOM series is written into a new folder")
+    temporary = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    image = sitk.Cast(sitk.GetImageFromArray(np.rint(np.asarray(volume.array, np.float64)).astype(np.int16)),
+                      sitk.sitkInt16)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(tuple(volume.direction.ravel()))
+    uid_root = "1.2.826.0.1.3680043.2.1125"  # a root used for generated, non-clinical UIDs
+    stamp = f"{int(time.time() * 1e3)}.{os.getpid()}"
+    study_uid = f"{uid_root}.1.{stamp}"
+    series_uid = series_uid or f"{uid_root}.2.{stamp}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    # GDCM's DICOM writer sets the process locale to "C" (measured with SimpleITK 2.5: LC_CTYPE C.UTF-8 -> C),
+    # after which every open() / read_text() without an encoding reads ASCII and fails on UTF-8 files
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(writer, image, volume, temporary, series_uid, study_uid, description)
+        os.replace(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+    return folder
+
+
+def _write_dicom_slices(writer, image, volume: Volume, folder: Path, series_uid: str, study_uid: str,
+                        description: str) -> None:
+    direction = volume.direction
+    orientation = "\\".join(f"{value:.10g}" for value in (*direction[:, 0], *direction[:, 1]))
+    for index in range(image.GetDepth()):
+        slice_image = image[:, :, index]
+        position = index_to_world(volume, (0.0, 0.0, float(index)))
+        tags = {
+            "0008|0060": "CT",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+            "0008|0018": f"{series_uid}.{index + 1}",
+            "0020|000d": study_uid,
+            "0020|000e": series_uid,
+            "0008|103e": description,
+            "0020|0013": str(index + 1),
+            "0020|0032": "\\".join(f"{value:.10g}" for value in position),
+            "0020|0037": orientation,
+            "0018|0050": f"{volume.spacing[2]:.10g}",
+            "0028|0030": f"{volume.spacing[1]:.10g}\\{volume.spacing[0]:.10g}",
+            "0028|1052": "0",
+            "0028|1053": "1",
+        }
+        for key, value in tags.items():
+            slice_image.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice{index:04d}.dcm"))
+        writer.Execute(slice_image)

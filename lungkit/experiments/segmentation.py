@@ -8,7 +8,9 @@ The model notebooks are short because this module strings the stages together, a
 3. tf.data for train and validation, the model from the registry, :func:`lungkit.training.train` (resumable);
 4. test predictions, the paper's post-processing (dense CRF or its fallback, whichever actually ran is recorded),
    per-image metrics, intensity robustness, a summary with bootstrap CIs, written with the full protocol to
-   ``<run_dir>/results/<paper>/<result_key>/`` together with ``predictions.npz`` for the report's gallery.
+   ``<run_dir>/results/<paper>/<result_key>/`` together with ``predictions.npz`` for the report's gallery;
+5. the evaluated model saved with its card (``model.keras`` + ``model_card.json`` in the model folder,
+   :mod:`lungkit.model_card`), which ``lungkit predict`` and ``lungkit export`` read.
 
 :class:`LunaUNetBaseline` is the same experiment on paper 003's LUNA16 nodule windows (the trained baseline beside
 zero-shot SAM, :mod:`lungkit.experiments.prompted`). The figures of these results are in :mod:`lungkit.figures`.
@@ -278,8 +280,7 @@ class SegmentationExperiment:
     def predict_images(self, model, images: np.ndarray, overlap: float | None = None) -> np.ndarray:
         """Model-ready slices (N, H, W, C) -> probabilities (N, H, W): by sliding window of the patch size under
         patch training (Gaussian-weighted, half-overlapping windows), else one pass."""
-        from lungkit.inference import DEFAULT_OVERLAP, sliding_window_predict
-        from lungkit.training import predict_probabilities
+        from lungkit.inference import DEFAULT_OVERLAP, predict_probabilities, sliding_window_predict
 
         if self.recipe.patch_size:
             return sliding_window_predict(
@@ -330,7 +331,8 @@ class SegmentationExperiment:
                 restriction. Recorded in the protocol.
 
         Returns:
-            An :class:`EvaluationResult`.
+            An :class:`EvaluationResult`. The model is saved with its card in :attr:`model_dir`
+            (:meth:`save_model_card`).
         """
         from lungkit.data.prepare import read_dataset_info
         from lungkit.evaluation import data_fingerprint, evaluate_segmentation, summarize, write_results
@@ -430,9 +432,11 @@ class SegmentationExperiment:
         )
         from lungkit.evaluation import load_summary
 
+        summary = load_summary(summary_path)
+        self.save_model_card(model, summary)
         return EvaluationResult(
             per_image=per_image,
-            summary=load_summary(summary_path),
+            summary=summary,
             summary_path=summary_path,
             postprocess=method_used,
             hu=hu,
@@ -441,6 +445,46 @@ class SegmentationExperiment:
             probabilities=probabilities,
             predicted_masks=predicted_masks,
         )
+
+    def save_model_card(self, model, summary: dict) -> Path:
+        """Save ``model.keras`` and ``model_card.json`` in :attr:`model_dir`: the evaluated model with what
+        ``lungkit predict`` needs to apply it (slice size, window, preprocessing, threshold) and what its numbers
+        mean (this result's protocol line and test metrics).
+
+        Args:
+            model: the model that was evaluated.
+            summary: the result's ``summary.json`` as loaded by :func:`lungkit.evaluation.load_summary`.
+
+        Returns:
+            The card's path.
+        """
+        from lungkit.model_card import make_card, save_model_with_card
+        from lungkit.reports import protocol_line
+
+        protocol = summary.get("protocol", {})
+        metrics = {name: block.get("mean") if isinstance(block, dict) else block
+                   for name, block in summary.get("metrics", {}).items()}
+        card = make_card(
+            architecture=self.recipe.model,
+            scale=self.recipe.model_scale or "paper",
+            slice_size=self.recipe.image_size,
+            channels=self.recipe.input_channels,
+            preprocessing=self.recipe.preprocessing,
+            window=self.recipe.patch_size,
+            from_logits=self.recipe.from_logits,
+            threshold=0.5,  # evaluate() scores probabilities >= 0.5 (before any CRF-style refinement)
+            postprocessing=protocol.get("postprocess", "none"),
+            postprocessing_paper=self.postprocess,
+            lung_restriction=protocol.get("lung_restriction", "none"),
+            data_source=protocol.get("data_source", "unknown"),
+            data_fingerprint=protocol.get("data_fingerprint"),
+            split=protocol.get("split", ""),
+            protocol_line=protocol_line(summary),
+            test_metrics=metrics,
+            paper=self.paper_id,
+            result_key=self.result_key,
+        )
+        return save_model_with_card(model, self.model_dir, card)
 
 
 def load_predictions(run_dir: str | Path, paper_id: str, result_key: str) -> dict:
