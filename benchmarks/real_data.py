@@ -62,8 +62,9 @@ TARGETS = {"lidc": 0.5, "msd": 0.75}
 #: Printed under a source whose target was not reached: what every run above already does.
 TRIED = ("the profile's step budget (400 steps of 8) whatever the dataset's size; 128 px patches at the recipe's "
          "pixel scale with 1/3 forced onto a nodule, flips and quarter turns (nnU-Net's sampling, cut in tf.data); "
-         "8-bit renderings mapped back to approximate HU per patient (lung and soft-tissue peaks) so the paper's HU "
-         "window applies; checkpoints chosen on validation patches; Gaussian sliding-window inference over the whole "
+         "8-bit renderings (LIDC) mapped back to approximate HU per patient (lung and soft-tissue peaks) so the paper's "
+         "HU window applies; checkpoints chosen on validation patches (on training patches when no patient can be "
+         "spared); Gaussian sliding-window inference over the whole "
          "slice; each paper's own loss and optimiser; the lung restriction of predictions (scored in its own column). "
          "Not tried here: longer budgets (the paper profile), ensembling over folds or seeds, test-time flips.")
 SIZE_BINS_PX = (0.0, 10.0, 20.0, np.inf)
@@ -238,6 +239,9 @@ def render_markdown(report: dict) -> str:
             folds = ", ".join(sorted(e["fold"] for e in rows))
             lines.append(f"| {model} | {' | '.join(cells)} | {restricted} | {over_seeds} | {patients} | {size_text} | {steps} | "
                          f"{seconds:.0f} | {folds} |")
+        missing = [model for model in MODELS if not any(e["model"] == model for e in entries)]
+        if missing:
+            lines += ["", f"Not run on {source} yet (no result in real_data.json): {', '.join(missing)}."]
         if best is not None:
             gap = TARGETS[source] - best[1]
             lines += ["", f"Best model: {best[0]}, per-image Dice {best[1]:.3f}: "
