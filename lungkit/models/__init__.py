@@ -27,6 +27,7 @@ _BUILDERS = {
     "sam": "sam:build_sam",
     "mobilenetv2_unet": "mobilenet_unet:build_mobilenetv2_unet",
     "cnn_from_scratch": "cnn_from_scratch:build_cnn_from_scratch",
+    "crop_cnn_classifier": "crop_cnn:build_crop_cnn_classifier",
 }
 
 

@@ -141,4 +141,40 @@ BASELINES = {
             ),
         },
     },
+    # The classification step (lungkit/experiments/segment_classify.py): one recipe for every crop view; its
+    # results are filed per view and mask source (crop_cnn_<view>_<source>) beside the size-only baseline.
+    "crop_cnn_classifier": {
+        "row": "Crop CNN, benign-like vs suspicious on segmented tumours (lungkit; the slides print no number)",
+        "table": "lungkit_classification",
+        "notebook": "52_segment_then_classify",
+        "recipe": {
+            "model": "crop_cnn_classifier",
+            "image_size": 32,
+            "input_channels": 1,
+            "preprocessing": "hu_window_unit",
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+            "lr_schedule": None,
+            "loss": "bce",
+            "loss_kwargs": {},
+            "from_logits": False,
+            "batch_size": 32,
+            "epochs": 50,
+            "min_epochs": 0,
+            "early_stopping_patience": 10,
+            "reduce_lr_patience": None,
+            "reduce_lr_factor": 0.1,
+            "min_lr": 0.0,
+            "monitor": "val_loss",
+            "augment_on_the_fly": True,
+            "notes": (
+                "Slides: 'Segmented images -> Classification network -> benign / Malignant' (lines 98-120), nothing "
+                "more. " + _NOT_PRINTED + ": every setting. lungkit: a small CNN (lungkit/models/crop_cnn.py) on 32 "
+                "px crops around the tumour at the segmentation's pixel scale, binary cross entropy, Adam 1e-3, "
+                "batch 32, at most 50 epochs with early stopping on the validation loss (patience 10), classes "
+                "balanced by oversampling, flips, quarter turns, +-15 degree rotations and +-10 % zoom on the "
+                "training split only. Labels are a Lung-RADS PROXY (the data has no malignancy)."
+            ),
+        },
+    },
 }
