@@ -397,12 +397,16 @@ class SegmentThenClassify:
         from lungkit.data.prepare import read_dataset_info
         from lungkit.evaluation import data_fingerprint
 
-        recipe = recipe or self.recipe
         info = read_dataset_info(self.dataset_dir)
         test = self.splits["test"]
         missed = int((~test.predicted_masks().reshape(len(test.ids), -1).any(axis=1)).sum())
+        if recipe is None:  # the size baseline: no network, no training
+            trained = {"profile": self.settings.name, "model": SIZE_BASELINE, "model_scale": None,
+                       "loss": "none (no training: one threshold fitted on the training split)", "optimizer": "none"}
+        else:
+            trained = recipe.protocol()
         protocol = {
-            **recipe.protocol(),
+            **trained,
             "data_source": info.get("data_source", "unknown"),
             "split": ("the dataset's given train / test split, validation carved from train; classifiers and the size "
                       "threshold are fitted on training-split ground-truth crops only; one test case per tumour slice"),
