@@ -208,6 +208,34 @@ class TumourSlices:
         return (self.probabilities >= 0.5).astype(np.uint8)
 
 
+def load_tumour_slices(dataset_dir, split: str, slice_size: int, label_rule: str = DEFAULT_LABEL_RULE,
+                       probabilities=None) -> TumourSlices:
+    """The slices of one split of a Lung-RADS kit dataset that hold a ground-truth tumour.
+
+    Args:
+        dataset_dir: a Lung-RADS kit dataset (phantom or real).
+        split: ``train``, ``val`` or ``test``.
+        slice_size: side the slices are resized to (the segmentation's pixel scale).
+        label_rule: a key of :data:`LABEL_RULES`.
+        probabilities: ``(n, s, s)`` tumour probabilities of every slice of the split (manifest order), kept for
+            the slices with a tumour; None for none.
+
+    Returns:
+        :class:`TumourSlices` with images in [0, 1] (HU window [-1000, 400]).
+    """
+    from lungkit.pipeline import load_split_arrays
+
+    images, masks, manifest = load_split_arrays(dataset_dir, split, "hu_window_unit", slice_size, 1)
+    images, masks = images[..., 0], (masks[..., 0] > 0.5).astype(np.uint8)
+    keep = masks.reshape(len(masks), -1).any(axis=1)
+    lungrads = manifest["label1"].to_numpy()[keep]
+    return TumourSlices(
+        ids=manifest["id"].astype(str).to_numpy()[keep].tolist(), lungrads=lungrads,
+        labels=lungrads_labels(lungrads, label_rule), images=images[keep], masks=masks[keep],
+        probabilities=None if probabilities is None else np.asarray(probabilities)[keep],
+    )
+
+
 @dataclass
 class SegmentThenClassify:
     """Paper 002's classification of segmented tumours, as lungkit rows.
@@ -269,23 +297,18 @@ class SegmentThenClassify:
         self.dataset_dir = prepare_lungrads_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
         predictions = load_predictions(self.run_dir, PAPER_ID, self.segmentation_key)
         for split in ("train", "val", "test"):
-            images, masks, manifest = load_split_arrays(self.dataset_dir, split, "hu_window_unit", self.slice_size, 1)
-            images, masks = images[..., 0], (masks[..., 0] > 0.5).astype(np.uint8)
             probabilities = None
             if split == "test":
-                if predictions["masks"].shape != masks.shape or not np.array_equal(predictions["masks"] > 0, masks > 0):
+                _, masks, _ = load_split_arrays(self.dataset_dir, split, "hu", self.slice_size, 1)
+                if predictions["masks"].shape != masks.shape[:-1] or not np.array_equal(
+                        predictions["masks"] > 0, masks[..., 0] > 0.5):
                     raise ValueError(
                         f"the test predictions of {PAPER_ID}/{self.segmentation_key} in {self.run_dir} do not match "
                         "this dataset's test split (another profile, data or image size?); rerun its notebook"
                     )
                 probabilities = predictions["probabilities"].astype(np.float32)
-            keep = masks.reshape(len(masks), -1).any(axis=1)
-            lungrads = manifest["label1"].to_numpy()[keep]
-            self.splits[split] = TumourSlices(
-                ids=manifest["id"].astype(str).to_numpy()[keep].tolist(), lungrads=lungrads,
-                labels=lungrads_labels(lungrads, self.label_rule), images=images[keep], masks=masks[keep],
-                probabilities=None if probabilities is None else probabilities[keep],
-            )
+            self.splits[split] = load_tumour_slices(self.dataset_dir, split, self.slice_size, self.label_rule,
+                                                    probabilities)
             # training (threshold, classifier) and testing (sensitivity, specificity, AUC) need both classes; the
             # validation split only picks checkpoints by its loss (the smoke phantom's has a single class)
             classes = len(set(self.splits[split].labels.tolist()))
@@ -457,6 +480,7 @@ __all__ = [
     "crop_views",
     "equivalent_diameter_px",
     "fit_size_threshold",
+    "load_tumour_slices",
     "lungrads_labels",
     "mask_centres",
 ]
