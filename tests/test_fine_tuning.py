@@ -126,3 +126,16 @@ def test_unknown_frozen_layer_is_named(tmp_path):
     with pytest.raises(ValueError, match="'backbone' is not a layer"):
         train_in_phases(toy_model(), recipe_with(fine_tuning={**SCHEDULE, "frozen_layer": "backbone"}), data, data,
                         tmp_path, verbose=0)
+
+
+def test_segmentation_experiment_runs_paper002_lungkit_rows(tmp_path):
+    """Paper 002 prints no table: its systems come from BASELINES, filed under lungkit's own table and row."""
+    from lungkit.experiments.segmentation import SegmentationExperiment
+
+    experiment = SegmentationExperiment("paper002", "mobilenetv2_unet", "smoke", tmp_path)
+    assert experiment.rows == [{"table": "lungkit_segmentation",
+                                "row": experiment.rows[0]["row"]}] and "lungkit" in experiment.rows[0]["row"]
+    assert experiment.recipe.fine_tuning["frozen_layer"] == "mobilenetv2_encoder"
+    assert experiment.recipe.model_scale == "tiny" and experiment.recipe.profile == "smoke"
+    with pytest.raises(ValueError, match="no recipe"):
+        SegmentationExperiment("paper002", "unet", "smoke", tmp_path)
