@@ -912,6 +912,146 @@ def _steps(dataset: tf.data.Dataset, requested: int | None, cap: int | None, wha
     return requested, repeat
 
 
+@dataclass(frozen=True)
+class TrainingPhase:
+    """One phase of a fine-tuning schedule.
+
+    Args:
+        name: ``frozen``, ``unfrozen`` or ``from_scratch`` (the subfolder of the run's model folder).
+        recipe: the phase's recipe: its epochs and learning rate, ``fine_tuning`` None (a phase is one plain run).
+        frozen_layer: the layer frozen during the phase; None when everything trains.
+    """
+
+    name: str
+    recipe: Recipe
+    frozen_layer: str | None
+
+    def describe(self) -> str:
+        what = f"{self.frozen_layer} frozen" if self.frozen_layer else "all layers trainable"
+        return f"{self.name}: {self.recipe.epochs} epochs, {what}, {self.recipe.describe_optimizer()}"
+
+
+def fine_tuning_phases(recipe: Recipe, pretrained: bool = True) -> list[TrainingPhase]:
+    """Split a recipe's epochs into the phases of its ``fine_tuning`` schedule.
+
+    With a pretrained part: first ``frozen_fraction`` of the epochs (rounded, at least one) with ``frozen_layer``
+    frozen at ``learning_rate``, then the rest (at least one; a one-epoch recipe gets one of each, so the smoke
+    profile runs both) with everything trainable at ``unfrozen_learning_rate``. ``min_epochs`` is split the same way.
+
+    Without pretrained weights there is nothing to protect: freezing a randomly initialised encoder would train the
+    decoder on random features for part of the budget, and the lower second rate exists to keep pretrained filters
+    from being destroyed. So an unpretrained model trains in one ``from_scratch`` phase, everything trainable, at
+    ``learning_rate`` for all the epochs; the protocol records that the schedule was skipped and why.
+
+    Args:
+        recipe: the (profile-capped) recipe.
+        pretrained: whether ``frozen_layer`` holds pretrained weights.
+
+    Returns:
+        The phases in order; one phase named ``"full"`` (the recipe itself) when it has no ``fine_tuning``.
+    """
+    tuning = recipe.fine_tuning
+    if not tuning:
+        return [TrainingPhase("full", recipe, None)]
+    if not pretrained:
+        return [TrainingPhase("from_scratch", recipe, None)]
+    epochs = int(recipe.epochs)
+    frozen_epochs = 1 if epochs < 2 else min(epochs - 1, max(1, round(epochs * float(tuning["frozen_fraction"]))))
+    unfrozen_epochs = max(1, epochs - frozen_epochs)
+    frozen_min = min(recipe.min_epochs, frozen_epochs)
+    unfrozen_min = min(max(0, recipe.min_epochs - frozen_epochs), unfrozen_epochs)
+    unfrozen_lr = float(tuning["unfrozen_learning_rate"])
+    frozen = dataclasses.replace(recipe, epochs=frozen_epochs, min_epochs=frozen_min, fine_tuning=None)
+    unfrozen = dataclasses.replace(
+        recipe, epochs=unfrozen_epochs, min_epochs=unfrozen_min, learning_rate=unfrozen_lr,
+        min_lr=min(recipe.min_lr, unfrozen_lr / 10.0), fine_tuning=None,
+    )
+    return [TrainingPhase("frozen", frozen, tuning["frozen_layer"]), TrainingPhase("unfrozen", unfrozen, None)]
+
+
+def train_in_phases(
+    model: keras.Model,
+    recipe: Recipe,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    run_dir,
+    pretrained: bool = True,
+    steps_per_epoch: int | None = None,
+    jit_compile: bool | None = None,
+    **train_kwargs,
+) -> TrainResult:
+    """:func:`train` once per phase of the recipe's fine-tuning schedule (:func:`fine_tuning_phases`).
+
+    Before each phase the frozen layer's ``trainable`` flag is set and the model is recompiled (Keras fixes the
+    trainable variables at compile time) with the phase's optimizer, inside the model's strategy scope. Each phase
+    has its own folder ``run_dir/<phase name>`` with its own checkpoint, log and backup, so a crash resumes the
+    phase it interrupted and a finished phase is reused; the second phase starts from the first's best checkpoint.
+    A recipe without ``fine_tuning`` is passed straight to :func:`train` with ``run_dir`` unchanged.
+
+    Args:
+        model: the model, compiled or not (it is recompiled per phase).
+        recipe: the recipe.
+        train_ds, val_ds: as for :func:`train`.
+        run_dir: the model's folder.
+        pretrained: whether the frozen layer holds pretrained weights (see :func:`fine_tuning_phases`).
+        steps_per_epoch: as for :func:`train`; also the cosine schedule's steps per epoch.
+        jit_compile: XLA; None -> on only when a GPU is present.
+        **train_kwargs: more arguments of :func:`train` (``validation_steps``, ``verbose``, ``strategy`` ...).
+
+    Returns:
+        One :class:`TrainResult` over the phases: the history rows of every phase in order, with a ``phase``
+        column and ``epoch`` counted across phases; times and epochs summed; the last phase's checkpoint. Its
+        ``environment`` gets ``phases``, one line per phase (what ran, for the protocol).
+
+    Raises:
+        ValueError: when the frozen layer is not in the model, or as :func:`train`.
+    """
+    phases = fine_tuning_phases(recipe, pretrained)
+    if not recipe.fine_tuning:
+        return train(model, recipe, train_ds, val_ds, run_dir, steps_per_epoch=steps_per_epoch, **train_kwargs)
+    layer_name = recipe.fine_tuning["frozen_layer"]
+    try:
+        frozen_layer = model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(f"fine_tuning.frozen_layer {layer_name!r} is not a layer of model {model.name!r}") from None
+    run_dir = Path(run_dir)
+    results = []
+    for phase in phases:
+        frozen_layer.trainable = phase.frozen_layer is None
+        with model.distribute_strategy.scope():
+            compile_model(model, phase.recipe, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile)
+        results.append(train(model, phase.recipe, train_ds, val_ds, run_dir / phase.name,
+                             steps_per_epoch=steps_per_epoch, **train_kwargs))
+    histories, offset = [], 0
+    for phase, result in zip(phases, results):
+        history = result.history.copy()
+        history.insert(0, "phase", phase.name)
+        if "epoch" in history:
+            history["epoch"] = history["epoch"] + offset
+        offset += result.epochs_completed
+        histories.append(history)
+    last = results[-1]
+    environment = {**last.environment, "phases": [phase.describe() for phase in phases]}
+    if len(phases) == 1 and phases[0].name == "from_scratch":
+        environment["phases"] = [
+            f"fine-tuning schedule skipped: {layer_name} has no pretrained weights, so nothing is frozen; "
+            + phases[0].describe()
+        ]
+    return TrainResult(
+        history=pd.concat(histories, ignore_index=True),
+        best_checkpoint=last.best_checkpoint,
+        wall_time_s=sum(r.wall_time_s for r in results),
+        images_per_second=[value for r in results for value in r.images_per_second],
+        resumed_from_epoch=sum(r.resumed_from_epoch for r in results),
+        epochs_completed=sum(r.epochs_completed for r in results),
+        stopped_early=any(r.stopped_early for r in results),
+        reused=all(r.reused for r in results),
+        environment=environment,
+        run_dir=run_dir,
+        stopped_by_wall_clock=any(r.stopped_by_wall_clock for r in results),
+    )
+
+
 def train(
     model: keras.Model,
     recipe: Recipe,
@@ -1116,146 +1256,6 @@ def train(
     )
     _write_json_atomic(summary_path, {"recipe": recipe.protocol(), "completed": True, **result.summary()})
     return result
-
-
-@dataclass(frozen=True)
-class TrainingPhase:
-    """One phase of a fine-tuning schedule.
-
-    Args:
-        name: ``frozen``, ``unfrozen`` or ``from_scratch`` (the subfolder of the run's model folder).
-        recipe: the phase's recipe: its epochs and learning rate, ``fine_tuning`` None (a phase is one plain run).
-        frozen_layer: the layer frozen during the phase; None when everything trains.
-    """
-
-    name: str
-    recipe: Recipe
-    frozen_layer: str | None
-
-    def describe(self) -> str:
-        what = f"{self.frozen_layer} frozen" if self.frozen_layer else "all layers trainable"
-        return f"{self.name}: {self.recipe.epochs} epochs, {what}, {self.recipe.describe_optimizer()}"
-
-
-def fine_tuning_phases(recipe: Recipe, pretrained: bool = True) -> list[TrainingPhase]:
-    """Split a recipe's epochs into the phases of its ``fine_tuning`` schedule.
-
-    With a pretrained part: first ``frozen_fraction`` of the epochs (rounded, at least one) with ``frozen_layer``
-    frozen at ``learning_rate``, then the rest (at least one; a one-epoch recipe gets one of each, so the smoke
-    profile runs both) with everything trainable at ``unfrozen_learning_rate``. ``min_epochs`` is split the same way.
-
-    Without pretrained weights there is nothing to protect: freezing a randomly initialised encoder would train the
-    decoder on random features for part of the budget, and the lower second rate exists to keep pretrained filters
-    from being destroyed. So an unpretrained model trains in one ``from_scratch`` phase, everything trainable, at
-    ``learning_rate`` for all the epochs; the protocol records that the schedule was skipped and why.
-
-    Args:
-        recipe: the (profile-capped) recipe.
-        pretrained: whether ``frozen_layer`` holds pretrained weights.
-
-    Returns:
-        The phases in order; one phase named ``"full"`` (the recipe itself) when it has no ``fine_tuning``.
-    """
-    tuning = recipe.fine_tuning
-    if not tuning:
-        return [TrainingPhase("full", recipe, None)]
-    if not pretrained:
-        return [TrainingPhase("from_scratch", recipe, None)]
-    epochs = int(recipe.epochs)
-    frozen_epochs = 1 if epochs < 2 else min(epochs - 1, max(1, round(epochs * float(tuning["frozen_fraction"]))))
-    unfrozen_epochs = max(1, epochs - frozen_epochs)
-    frozen_min = min(recipe.min_epochs, frozen_epochs)
-    unfrozen_min = min(max(0, recipe.min_epochs - frozen_epochs), unfrozen_epochs)
-    unfrozen_lr = float(tuning["unfrozen_learning_rate"])
-    frozen = dataclasses.replace(recipe, epochs=frozen_epochs, min_epochs=frozen_min, fine_tuning=None)
-    unfrozen = dataclasses.replace(
-        recipe, epochs=unfrozen_epochs, min_epochs=unfrozen_min, learning_rate=unfrozen_lr,
-        min_lr=min(recipe.min_lr, unfrozen_lr / 10.0), fine_tuning=None,
-    )
-    return [TrainingPhase("frozen", frozen, tuning["frozen_layer"]), TrainingPhase("unfrozen", unfrozen, None)]
-
-
-def train_in_phases(
-    model: keras.Model,
-    recipe: Recipe,
-    train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
-    run_dir,
-    pretrained: bool = True,
-    steps_per_epoch: int | None = None,
-    jit_compile: bool | None = None,
-    **train_kwargs,
-) -> TrainResult:
-    """:func:`train` once per phase of the recipe's fine-tuning schedule (:func:`fine_tuning_phases`).
-
-    Before each phase the frozen layer's ``trainable`` flag is set and the model is recompiled (Keras fixes the
-    trainable variables at compile time) with the phase's optimizer, inside the model's strategy scope. Each phase
-    has its own folder ``run_dir/<phase name>`` with its own checkpoint, log and backup, so a crash resumes the
-    phase it interrupted and a finished phase is reused; the second phase starts from the first's best checkpoint.
-    A recipe without ``fine_tuning`` is passed straight to :func:`train` with ``run_dir`` unchanged.
-
-    Args:
-        model: the model, compiled or not (it is recompiled per phase).
-        recipe: the recipe.
-        train_ds, val_ds: as for :func:`train`.
-        run_dir: the model's folder.
-        pretrained: whether the frozen layer holds pretrained weights (see :func:`fine_tuning_phases`).
-        steps_per_epoch: as for :func:`train`; also the cosine schedule's steps per epoch.
-        jit_compile: XLA; None -> on only when a GPU is present.
-        **train_kwargs: more arguments of :func:`train` (``validation_steps``, ``verbose``, ``strategy`` ...).
-
-    Returns:
-        One :class:`TrainResult` over the phases: the history rows of every phase in order, with a ``phase``
-        column and ``epoch`` counted across phases; times and epochs summed; the last phase's checkpoint. Its
-        ``environment`` gets ``phases``, one line per phase (what ran, for the protocol).
-
-    Raises:
-        ValueError: when the frozen layer is not in the model, or as :func:`train`.
-    """
-    phases = fine_tuning_phases(recipe, pretrained)
-    if not recipe.fine_tuning:
-        return train(model, recipe, train_ds, val_ds, run_dir, steps_per_epoch=steps_per_epoch, **train_kwargs)
-    layer_name = recipe.fine_tuning["frozen_layer"]
-    try:
-        frozen_layer = model.get_layer(layer_name)
-    except ValueError:
-        raise ValueError(f"fine_tuning.frozen_layer {layer_name!r} is not a layer of model {model.name!r}") from None
-    run_dir = Path(run_dir)
-    results = []
-    for phase in phases:
-        frozen_layer.trainable = phase.frozen_layer is None
-        with model.distribute_strategy.scope():
-            compile_model(model, phase.recipe, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile)
-        results.append(train(model, phase.recipe, train_ds, val_ds, run_dir / phase.name,
-                             steps_per_epoch=steps_per_epoch, **train_kwargs))
-    histories, offset = [], 0
-    for phase, result in zip(phases, results):
-        history = result.history.copy()
-        history.insert(0, "phase", phase.name)
-        if "epoch" in history:
-            history["epoch"] = history["epoch"] + offset
-        offset += result.epochs_completed
-        histories.append(history)
-    last = results[-1]
-    environment = {**last.environment, "phases": [phase.describe() for phase in phases]}
-    if len(phases) == 1 and phases[0].name == "from_scratch":
-        environment["phases"] = [
-            f"fine-tuning schedule skipped: {layer_name} has no pretrained weights, so nothing is frozen; "
-            + phases[0].describe()
-        ]
-    return TrainResult(
-        history=pd.concat(histories, ignore_index=True),
-        best_checkpoint=last.best_checkpoint,
-        wall_time_s=sum(r.wall_time_s for r in results),
-        images_per_second=[value for r in results for value in r.images_per_second],
-        resumed_from_epoch=sum(r.resumed_from_epoch for r in results),
-        epochs_completed=sum(r.epochs_completed for r in results),
-        stopped_early=any(r.stopped_early for r in results),
-        reused=all(r.reused for r in results),
-        environment=environment,
-        run_dir=run_dir,
-        stopped_by_wall_clock=any(r.stopped_by_wall_clock for r in results),
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------
