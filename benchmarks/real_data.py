@@ -5,7 +5,7 @@ Usage::
     python -m benchmarks.real_data [--data-root ../shared/data] [--sources lidc msd] [--models unet ...]
                                    [--profile quick] [--seeds 0 1 2] [--out reports] [--work-dir benchmarks/_work/real]
 
-Trains every segmentation model of papers 001 and 004 (their recipes, capped by the profile exactly as in the main
+Trains every segmentation model of papers 001, 002 and 004 (their recipes, capped by the profile exactly as in the main
 job: the step budget, patches at the recipe's pixel scale, sliding-window inference) on real CT and scores it on
 other patients:
 
@@ -37,13 +37,15 @@ import pandas as pd
 from benchmarks import DEFAULT_WORK_DIR, write_json_atomic, write_text_atomic
 
 _REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-#: Every segmentation model of papers 001 and 004, as (paper, result key).
+#: Every segmentation model of papers 001, 002 (lungkit rows: the slides print no number) and 004, as (paper,
+#: result key).
 MODELS = {
     "unet": ("paper004", "unet"),
     "attention_unet": ("paper004", "attention_unet"),
     "swin_unet": ("paper001", "swin_unet"),
     "unetr": ("paper001", "unetr"),
     "resnet50_unet": ("paper001", "resnet50_unet"),
+    "mobilenetv2_unet": ("paper002", "mobilenetv2_unet"),
 }
 #: Leave-patients-out folds of the LIDC sample: the test patients of each fold.
 LIDC_FOLDS = {
@@ -193,7 +195,7 @@ def _ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
 
 def render_markdown(report: dict) -> str:
     lines = ["# Real-data benchmark", "",
-             "Every segmentation model of papers 001 and 004, trained by the kit at the named profile on real CT and "
+             "Every segmentation model of papers 001, 002 and 004, trained by the kit at the named profile on real CT and "
              "scored on patients it never saw (`python -m benchmarks.real_data`). Per-image metrics pooled over the "
              "folds' test images, bootstrap 95% CI. Not the papers' data or protocols: a check that the kit learns "
              "real CT.", ""]

@@ -539,6 +539,37 @@ def plot_confusion_matrix(per_case: pd.DataFrame, class_names=None, title: str =
     return figure
 
 
+def plot_roc_curves(per_case_by_name: dict, title: str = ""):
+    """ROC curves of several binary classifiers scored on test cases, each with its AUC in the legend.
+
+    Args:
+        per_case_by_name: ``{legend name: per-case table}`` with columns ``y_true`` (0/1) and ``y_score`` (any
+            score that ranks class 1 higher: a probability, or e.g. a diameter for a size-only baseline).
+        title: figure title.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+    """
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure, axis = plt.subplots(figsize=(4.6, 4.0))
+    for name, per_case in per_case_by_name.items():
+        truth, score = per_case["y_true"].to_numpy(), per_case["y_score"].to_numpy()
+        if len(set(truth.tolist())) < 2:
+            continue  # a ROC curve needs both classes
+        false_positive_rate, true_positive_rate, _ = roc_curve(truth, score)
+        axis.plot(false_positive_rate, true_positive_rate, label=f"{name} (AUC {roc_auc_score(truth, score):.2f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel("1 - specificity")
+    axis.set_ylabel("sensitivity")
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=7, loc="lower right")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 # ============================================================================================================== reports
 
 

@@ -70,6 +70,7 @@ RECIPE_KEYS = (
     "augment_on_the_fly",
     "notes",
     "profile_overrides",
+    "fine_tuning",
 )
 # What a profile override may change: training settings, never the model or the paper's notes.
 OVERRIDABLE_RECIPE_KEYS = tuple(key for key in RECIPE_KEYS if key not in ("model", "notes", "profile_overrides"))
@@ -84,6 +85,8 @@ REQUIRED_RECIPE_KEYS = (
     "epochs",
 )
 OPTIMIZERS = ("adam", "sgd")
+#: Keys of a recipe's ``fine_tuning`` schedule (see :func:`fine_tuning_phases`).
+FINE_TUNING_KEYS = ("frozen_layer", "frozen_fraction", "unfrozen_learning_rate")
 LR_SCHEDULES = (None, "cosine")
 MONITORS = {"val_loss": "min", "val_dice": "max"}
 
@@ -141,6 +144,10 @@ class Recipe:
             for a measured reason the recipe's notes must give (e.g. paper 001's Swin-UNet: at the small scale the
             printed lr 0.005 could not fit one batch). Applied by :meth:`for_profile` and recorded in
             ``overridden``; the ``paper`` profile is meant to have none.
+        fine_tuning: None (one phase) or the transfer-learning schedule ``{"frozen_layer": name of the pretrained
+            part (a layer or nested model of the built model), "frozen_fraction": share of the epochs trained with
+            it frozen, in (0, 1), "unfrozen_learning_rate": the lower rate of the second phase, when everything
+            trains}``. The first phase trains at ``learning_rate``. See :func:`fine_tuning_phases`.
         capped: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every capped key.
         patch_size: set by :meth:`for_profile` with ``patches=True``: the model trains on ``patch_size`` patches
             cut from slices kept at ``image_size`` (their pixel scale) and predicts whole slices by sliding window;
@@ -180,6 +187,7 @@ class Recipe:
     max_steps_per_epoch: int | None = None
     capped: dict = field(default_factory=dict)
     profile_overrides: dict = field(default_factory=dict)
+    fine_tuning: dict | None = None
     overridden: dict = field(default_factory=dict)
     patch_size: int | None = None
     max_steps: int | None = None
@@ -238,6 +246,23 @@ class Recipe:
             "a number >= 0 and below learning_rate",
         )
         expect(self.monitor in MONITORS, "monitor", f"one of {sorted(MONITORS)}")
+        tuning = self.fine_tuning
+        expect(
+            tuning is None
+            or (
+                isinstance(tuning, dict)
+                and set(tuning) == set(FINE_TUNING_KEYS)
+                and isinstance(tuning["frozen_layer"], str)
+                and bool(tuning["frozen_layer"])
+                and _is_number(tuning["frozen_fraction"])
+                and 0 < tuning["frozen_fraction"] < 1
+                and _is_number(tuning["unfrozen_learning_rate"])
+                and 0 < tuning["unfrozen_learning_rate"] < (self.learning_rate if _is_number(self.learning_rate) else 0)
+            ),
+            "fine_tuning",
+            f"None or a dict with exactly {list(FINE_TUNING_KEYS)}: a layer name, a fraction in (0, 1) and an "
+            "unfrozen_learning_rate below learning_rate",
+        )
         expect(isinstance(self.augment_on_the_fly, bool), "augment_on_the_fly", "True or False")
         expect(isinstance(self.notes, str), "notes", "a string")
         expect(
@@ -429,7 +454,7 @@ class Recipe:
             dict with ``profile``, ``image_size``, ``epochs``, ``model_scale``, ``loss``, ``optimizer`` (as one-line
             descriptions) and the other settings that shape a number, including ``capped``.
         """
-        return {
+        protocol = {
             "profile": self.profile,
             "model": self.model,
             "model_scale": self.model_scale,
@@ -450,6 +475,10 @@ class Recipe:
             "capped": {key: dict(value) for key, value in self.capped.items()},
             "overridden": {key: dict(value) for key, value in self.overridden.items()},
         }
+        if self.fine_tuning:
+            # only when set: a completed run's recorded protocol (compared on resume) stays what it was
+            protocol["fine_tuning"] = dict(self.fine_tuning)
+        return protocol
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -881,6 +910,146 @@ def _steps(dataset: tf.data.Dataset, requested: int | None, cap: int | None, wha
     # with a step count that differs from the length of a finite dataset, keras' iterator would run dry
     repeat = requested is not None and cardinality != tf.data.INFINITE_CARDINALITY and requested != cardinality
     return requested, repeat
+
+
+@dataclass(frozen=True)
+class TrainingPhase:
+    """One phase of a fine-tuning schedule.
+
+    Args:
+        name: ``frozen``, ``unfrozen`` or ``from_scratch`` (the subfolder of the run's model folder).
+        recipe: the phase's recipe: its epochs and learning rate, ``fine_tuning`` None (a phase is one plain run).
+        frozen_layer: the layer frozen during the phase; None when everything trains.
+    """
+
+    name: str
+    recipe: Recipe
+    frozen_layer: str | None
+
+    def describe(self) -> str:
+        what = f"{self.frozen_layer} frozen" if self.frozen_layer else "all layers trainable"
+        return f"{self.name}: {self.recipe.epochs} epochs, {what}, {self.recipe.describe_optimizer()}"
+
+
+def fine_tuning_phases(recipe: Recipe, pretrained: bool = True) -> list[TrainingPhase]:
+    """Split a recipe's epochs into the phases of its ``fine_tuning`` schedule.
+
+    With a pretrained part: first ``frozen_fraction`` of the epochs (rounded, at least one) with ``frozen_layer``
+    frozen at ``learning_rate``, then the rest (at least one; a one-epoch recipe gets one of each, so the smoke
+    profile runs both) with everything trainable at ``unfrozen_learning_rate``. ``min_epochs`` is split the same way.
+
+    Without pretrained weights there is nothing to protect: freezing a randomly initialised encoder would train the
+    decoder on random features for part of the budget, and the lower second rate exists to keep pretrained filters
+    from being destroyed. So an unpretrained model trains in one ``from_scratch`` phase, everything trainable, at
+    ``learning_rate`` for all the epochs; the protocol records that the schedule was skipped and why.
+
+    Args:
+        recipe: the (profile-capped) recipe.
+        pretrained: whether ``frozen_layer`` holds pretrained weights.
+
+    Returns:
+        The phases in order; one phase named ``"full"`` (the recipe itself) when it has no ``fine_tuning``.
+    """
+    tuning = recipe.fine_tuning
+    if not tuning:
+        return [TrainingPhase("full", recipe, None)]
+    if not pretrained:
+        return [TrainingPhase("from_scratch", recipe, None)]
+    epochs = int(recipe.epochs)
+    frozen_epochs = 1 if epochs < 2 else min(epochs - 1, max(1, round(epochs * float(tuning["frozen_fraction"]))))
+    unfrozen_epochs = max(1, epochs - frozen_epochs)
+    frozen_min = min(recipe.min_epochs, frozen_epochs)
+    unfrozen_min = min(max(0, recipe.min_epochs - frozen_epochs), unfrozen_epochs)
+    unfrozen_lr = float(tuning["unfrozen_learning_rate"])
+    frozen = dataclasses.replace(recipe, epochs=frozen_epochs, min_epochs=frozen_min, fine_tuning=None)
+    unfrozen = dataclasses.replace(
+        recipe, epochs=unfrozen_epochs, min_epochs=unfrozen_min, learning_rate=unfrozen_lr,
+        min_lr=min(recipe.min_lr, unfrozen_lr / 10.0), fine_tuning=None,
+    )
+    return [TrainingPhase("frozen", frozen, tuning["frozen_layer"]), TrainingPhase("unfrozen", unfrozen, None)]
+
+
+def train_in_phases(
+    model: keras.Model,
+    recipe: Recipe,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    run_dir,
+    pretrained: bool = True,
+    steps_per_epoch: int | None = None,
+    jit_compile: bool | None = None,
+    **train_kwargs,
+) -> TrainResult:
+    """:func:`train` once per phase of the recipe's fine-tuning schedule (:func:`fine_tuning_phases`).
+
+    Before each phase the frozen layer's ``trainable`` flag is set and the model is recompiled (Keras fixes the
+    trainable variables at compile time) with the phase's optimizer, inside the model's strategy scope. Each phase
+    has its own folder ``run_dir/<phase name>`` with its own checkpoint, log and backup, so a crash resumes the
+    phase it interrupted and a finished phase is reused; the second phase starts from the first's best checkpoint.
+    A recipe without ``fine_tuning`` is passed straight to :func:`train` with ``run_dir`` unchanged.
+
+    Args:
+        model: the model, compiled or not (it is recompiled per phase).
+        recipe: the recipe.
+        train_ds, val_ds: as for :func:`train`.
+        run_dir: the model's folder.
+        pretrained: whether the frozen layer holds pretrained weights (see :func:`fine_tuning_phases`).
+        steps_per_epoch: as for :func:`train`; also the cosine schedule's steps per epoch.
+        jit_compile: XLA; None -> on only when a GPU is present.
+        **train_kwargs: more arguments of :func:`train` (``validation_steps``, ``verbose``, ``strategy`` ...).
+
+    Returns:
+        One :class:`TrainResult` over the phases: the history rows of every phase in order, with a ``phase``
+        column and ``epoch`` counted across phases; times and epochs summed; the last phase's checkpoint. Its
+        ``environment`` gets ``phases``, one line per phase (what ran, for the protocol).
+
+    Raises:
+        ValueError: when the frozen layer is not in the model, or as :func:`train`.
+    """
+    phases = fine_tuning_phases(recipe, pretrained)
+    if not recipe.fine_tuning:
+        return train(model, recipe, train_ds, val_ds, run_dir, steps_per_epoch=steps_per_epoch, **train_kwargs)
+    layer_name = recipe.fine_tuning["frozen_layer"]
+    try:
+        frozen_layer = model.get_layer(layer_name)
+    except ValueError:
+        raise ValueError(f"fine_tuning.frozen_layer {layer_name!r} is not a layer of model {model.name!r}") from None
+    run_dir = Path(run_dir)
+    results = []
+    for phase in phases:
+        frozen_layer.trainable = phase.frozen_layer is None
+        with model.distribute_strategy.scope():
+            compile_model(model, phase.recipe, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile)
+        results.append(train(model, phase.recipe, train_ds, val_ds, run_dir / phase.name,
+                             steps_per_epoch=steps_per_epoch, **train_kwargs))
+    histories, offset = [], 0
+    for phase, result in zip(phases, results):
+        history = result.history.copy()
+        history.insert(0, "phase", phase.name)
+        if "epoch" in history:
+            history["epoch"] = history["epoch"] + offset
+        offset += result.epochs_completed
+        histories.append(history)
+    last = results[-1]
+    environment = {**last.environment, "phases": [phase.describe() for phase in phases]}
+    if len(phases) == 1 and phases[0].name == "from_scratch":
+        environment["phases"] = [
+            f"fine-tuning schedule skipped: {layer_name} has no pretrained weights, so nothing is frozen; "
+            + phases[0].describe()
+        ]
+    return TrainResult(
+        history=pd.concat(histories, ignore_index=True),
+        best_checkpoint=last.best_checkpoint,
+        wall_time_s=sum(r.wall_time_s for r in results),
+        images_per_second=[value for r in results for value in r.images_per_second],
+        resumed_from_epoch=sum(r.resumed_from_epoch for r in results),
+        epochs_completed=sum(r.epochs_completed for r in results),
+        stopped_early=any(r.stopped_early for r in results),
+        reused=all(r.reused for r in results),
+        environment=environment,
+        run_dir=run_dir,
+        stopped_by_wall_clock=any(r.stopped_by_wall_clock for r in results),
+    )
 
 
 def train(

@@ -355,3 +355,30 @@ def test_find_rows_for_result_spans_tables():
     assert [(r["table"], r["row"]) for r in find_rows_for_result("paper001", "swin_unet")] == [("table3", "SwinUNET")]
     assert find_rows_for_result("paper000", "mask2former") == []
     assert papers.PAPERS["paper003"] is get_paper("paper003")
+
+
+def test_paper002_lungkit_rows_carry_valid_recipes_and_notebooks():
+    """The slides print no table, so paper 002's systems are lungkit rows (BASELINES), never RECIPES; each has a
+    valid recipe for a registered model, a notebook that exists, and says it is lungkit's."""
+    from lungkit.models.mobilenet_unet import ENCODER_NAME
+    from lungkit.training import Recipe
+
+    module = get_paper("paper002")
+    assert module.RECIPES == {} and module.TABLES == {}
+    assert set(module.BASELINES) == {"mobilenetv2_unet", "cnn_from_scratch", "crop_cnn_classifier"}
+    notebooks = Path(__file__).resolve().parents[1] / "notebooks"
+    for key, baseline in module.BASELINES.items():
+        recipe = Recipe.from_dict(baseline["recipe"], source=f"paper002 BASELINES[{key!r}]")
+        assert recipe.model == key and recipe.model in available_models()
+        assert "lungkit" in baseline["row"] and "no number" in baseline["row"]
+        assert "not printed in the paper" in recipe.notes.lower()
+        assert (notebooks / f"{baseline['notebook']}.ipynb").is_file(), baseline["notebook"]
+    schedule = module.BASELINES["mobilenetv2_unet"]["recipe"]["fine_tuning"]
+    assert schedule["frozen_layer"] == ENCODER_NAME
+    assert schedule["unfrozen_learning_rate"] < module.BASELINES["mobilenetv2_unet"]["recipe"]["learning_rate"]
+    # the two segmentation systems differ only in the network and the schedule
+    mobilenet, scratch = (dict(module.BASELINES[k]["recipe"]) for k in ("mobilenetv2_unet", "cnn_from_scratch"))
+    for recipe in (mobilenet, scratch):
+        for key in ("model", "notes", "fine_tuning"):
+            recipe.pop(key, None)
+    assert mobilenet == scratch

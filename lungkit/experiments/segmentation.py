@@ -82,7 +82,9 @@ class SegmentationExperiment:
 
     Args:
         paper_id: ``paper001`` ... (see :func:`lungkit.papers.all_paper_ids`).
-        result_key: the result's key in the paper's ``RECIPES`` (e.g. ``attention_unet``).
+        result_key: the result's key in the paper's ``RECIPES`` (e.g. ``attention_unet``), or in its ``BASELINES``
+            (lungkit-run results no printed row holds, e.g. paper 002's ``mobilenetv2_unet``; they are filed under
+            the baseline's own table and row name).
         profile: ``smoke``, ``quick`` or ``paper``.
         run_dir: the run's folder.
         data_dir: real Lung-RADS pickles; the phantom when None or empty.
@@ -105,10 +107,17 @@ class SegmentationExperiment:
 
         self.run_dir = Path(self.run_dir)
         self.settings = get_profile(self.profile)
-        source = f"lungkit/papers/{self.paper_id}.py: RECIPES[{self.result_key!r}]"
-        self.paper_recipe = Recipe.from_dict(papers.get_recipe(self.paper_id, self.result_key), source=source)
+        module = papers.get_paper(self.paper_id)
+        baseline = getattr(module, "BASELINES", {}).get(self.result_key)
+        if self.result_key not in module.RECIPES and baseline is not None and baseline.get("recipe") is not None:
+            source = f"lungkit/papers/{self.paper_id}.py: BASELINES[{self.result_key!r}]['recipe']"
+            self.paper_recipe = Recipe.from_dict(baseline["recipe"], source=source)
+            self.rows = [{"table": baseline["table"], "row": baseline["row"]}]
+        else:
+            source = f"lungkit/papers/{self.paper_id}.py: RECIPES[{self.result_key!r}]"
+            self.paper_recipe = Recipe.from_dict(papers.get_recipe(self.paper_id, self.result_key), source=source)
+            self.rows = papers.find_rows_for_result(self.paper_id, self.result_key)
         self.recipe = self.paper_recipe.for_profile(self.settings)
-        self.rows = papers.find_rows_for_result(self.paper_id, self.result_key)
         if not self.rows:
             raise ValueError(f"no row of {self.paper_id}'s tables is reproduced by result {self.result_key!r}")
         self.postprocess = papers.get_postprocessing(self.paper_id, self.result_key)
@@ -240,22 +249,34 @@ class SegmentationExperiment:
         # the cosine schedule needs the number of optimizer steps in advance
         model = build_for_training(self.recipe, steps_per_epoch=steps, **overrides)
         self.pretrained = None
-        if self.recipe.model == "resnet50_unet":
-            from lungkit.models.resnet_unet import encoder_weights_status
+        # models with a pretrainable encoder (ResNet50-UNet, MobileNetV2 U-Net) record what it started from
+        import importlib
 
-            self.pretrained = encoder_weights_status(model)
+        from lungkit.models import get_builder
+
+        module = importlib.import_module(get_builder(self.recipe.model).__module__)
+        if hasattr(module, "encoder_weights_status"):
+            self.pretrained = module.encoder_weights_status(model)
             if not self.pretrained.get("pretrained"):
-                print("No local ImageNet weights given: the ResNet50 encoder trains from scratch (recorded in the protocol).")
+                print(f"No local ImageNet weights given: the {self.recipe.model} encoder trains from scratch "
+                      "(recorded in the protocol).")
         return model
 
     def train(self, model, train_ds=None, validation_ds=None, verbose="auto"):
-        """Fit by the recipe; rerunning with the same ``run_dir`` resumes (or reuses a finished run)."""
-        from lungkit.training import train
+        """Fit by the recipe; rerunning with the same ``run_dir`` resumes (or reuses a finished run).
+
+        A recipe with a ``fine_tuning`` schedule trains in its phases (frozen encoder, then everything at the lower
+        rate; one from-scratch phase when the encoder has no pretrained weights), see
+        :func:`lungkit.training.train_in_phases`.
+        """
+        from lungkit.training import train_in_phases
 
         if train_ds is None or validation_ds is None:
             train_ds, validation_ds = self.datasets()
-        self.fit = train(model, self.recipe, train_ds, validation_ds, self.model_dir, verbose=verbose,
-                         steps_per_epoch=self.steps_per_epoch() if self.recipe.patch_size else None)
+        pretrained = bool((getattr(self, "pretrained", None) or {}).get("pretrained"))
+        self.fit = train_in_phases(model, self.recipe, train_ds, validation_ds, self.model_dir, pretrained=pretrained,
+                                   verbose=verbose,
+                                   steps_per_epoch=self.steps_per_epoch() if self.recipe.patch_size else None)
         return self.fit
 
     # -- evaluation -----------------------------------------------------------------------------------------------
@@ -409,6 +430,10 @@ class SegmentationExperiment:
             "notes": " ".join(x for x in (notes, getattr(self, "validation_note", ""), self.recipe.notes) if x),
             **self._protocol_extra(dataset_dir),
         }
+        phases = (fit.environment or {}).get("phases") if fit is not None else None
+        if phases:
+            # the optimizer line of the report must show the schedule that actually ran, not the first rate alone
+            protocol["optimizer"] = "; then ".join(phases)
         tables = sorted({row["table"] for row in self.rows})
         summary_path = write_results(
             self.results_dir,

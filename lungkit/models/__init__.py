@@ -25,6 +25,9 @@ _BUILDERS = {
     "resnet50_unet": "resnet_unet:build_resnet50_unet",
     "densenet121_classifier": "densenet_cls:build_densenet121_classifier",
     "sam": "sam:build_sam",
+    "mobilenetv2_unet": "mobilenet_unet:build_mobilenetv2_unet",
+    "cnn_from_scratch": "cnn_from_scratch:build_cnn_from_scratch",
+    "crop_cnn_classifier": "crop_cnn:build_crop_cnn_classifier",
 }
 
 

@@ -101,3 +101,35 @@ TABLES = {
 
 # No trainable lungkit model for this paper yet.
 RECIPES = {}
+
+# lungkit-run results that no printed row holds (the abstract's self-supervised classifier prints no number).
+# Settings of lungkit/experiments/selfsupervised.py; every value is lungkit's choice (the paper prints none).
+SELF_SUPERVISED = {
+    "notebook": "44_selfsupervised_classifier",
+    "table": "lungkit_selfsupervised",
+    "row": "Self-supervised (SimCLR) crop classifier, {mode}, {percent}% of the labels (lungkit; no number printed)",
+    "encoder": "crop_cnn_classifier",
+    "slice_size": 256,
+    "crop_size": 32,
+    "temperature": 0.1,
+    "projection_width": 64,
+    "pretraining_batch_size": 64,
+    "pretraining_steps": 2000,
+    "pretraining_learning_rate": 1e-3,
+    "downstream_batch_size": 32,
+    "downstream_steps": 1000,
+    "downstream_learning_rate": 1e-3,
+    "label_fractions": (0.1, 0.5, 1.0),
+    "notes": (
+        "Paper 000's abstract names a 'self-supervised' benign/malignant classifier of the segmented tumours "
+        "(lines 11-12) and prints no detail and no number. lungkit: SimCLR as in keras-io's 'Semi-supervised image "
+        "classification using contrastive pretraining' example (two augmented views, NT-Xent at temperature 0.1, a "
+        "two-layer projection head), on unlabelled ground-truth tumour crops of the training split only, then a "
+        "linear probe (encoder frozen) and fine-tuning (everything trains) with 10, 50 and 100% of the training "
+        "labels, against the same network from scratch with the same labels. Adam 1e-3 downstream for all three, "
+        "fixed step budgets (the profile's) and the last weights, no early stopping. Data: the Lung-RADS kit "
+        "dataset with the Lung-RADS PROXY label (LR2/LR3 vs LR4A/LR4B). The paper's data, Lung-PET-CT-Dx, has "
+        "no benign class: there the documented alternative task is histology (adenocarcinoma vs other), not "
+        "built in lungkit yet."
+    ),
+}

@@ -1,8 +1,16 @@
 """Paper 002: Lung Cancer Segmentation, project slides (``002_19078de01604c683.txt``).
 
 Data only. The slides are a project proposal: they print no results table and no metric values, so ``TABLES`` is
-empty. What they do print (dataset facts and the planned systems) is recorded in ``PAPER``.
+empty and ``RECIPES`` (every recipe reproduces a printed row) is empty too. What they do print (dataset facts and the
+planned systems) is recorded in ``PAPER``.
+
+The two segmentation systems the slides plan are ``BASELINES``: lungkit-run results that no printed row holds (the
+convention of paper 003's lungkit rows). Each has its recipe, built entirely from lungkit's choices because the
+slides print no setting; its results go to ``results/paper002/<result_key>/`` and the report lists them as
+lungkit's, with their protocol, under "lungkit results with no row in the paper's tables".
 """
+
+_NOT_PRINTED = "Not printed in the paper"
 
 PAPER = dict(
     id="paper002",
@@ -46,3 +54,127 @@ PAPER = dict(
 TABLES = {}
 
 RECIPES = {}
+
+#: The table name the lungkit rows of this paper are filed under (there is no printed table).
+LUNGKIT_SEGMENTATION_TABLE = "lungkit_segmentation"
+
+_SHARED_CHOICES = (
+    _NOT_PRINTED + " (the slides print no setting at all): image size (256 px, as paper 001 on the same Lung-RADS "
+    "data; the slices are 512 px), intensity mapping (HU window [-1000, 400] -> [0, 1]), loss (Dice + BCE with "
+    "weights 1 and 1 on logits: the kit's measured choice where BCE alone stayed at the empty prediction, see paper "
+    "001's UNETR recipe), Adam, batch size 8, at most 50 epochs with early stopping after 10 epochs without a better "
+    "validation Dice, checkpoint on validation Dice, no augmentation. Both systems get the same settings so that "
+    "the comparison is about the networks."
+)
+
+BASELINES = {
+    "mobilenetv2_unet": {
+        "row": "MobileNetV2 U-Net, transfer learning (lungkit's run of the slides' plan; the slides print no number)",
+        "table": LUNGKIT_SEGMENTATION_TABLE,
+        "notebook": "50_mobilenet_unet",
+        "recipe": {
+            "model": "mobilenetv2_unet",
+            "image_size": 256,
+            "input_channels": 1,
+            "preprocessing": "hu_window_unit",
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+            "lr_schedule": None,
+            "loss": "dice_bce",
+            "loss_kwargs": {"dice_weight": 1.0, "bce_weight": 1.0},
+            "from_logits": True,
+            "batch_size": 8,
+            "epochs": 50,
+            "min_epochs": 0,
+            "early_stopping_patience": 10,
+            "reduce_lr_patience": None,
+            "reduce_lr_factor": 0.1,
+            "min_lr": 0.0,
+            "monitor": "val_dice",
+            "augment_on_the_fly": False,
+            "fine_tuning": {
+                "frozen_layer": "mobilenetv2_encoder",
+                "frozen_fraction": 0.25,
+                "unfrozen_learning_rate": 1e-4,
+            },
+            "notes": (
+                "Slides: 'Finetune a pretrained model with this dataset' (line 137), models 'stem from the UNET "
+                "architecture (E.G. MobileNetV2)' (line 75), citing Riaz et al. 2023 (MobileNetV2 U-Net, Dice "
+                "0.8793 on MSD Task06 Lung, another dataset and protocol). lungkit: keras.applications MobileNetV2 "
+                "with the TensorFlow segmentation tutorial's skips, ImageNet weights only from a local file. "
+                "Fine-tuning schedule (the usual Keras transfer-learning recipe, not printed anywhere for this "
+                "work): the first quarter of the epochs with the encoder frozen at Adam 1e-3, the rest with "
+                "everything trainable at 1e-4. Without local ImageNet weights there is nothing to fine-tune: the "
+                "whole network trains from scratch at 1e-3 for all the epochs, and the protocol says so. "
+                + _SHARED_CHOICES
+            ),
+        },
+    },
+    "cnn_from_scratch": {
+        "row": "CNN from scratch, plain encoder-decoder (lungkit's run of the slides' baseline; no number printed)",
+        "table": LUNGKIT_SEGMENTATION_TABLE,
+        "notebook": "51_cnn_from_scratch",
+        "recipe": {
+            "model": "cnn_from_scratch",
+            "image_size": 256,
+            "input_channels": 1,
+            "preprocessing": "hu_window_unit",
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+            "lr_schedule": None,
+            "loss": "dice_bce",
+            "loss_kwargs": {"dice_weight": 1.0, "bce_weight": 1.0},
+            "from_logits": True,
+            "batch_size": 8,
+            "epochs": 50,
+            "min_epochs": 0,
+            "early_stopping_patience": 10,
+            "reduce_lr_patience": None,
+            "reduce_lr_factor": 0.1,
+            "min_lr": 0.0,
+            "monitor": "val_dice",
+            "augment_on_the_fly": False,
+            "notes": (
+                "Slides: 'Develop CNN baseline model from scratch' (line 139), no architecture given. lungkit: a "
+                "plain encoder-decoder without skip connections (lungkit/models/cnn_from_scratch.py), randomly "
+                "initialised. " + _SHARED_CHOICES
+            ),
+        },
+    },
+    # The classification step (lungkit/experiments/segment_classify.py): one recipe for every crop view; its
+    # results are filed per view and mask source (crop_cnn_<view>_<source>) beside the size-only baseline.
+    "crop_cnn_classifier": {
+        "row": "Crop CNN, benign-like vs suspicious on segmented tumours (lungkit; the slides print no number)",
+        "table": "lungkit_classification",
+        "notebook": "52_segment_then_classify",
+        "recipe": {
+            "model": "crop_cnn_classifier",
+            "image_size": 32,
+            "input_channels": 1,
+            "preprocessing": "hu_window_unit",
+            "optimizer": "adam",
+            "learning_rate": 1e-3,
+            "lr_schedule": None,
+            "loss": "bce",
+            "loss_kwargs": {},
+            "from_logits": False,
+            "batch_size": 32,
+            "epochs": 50,
+            "min_epochs": 0,
+            "early_stopping_patience": 10,
+            "reduce_lr_patience": None,
+            "reduce_lr_factor": 0.1,
+            "min_lr": 0.0,
+            "monitor": "val_loss",
+            "augment_on_the_fly": True,
+            "notes": (
+                "Slides: 'Segmented images -> Classification network -> benign / Malignant' (lines 98-120), nothing "
+                "more. " + _NOT_PRINTED + ": every setting. lungkit: a small CNN (lungkit/models/crop_cnn.py) on 32 "
+                "px crops around the tumour at the segmentation's pixel scale, binary cross entropy, Adam 1e-3, "
+                "batch 32, at most 50 epochs with early stopping on the validation loss (patience 10), classes "
+                "balanced by oversampling, flips, quarter turns, +-15 degree rotations and +-10 % zoom on the "
+                "training split only. Labels are a Lung-RADS PROXY (the data has no malignancy)."
+            ),
+        },
+    },
+}

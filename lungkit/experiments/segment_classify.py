@@ -1,0 +1,486 @@
+"""Segment, then classify: paper 002's second step (segmented tumour -> benign / malignant).
+
+Paper 002's slides plan a classification network on the segmented images (lines 98-120) and print no result. On the
+Lung-RADS data there is no malignancy, only Lung-RADS classes, so the label is a PROXY: a named rule of
+:data:`LABEL_RULES` (default ``lr23_vs_lr4``: LR2/LR3 benign-like, LR4A/LR4B suspicious, the kit's usual proxy).
+
+What runs, all on the run's Lung-RADS kit dataset and its given split:
+
+- **Crops** of ``crop_size`` pixels around the tumour at the segmentation's pixel scale, centred on the bounding box
+  of the mask. Three views, compared: ``image`` (the CT crop, HU window [-1000, 400] -> [0, 1]), ``mask`` (the
+  binary mask crop: shape only) and ``image_x_mask`` (the CT inside the mask, zero outside).
+- **A small CNN** (``crop_cnn_classifier``) per view, trained on ground-truth crops of the *training* split only
+  (validation: the validation split), classes balanced by oversampling, flips / rotations / small zooms.
+- **Two test inputs**: crops around the *predicted* masks of a segmentation result of this run (``predictions.npz``
+  of ``50_mobilenet_unet`` or ``51_cnn_from_scratch``: the end-to-end pipeline) and around the ground-truth masks
+  (the upper bound). A test slice whose predicted mask is empty is cropped around the highest tumour probability,
+  with an empty mask view; such misses are counted in the protocol.
+- **A size-only baseline**: the equivalent diameter 2 sqrt(area / pi) of the mask, thresholded at the value that
+  maximises balanced accuracy on the training split's ground-truth masks. Lung-RADS classes are largely size
+  classes: a classifier that does not beat this baseline has learned nothing beyond size.
+
+Results go to ``results/paper002/<key>/`` as lungkit rows (table ``lungkit_classification``) with the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lungkit import papers
+from lungkit.profiles import get_profile
+
+PAPER_ID = "paper002"
+CLASSIFIER_KEY = "crop_cnn_classifier"
+SEGMENTATION_KEYS = ("mobilenetv2_unet", "cnn_from_scratch")
+CLASSIFICATION_TABLE = "lungkit_classification"
+
+#: Named benign (0) / malignant (1) rules on Lung-RADS classes. PROXY labels: Lung-RADS grades suspicion, mostly by
+#: nodule size, not biology.
+LABEL_RULES = {
+    "lr23_vs_lr4": {"LR2": 0, "LR3": 0, "LR4A": 1, "LR4B": 1},
+    "lr234a_vs_lr4b": {"LR2": 0, "LR3": 0, "LR4A": 0, "LR4B": 1},
+}
+DEFAULT_LABEL_RULE = "lr23_vs_lr4"
+LABEL_RULE_TEXT = {
+    "lr23_vs_lr4": "Lung-RADS PROXY: LR2/LR3 = benign-like (0), LR4A/LR4B = suspicious (1)",
+    "lr234a_vs_lr4b": "Lung-RADS PROXY: LR2/LR3/LR4A = 0, LR4B = suspicious (1)",
+}
+CROP_INPUTS = ("image", "mask", "image_x_mask")
+MASK_SOURCES = ("ground_truth", "predicted")
+SIZE_BASELINE = "size_baseline"
+
+
+def lungrads_labels(lungrads, rule: str = DEFAULT_LABEL_RULE) -> np.ndarray:
+    """0/1 labels of Lung-RADS classes by a named rule.
+
+    Args:
+        lungrads: Lung-RADS class per case (``LR2`` ... ``LR4B``).
+        rule: a key of :data:`LABEL_RULES`.
+
+    Returns:
+        int64 array.
+
+    Raises:
+        ValueError: unknown rule, or a class the rule does not map.
+    """
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {rule!r}; rules: {sorted(LABEL_RULES)}")
+    mapping = LABEL_RULES[rule]
+    unknown = sorted(set(lungrads) - set(mapping))
+    if unknown:
+        raise ValueError(f"label rule {rule!r} maps {sorted(mapping)}, not {unknown}")
+    return np.asarray([mapping[value] for value in lungrads], dtype=np.int64)
+
+
+def equivalent_diameter_px(masks) -> np.ndarray:
+    """Diameter of the disc with the mask's area, ``2 sqrt(area / pi)``, in pixels, per mask.
+
+    Args:
+        masks: ``(n, h, w)`` binary masks (nonzero = tumour).
+
+    Returns:
+        float64 ``(n,)``; 0 for an empty mask.
+    """
+    masks = np.asarray(masks)
+    areas = (masks.reshape(len(masks), -1) > 0).sum(axis=1).astype(np.float64)
+    return 2.0 * np.sqrt(areas / math.pi)
+
+
+def fit_size_threshold(diameters, labels) -> float:
+    """The diameter threshold (predict 1 when ``diameter >= threshold``) with the best balanced accuracy.
+
+    Candidates are the observed diameters (and one above the largest, i.e. "always 0"); ties go to the smallest
+    threshold. Balanced accuracy = (sensitivity + specificity) / 2, so a class imbalance does not pull the
+    threshold to one side.
+
+    Args:
+        diameters: training diameters.
+        labels: their 0/1 labels; both classes must occur.
+
+    Returns:
+        The threshold.
+
+    Raises:
+        ValueError: on mismatched lengths or a single class.
+    """
+    diameters = np.asarray(diameters, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64)
+    if diameters.shape != labels.shape:
+        raise ValueError(f"{len(diameters)} diameters but {len(labels)} labels")
+    if set(np.unique(labels)) != {0, 1}:
+        raise ValueError("fitting a size threshold needs both classes in the training labels")
+    candidates = np.append(np.unique(diameters), np.inf)
+    best, best_score = candidates[0], -1.0
+    for threshold in candidates:
+        predicted = diameters >= threshold
+        sensitivity = predicted[labels == 1].mean()
+        specificity = (~predicted[labels == 0]).mean()
+        score = (sensitivity + specificity) / 2.0
+        if score > best_score + 1e-12:
+            best, best_score = threshold, score
+    return float(best)
+
+
+def mask_centres(masks, probabilities=None) -> tuple[np.ndarray, np.ndarray]:
+    """Crop centres: the centre of each mask's bounding box.
+
+    Args:
+        masks: ``(n, h, w)`` binary masks.
+        probabilities: ``(n, h, w)`` tumour probabilities; an empty mask is centred on its slice's highest
+            probability. Without them, on the slice centre.
+
+    Returns:
+        ``(centres, found)``: float ``(n, 2)`` (row, column) and bool ``(n,)`` (the mask had foreground).
+    """
+    masks = np.asarray(masks) > 0
+    centres = np.zeros((len(masks), 2), dtype=np.float64)
+    found = masks.reshape(len(masks), -1).any(axis=1)
+    for index, mask in enumerate(masks):
+        if found[index]:
+            rows, cols = np.nonzero(mask)
+            centres[index] = ((rows.min() + rows.max()) / 2.0, (cols.min() + cols.max()) / 2.0)
+        elif probabilities is not None:
+            centres[index] = np.unravel_index(int(np.argmax(probabilities[index])), mask.shape)
+        else:
+            centres[index] = ((mask.shape[0] - 1) / 2.0, (mask.shape[1] - 1) / 2.0)
+    return centres, found
+
+
+def crop_views(images, masks, centres, crop_size: int, view: str) -> np.ndarray:
+    """One view of the crops around ``centres``.
+
+    Args:
+        images: ``(n, h, w)`` slices in [0, 1].
+        masks: ``(n, h, w)`` binary masks (ground truth or predicted).
+        centres: ``(n, 2)`` crop centres.
+        crop_size: side in pixels.
+        view: ``image``, ``mask`` or ``image_x_mask`` (see the module docstring).
+
+    Returns:
+        float32 ``(n, crop_size, crop_size, 1)``; outside the slice 0.
+
+    Raises:
+        ValueError: for an unknown view.
+    """
+    from lungkit.data.nodule_slices import extract_nodule_crops
+
+    if view not in CROP_INPUTS:
+        raise ValueError(f"unknown crop view {view!r}; views: {CROP_INPUTS}")
+    out = np.zeros((len(images), crop_size, crop_size), dtype=np.float32)
+    for index, (image, mask, centre) in enumerate(zip(images, masks, centres)):
+        image_crop = extract_nodule_crops(np.asarray(image, np.float32), [centre], crop_size, fill_value=0.0)[0]
+        mask_crop = extract_nodule_crops((np.asarray(mask) > 0).astype(np.float32), [centre], crop_size,
+                                         fill_value=0.0)[0]
+        out[index] = {"image": image_crop, "mask": mask_crop, "image_x_mask": image_crop * mask_crop}[view]
+    return out[..., None]
+
+
+@dataclass
+class TumourSlices:
+    """The slices of one split that hold a ground-truth tumour, with their labels.
+
+    Args:
+        ids: slice ids (the manifest's ``id``).
+        lungrads: Lung-RADS class per slice.
+        labels: 0/1 by the label rule.
+        images: ``(n, s, s)`` in [0, 1] (HU window [-1000, 400]).
+        masks: ground-truth masks ``(n, s, s)``.
+        probabilities: the segmentation's tumour probabilities (test split only), else None.
+    """
+
+    ids: list
+    lungrads: np.ndarray
+    labels: np.ndarray
+    images: np.ndarray
+    masks: np.ndarray
+    probabilities: np.ndarray | None = None
+
+    def predicted_masks(self) -> np.ndarray:
+        if self.probabilities is None:
+            raise ValueError("no predicted masks: only the test split carries the segmentation's predictions")
+        return (self.probabilities >= 0.5).astype(np.uint8)
+
+
+def load_tumour_slices(dataset_dir, split: str, slice_size: int, label_rule: str = DEFAULT_LABEL_RULE,
+                       probabilities=None) -> TumourSlices:
+    """The slices of one split of a Lung-RADS kit dataset that hold a ground-truth tumour.
+
+    Args:
+        dataset_dir: a Lung-RADS kit dataset (phantom or real).
+        split: ``train``, ``val`` or ``test``.
+        slice_size: side the slices are resized to (the segmentation's pixel scale).
+        label_rule: a key of :data:`LABEL_RULES`.
+        probabilities: ``(n, s, s)`` tumour probabilities of every slice of the split (manifest order), kept for
+            the slices with a tumour; None for none.
+
+    Returns:
+        :class:`TumourSlices` with images in [0, 1] (HU window [-1000, 400]).
+    """
+    from lungkit.pipeline import load_split_arrays
+
+    images, masks, manifest = load_split_arrays(dataset_dir, split, "hu_window_unit", slice_size, 1)
+    images, masks = images[..., 0], (masks[..., 0] > 0.5).astype(np.uint8)
+    keep = masks.reshape(len(masks), -1).any(axis=1)
+    lungrads = manifest["label1"].to_numpy()[keep]
+    return TumourSlices(
+        ids=manifest["id"].astype(str).to_numpy()[keep].tolist(), lungrads=lungrads,
+        labels=lungrads_labels(lungrads, label_rule), images=images[keep], masks=masks[keep],
+        probabilities=None if probabilities is None else np.asarray(probabilities)[keep],
+    )
+
+
+@dataclass
+class SegmentThenClassify:
+    """Paper 002's classification of segmented tumours, as lungkit rows.
+
+    Args:
+        profile: ``smoke``, ``quick`` or ``paper``.
+        run_dir: the run's folder; it must hold the test predictions of ``segmentation_key`` (run its notebook).
+        seed: balancing, augmentation, weights and bootstrap seed.
+        data_dir: Lung-RADS pickles ("" = the run's phantom), as for the segmentation notebooks.
+        segmentation_key: ``mobilenetv2_unet`` or ``cnn_from_scratch``: whose predicted masks are classified.
+        label_rule: a key of :data:`LABEL_RULES`.
+        crop_size: crop side in pixels at the segmentation's pixel scale.
+    """
+
+    profile: str
+    run_dir: Path
+    seed: int = 0
+    data_dir: str = ""
+    segmentation_key: str = "mobilenetv2_unet"
+    label_rule: str = DEFAULT_LABEL_RULE
+    crop_size: int = 32
+    splits: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self):
+        from lungkit.training import Recipe
+
+        if self.segmentation_key not in SEGMENTATION_KEYS:
+            raise ValueError(f"segmentation_key must be one of {SEGMENTATION_KEYS}, got {self.segmentation_key!r}")
+        if self.label_rule not in LABEL_RULES:
+            raise ValueError(f"unknown label rule {self.label_rule!r}; rules: {sorted(LABEL_RULES)}")
+        self.run_dir = Path(self.run_dir)
+        self.settings = get_profile(self.profile)
+        baselines = papers.get_paper(PAPER_ID).BASELINES
+        source = f"lungkit/papers/{PAPER_ID}.py: BASELINES[{CLASSIFIER_KEY!r}]['recipe']"
+        self.paper_recipe = Recipe.from_dict(baselines[CLASSIFIER_KEY]["recipe"], source=source)
+        recipe = self.paper_recipe.for_profile(self.settings, patches=False)
+        # the crop side is the classifier's input: set here, recorded like a cap
+        capped = dict(recipe.capped)
+        if int(self.crop_size) != recipe.image_size:
+            capped["image_size"] = {"recipe": self.paper_recipe.image_size, "used": int(self.crop_size)}
+        self.recipe = dataclasses.replace(recipe, image_size=int(self.crop_size), capped=capped)
+        segmentation_recipe = Recipe.from_dict(baselines[self.segmentation_key]["recipe"])
+        self.slice_size = segmentation_recipe.for_profile(self.settings).image_size
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def prepare_data(self) -> dict:
+        """Tumour slices of train / val / test at the segmentation's pixel scale, the test split with the
+        segmentation's predicted probabilities.
+
+        Raises:
+            FileNotFoundError: the segmentation result has no predictions in this run.
+            ValueError: the predictions do not belong to this dataset's test split, or a split has no tumour of
+                some class.
+        """
+        from lungkit.data.prepare import prepare_lungrads_dataset
+        from lungkit.experiments.segmentation import load_predictions
+        from lungkit.pipeline import load_split_arrays
+
+        self.dataset_dir = prepare_lungrads_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
+        predictions = load_predictions(self.run_dir, PAPER_ID, self.segmentation_key)
+        for split in ("train", "val", "test"):
+            probabilities = None
+            if split == "test":
+                _, masks, _ = load_split_arrays(self.dataset_dir, split, "hu", self.slice_size, 1)
+                if predictions["masks"].shape != masks.shape[:-1] or not np.array_equal(
+                        predictions["masks"] > 0, masks[..., 0] > 0.5):
+                    raise ValueError(
+                        f"the test predictions of {PAPER_ID}/{self.segmentation_key} in {self.run_dir} do not match "
+                        "this dataset's test split (another profile, data or image size?); rerun its notebook"
+                    )
+                probabilities = predictions["probabilities"].astype(np.float32)
+            self.splits[split] = load_tumour_slices(self.dataset_dir, split, self.slice_size, self.label_rule,
+                                                    probabilities)
+            # training (threshold, classifier) and testing (sensitivity, specificity, AUC) need both classes; the
+            # validation split only picks checkpoints by its loss (the smoke phantom's has a single class)
+            classes = len(set(self.splits[split].labels.tolist()))
+            if (split != "val" and classes < 2) or not self.splits[split].ids:
+                raise ValueError(f"{self.dataset_dir}: the {split} split lacks one class under {self.label_rule!r}")
+        return self.splits
+
+    def counts(self) -> pd.DataFrame:
+        """Tumour slices per split and Lung-RADS class, and per label."""
+        splits = self.splits or self.prepare_data()
+        rows = [{"split": name, "lungrads": value, "label": label}
+                for name, part in splits.items() for value, label in zip(part.lungrads, part.labels)]
+        return pd.crosstab([pd.Series([r["split"] for r in rows], name="split"),
+                            pd.Series([r["label"] for r in rows], name="label")],
+                           pd.Series([r["lungrads"] for r in rows], name="Lung-RADS"))
+
+    def views(self, split: str, source: str, view: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(crops, labels, found)`` of one split; ``source`` ``predicted`` only for the test split."""
+        if source not in MASK_SOURCES:
+            raise ValueError(f"source must be one of {MASK_SOURCES}, got {source!r}")
+        part = (self.splits or self.prepare_data())[split]
+        masks = part.masks if source == "ground_truth" else part.predicted_masks()
+        centres, found = mask_centres(masks, part.probabilities if source == "predicted" else None)
+        return crop_views(part.images, masks, centres, self.crop_size, view), part.labels, found
+
+    def training_ids(self) -> list:
+        """Ids of every slice a classifier or the size threshold is fitted on (training split only)."""
+        return list((self.splits or self.prepare_data())["train"].ids)
+
+    # -- the size baseline ------------------------------------------------------------------------------------------
+    def size_threshold(self) -> float:
+        """The diameter threshold fitted on the training split's ground-truth masks."""
+        train = (self.splits or self.prepare_data())["train"]
+        return fit_size_threshold(equivalent_diameter_px(train.masks), train.labels)
+
+    def evaluate_size_baseline(self, source: str):
+        """Score the size-only baseline on the test masks of ``source``; writes ``results/paper002/size_baseline_
+        <source>``. Returns ``(per_case, summary)``."""
+        test = (self.splits or self.prepare_data())["test"]
+        masks = test.masks if source == "ground_truth" else test.predicted_masks()
+        threshold = self.size_threshold()
+        diameters = equivalent_diameter_px(masks)
+        per_case, summary = evaluate_scores(test, diameters, threshold, self.seed)
+        per_case["diameter_px"] = diameters
+        protocol = self._protocol(source, view="mask (area only)", extra={
+            "size_threshold_px": threshold,
+            "notes": ("Size-only baseline: equivalent diameter 2 sqrt(area / pi) of the mask, class 1 when it is at "
+                      f"least {threshold:.2f} px (fitted for balanced accuracy on the training split's ground-truth "
+                      "masks). AUC ranks by diameter."),
+        })
+        self._write(f"{SIZE_BASELINE}_{source}", per_case, summary, protocol, SIZE_BASELINE,
+                    f"Size-only baseline on {source.replace('_', '-')} masks (lungkit; no number in the slides)")
+        return per_case, summary
+
+    # -- the classifier -------------------------------------------------------------------------------------------
+    def datasets(self, view: str):
+        """``(train, validation, steps_per_epoch)`` of ground-truth crops: train balanced and augmented."""
+        from lungkit.experiments.classification import balanced_indices, make_crop_dataset
+
+        train_x, train_y, _ = self.views("train", "ground_truth", view)
+        index = balanced_indices(train_y, self.seed)
+        val_x, val_y, _ = self.views("val", "ground_truth", view)
+        batch = self.recipe.batch_size
+        train = make_crop_dataset(train_x[index], train_y[index], batch, shuffle=True,
+                                  augment=self.recipe.augment_on_the_fly, seed=self.seed)
+        validation = make_crop_dataset(val_x, val_y, batch)
+        steps = math.ceil(len(index) / batch)
+        if self.recipe.max_steps_per_epoch:
+            steps = min(steps, self.recipe.max_steps_per_epoch)
+        return train, validation, steps
+
+    def train_classifier(self, view: str, verbose="auto"):
+        """Train the crop CNN on one view (ground-truth training crops only). Returns ``(model, fit)``."""
+        import keras
+
+        from lungkit.models import build_model
+        from lungkit.training import make_loss, make_optimizer, train
+
+        train_ds, validation_ds, steps = self.datasets(view)
+        recipe = self.recipe.with_step_budget(steps)
+        keras.utils.set_random_seed(self.seed)
+        model = build_model(CLASSIFIER_KEY, scale=recipe.model_scale or "paper",
+                            input_shape=(self.crop_size, self.crop_size, 1))
+        model.compile(optimizer=make_optimizer(recipe, steps), loss=make_loss(recipe),
+                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+                      jit_compile=False)
+        model_dir = self.run_dir / "models" / PAPER_ID / f"{CLASSIFIER_KEY}_{self.segmentation_key}_{view}"
+        fit = train(model, recipe, train_ds, validation_ds, model_dir, steps_per_epoch=steps, verbose=verbose,
+                    tensorboard=False)
+        self._fits = {**getattr(self, "_fits", {}), view: (recipe, fit)}
+        return model, fit
+
+    def evaluate_classifier(self, model, view: str, source: str):
+        """Score a trained crop CNN on the test crops of ``source``; writes ``results/paper002/crop_cnn_<view>_
+        <source>``. Returns ``(per_case, summary)``."""
+        x, _, found = self.views("test", source, view)
+        test = self.splits["test"]
+        scores = np.asarray(model.predict(x, batch_size=self.recipe.batch_size, verbose=0), np.float64)[:, 0]
+        per_case, summary = evaluate_scores(test, scores, 0.5, self.seed)
+        per_case["mask_found"] = found
+        recipe, fit = getattr(self, "_fits", {}).get(view, (self.recipe, None))
+        protocol = self._protocol(source, view, recipe=recipe, fit=fit, extra={"threshold": 0.5})
+        self._write(f"crop_cnn_{view}_{source}", per_case, summary, protocol, CLASSIFIER_KEY,
+                    f"Crop CNN on {view} crops of {source.replace('_', '-')} masks (lungkit; no number in the slides)")
+        return per_case, summary
+
+    # -- writing --------------------------------------------------------------------------------------------------
+    def _protocol(self, source: str, view: str, recipe=None, fit=None, extra: dict | None = None) -> dict:
+        from lungkit.data.prepare import read_dataset_info
+        from lungkit.evaluation import data_fingerprint
+
+        info = read_dataset_info(self.dataset_dir)
+        test = self.splits["test"]
+        missed = int((~test.predicted_masks().reshape(len(test.ids), -1).any(axis=1)).sum())
+        if recipe is None:  # the size baseline: no network, no training
+            trained = {"profile": self.settings.name, "model": SIZE_BASELINE, "model_scale": None,
+                       "loss": "none (no training: one threshold fitted on the training split)", "optimizer": "none"}
+        else:
+            trained = recipe.protocol()
+        protocol = {
+            **trained,
+            "data_source": info.get("data_source", "unknown"),
+            "split": ("the dataset's given train / test split, validation carved from train; classifiers and the size "
+                      "threshold are fitted on training-split ground-truth crops only; one test case per tumour slice"),
+            "image_size": self.crop_size,
+            "slice_size": self.slice_size,
+            "epochs": int(fit.epochs_completed) if fit is not None else None,
+            "seed": self.seed,
+            "data_fingerprint": data_fingerprint(self.dataset_dir),
+            "label_rule": f"{self.label_rule}: {LABEL_RULE_TEXT[self.label_rule]}",
+            "mask_source": source,
+            "segmentation": f"{PAPER_ID}/{self.segmentation_key} test predictions (probability >= 0.5)",
+            "predicted_masks_empty": f"{missed} of {len(test.ids)} test tumour slices (cropped at the highest "
+                                     "probability, empty mask view)",
+            "crop": f"{self.crop_size} px around the mask's bounding-box centre, view {view}",
+            "postprocess": "none",
+            "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,
+        }
+        protocol.update(extra or {})
+        protocol["notes"] = " ".join(x for x in (protocol.get("notes", ""), LABEL_RULE_TEXT[self.label_rule] +
+                                                  "; the Lung-RADS data has no malignancy.") if x)
+        return protocol
+
+    def _write(self, key: str, per_case, summary, protocol, model_name: str, row: str):
+        from lungkit.evaluation import write_results
+
+        start = time.perf_counter()
+        write_results(self.run_dir / "results" / PAPER_ID / key, per_case, summary, paper=PAPER_ID,
+                      tables=[CLASSIFICATION_TABLE], row=row, model=model_name, task="classification",
+                      protocol=protocol, dataset_dir=self.dataset_dir, wall_time_s=time.perf_counter() - start)
+
+
+def evaluate_scores(test: TumourSlices, scores, threshold: float, seed: int):
+    """:func:`lungkit.evaluation.evaluate_classification` of one test split's scores, per Lung-RADS class too."""
+    from lungkit.evaluation import evaluate_classification
+
+    per_case, summary = evaluate_classification(test.labels, scores, threshold=threshold, ids=test.ids,
+                                                labels=list(test.lungrads), seed=seed)
+    return per_case, summary
+
+
+__all__ = [
+    "CROP_INPUTS",
+    "DEFAULT_LABEL_RULE",
+    "LABEL_RULES",
+    "MASK_SOURCES",
+    "SegmentThenClassify",
+    "TumourSlices",
+    "crop_views",
+    "equivalent_diameter_px",
+    "fit_size_threshold",
+    "load_tumour_slices",
+    "lungrads_labels",
+    "mask_centres",
+]
