@@ -25,6 +25,7 @@ _BUILDERS = {
     "resnet50_unet": "resnet_unet:build_resnet50_unet",
     "densenet121_classifier": "densenet_cls:build_densenet121_classifier",
     "sam": "sam:build_sam",
+    "mask2former": "mask2former:build_mask2former",
 }
 
 

@@ -23,6 +23,10 @@ from keras import layers, ops
 
 from lungkit.models.positions import sine_position_encoding
 
+# PyTorch's nn.Embedding draws N(0, 1) (Keras' "random_normal" would be N(0, 0.05)); the official queries and level
+# embeddings are nn.Embedding tables.
+EMBEDDING_INITIALIZER = keras.initializers.RandomNormal(stddev=1.0)
+
 
 def attend_mask_from_prediction(mask_logits, height: int, width: int):
     """Where each query may attend at a feature level, from its previous mask prediction.
@@ -184,7 +188,9 @@ class QueryTransformerDecoder(layers.Layer):
             name="mask_embed",
         )
 
-    def build(self, feature_shapes, mask_feature_shape):
+    def build(self, features_shape, mask_features_shape):
+        # Keras passes the shape of each call argument as <argument>_shape
+        feature_shapes = features_shape
         self.num_levels = len(feature_shapes)
         self.input_projections = []
         for level, shape in enumerate(feature_shapes):
@@ -196,13 +202,13 @@ class QueryTransformerDecoder(layers.Layer):
             self.input_projections.append(projection)
         if self.masked:
             self.query_features = self.add_weight(
-                shape=(self.num_queries, self.hidden), initializer="random_normal", name="query_features"
+                shape=(self.num_queries, self.hidden), initializer=EMBEDDING_INITIALIZER, name="query_features"
             )
             self.level_embedding = self.add_weight(
-                shape=(self.num_levels, self.hidden), initializer="random_normal", name="level_embedding"
+                shape=(self.num_levels, self.hidden), initializer=EMBEDDING_INITIALIZER, name="level_embedding"
             )
         self.query_positions = self.add_weight(
-            shape=(self.num_queries, self.hidden), initializer="random_normal", name="query_positions"
+            shape=(self.num_queries, self.hidden), initializer=EMBEDDING_INITIALIZER, name="query_positions"
         )
         query_shape = (None, self.num_queries, self.hidden)
         for layer in self.decoder_layers:
