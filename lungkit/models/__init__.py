@@ -26,6 +26,7 @@ _BUILDERS = {
     "densenet121_classifier": "densenet_cls:build_densenet121_classifier",
     "sam": "sam:build_sam",
     "mask2former": "mask2former:build_mask2former",
+    "maskformer": "maskformer:build_maskformer",
 }
 
 

@@ -297,7 +297,7 @@ class MaskQuerySegmenter(keras.Model):
 
 
 def build_query_segmenter(config: dict, masked: bool, model_name: str, scale: str, overrides: dict,
-                          single_level: bool = False) -> MaskQuerySegmenter:
+                          decoder_input: str = "pixel_decoder") -> MaskQuerySegmenter:
     """Assemble backbone, pixel decoder, query decoder and criterion (shared by Mask2Former and MaskFormer).
 
     Args:
@@ -306,7 +306,8 @@ def build_query_segmenter(config: dict, masked: bool, model_name: str, scale: st
         model_name: registry name (for errors and for rebuilding on load).
         scale: the scale asked for.
         overrides: the builder's overrides (for rebuilding on load).
-        single_level: feed only the coarsest (1/32) map to the decoder (MaskFormer).
+        decoder_input: ``"pixel_decoder"``: the pixel decoder's 1/32, 1/16, 1/8 outputs (Mask2Former);
+            ``"res5"``: the backbone's C5 alone (MaskFormer's default ``TRANSFORMER_IN_FEATURE: res5``).
 
     Returns:
         The built, uncompiled model.
@@ -339,8 +340,10 @@ def build_query_segmenter(config: dict, masked: bool, model_name: str, scale: st
             raise ValueError(f"{model_name}: the small_cnn backbone has no pretrained weights; use weights=None")
         features = _small_cnn_features(images, config["backbone_widths"])
     multi_scale, mask_features = fpn_pixel_decoder(
-        features, config["conv_dim"], config["mask_dim"], config["norm_groups"], num_levels=1 if single_level else 3
+        features, config["conv_dim"], config["mask_dim"], config["norm_groups"], num_levels=3
     )
+    if decoder_input == "res5":
+        multi_scale = [features[-1]]
     feature_network = keras.Model(images, [multi_scale, mask_features], name="backbone_and_pixel_decoder")
     decoder = QueryTransformerDecoder(
         num_queries=config["num_queries"], num_classes=config["num_classes"], hidden=config["hidden"],
