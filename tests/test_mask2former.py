@@ -64,8 +64,15 @@ def test_ct_only_variant_and_bad_inputs():
         build_mask2former("tiny", input_shape=(48, 48, 2))
     with pytest.raises(ValueError, match="channels"):
         build_mask2former("tiny", input_shape=(32, 32, 4))
-    with pytest.raises(NotImplementedError, match="deformable"):
-        build_mask2former("tiny", pixel_decoder="msdeform")
+    with pytest.raises(ValueError, match="pixel_decoder"):
+        build_mask2former("tiny", pixel_decoder="deformable")
+
+
+def test_tiny_with_the_deformable_pixel_decoder():
+    model = build_mask2former("tiny", pixel_decoder="msdeform")
+    heads = model(np.zeros((1, 64, 64, 2), np.float32))
+    assert tuple(heads["mask_logits"].shape) == (4, 1, 8, 16, 16)
+    assert model.feature_network.get_layer("msdeform_encoder").num_layers == 1
 
 
 def test_tiny_mask2former_overfits_four_discs():
@@ -92,5 +99,7 @@ def test_paper_scale_parameter_count():
     model = build_mask2former("paper")
     assert model.count_params() == PAPER_PARAM_COUNT
     # Keras' ResNet50 carries conv biases (+26,560) and counts BatchNorm moving statistics (+53,120): exactly the
-    # difference to the FPN-only official inventory with paper 000's one class
-    assert PAPER_PARAM_COUNT == official_param_inventory(num_classes=1, pixel_decoder="fpn") + 26_560 + 53_120
+    # difference to the official inventory (MSDeformAttn pixel decoder) with paper 000's one class
+    assert PAPER_PARAM_COUNT == official_param_inventory(num_classes=1) + 26_560 + 53_120
+    fpn_model = build_mask2former("paper", pixel_decoder="fpn")
+    assert fpn_model.count_params() == official_param_inventory(num_classes=1, pixel_decoder="fpn") + 26_560 + 53_120

@@ -10,10 +10,11 @@ Architecture (paper scale):
   encoders (:func:`lungkit.models.resnet_unet.resolve_weights_path`). ImageNet's three channels are filled from
   the kit's input: CT -> (CT, CT, CT); CT + PET -> (CT, PET, mean of both), so both channels reach every
   pretrained filter without new parameters. The ``tiny`` scale uses a four-stage plain CNN instead (tests).
-- **Pixel decoder**: the FPN-only decoder (official ``BasePixelDecoder``): top-down from C5, lateral 1x1 convs and
-  3x3 output convs with GroupNorm(32), 256 channels, mask features by a 3x3 conv at 1/4; the 1/32, 1/16 and 1/8
-  outputs feed the transformer decoder. The official default, 6 multi-scale deformable-attention layers on
-  1/8-1/32, is not built yet (``pixel_decoder="msdeform"`` raises); the recipe records which ran.
+- **Pixel decoder** (``pixel_decoder``): ``"msdeform"`` (small and paper scales, the official default): 6
+  multi-scale deformable-attention layers on 1/8-1/32 then an FPN step to 1/4, in plain ops
+  (:mod:`lungkit.models.deformable_pixel_decoder`); or ``"fpn"`` (the tiny scale; the official
+  ``BasePixelDecoder`` option): top-down from C5, lateral 1x1 convs and 3x3 output convs with GroupNorm(32),
+  mask features by a 3x3 conv at 1/4. Either way the 1/32, 1/16 and 1/8 outputs feed the transformer decoder.
 - **Transformer decoder**: :class:`lungkit.models.query_decoder.QueryTransformerDecoder` with ``masked=True``:
   100 queries, hidden 256, 8 heads, FFN 2048, dropout 0, 9 layers cycling 1/32, 1/16, 1/8 (sine positions + level
   embedding), masked cross-attention -> self-attention -> FFN; predictions before the first layer and after each
@@ -43,6 +44,7 @@ import keras
 from keras import layers, ops
 
 from lungkit.models.blocks import resolve_config
+from lungkit.models.deformable_pixel_decoder import msdeform_pixel_decoder
 from lungkit.models.query_decoder import QueryTransformerDecoder, semantic_probabilities
 from lungkit.models.set_losses import SetCriterion
 
@@ -60,6 +62,9 @@ MASK2FORMER_CRITERION = dict(
     importance_sample_ratio=0.75, max_instances=8, target_mode="instances",
 )
 
+# The official MSDeformAttn pixel decoder: 6 layers, 8 heads, 4 points per head and level, FFN 1024.
+OFFICIAL_DEFORMABLE = {"num_layers": 6, "num_heads": 8, "num_points": 4, "ffn_dim": 1024}
+
 CONFIGS = {
     # Tests and the overfitting check: a plain CNN backbone, 3 decoder layers (one round over the 3 levels).
     "tiny": {
@@ -68,6 +73,7 @@ CONFIGS = {
         "backbone_widths": (16, 32, 64, 128),
         "weights": None,
         "pixel_decoder": "fpn",
+        "deformable": {"num_layers": 1, "num_heads": 4, "num_points": 2, "ffn_dim": 64},
         "conv_dim": 32,
         "mask_dim": 32,
         "norm_groups": 8,
@@ -80,13 +86,14 @@ CONFIGS = {
         "dropout": 0.0,
         "criterion": {**MASK2FORMER_CRITERION, "num_points": None, "max_instances": 4},
     },
-    # CPU runs: the paper's decoder on 128 px slices with the FPN pixel decoder.
+    # CPU runs: the paper's model on 128 px slices.
     "small": {
         "input_shape": (128, 128, 2),
         "backbone": "resnet50",
         "backbone_widths": None,
         "weights": None,
-        "pixel_decoder": "fpn",
+        "pixel_decoder": "msdeform",
+        "deformable": dict(OFFICIAL_DEFORMABLE),
         "conv_dim": 256,
         "mask_dim": 256,
         "norm_groups": 32,
@@ -99,13 +106,14 @@ CONFIGS = {
         "dropout": 0.0,
         "criterion": {**MASK2FORMER_CRITERION, "num_points": 4096},
     },
-    # The official R50 configuration at paper 000's 512 px (pixel decoder: FPN until MSDeformAttn is built).
+    # The official R50 configuration at paper 000's 512 px.
     "paper": {
         "input_shape": (512, 512, 2),
         "backbone": "resnet50",
         "backbone_widths": None,
         "weights": None,
-        "pixel_decoder": "fpn",
+        "pixel_decoder": "msdeform",
+        "deformable": dict(OFFICIAL_DEFORMABLE),
         "conv_dim": 256,
         "mask_dim": 256,
         "norm_groups": 32,
@@ -120,19 +128,21 @@ CONFIGS = {
     },
 }
 
-# Measured with this builder at CONFIGS["paper"] (512 x 512 x 2, FPN pixel decoder, one tumour class), Keras' way
-# of counting; tests/test_mask2former.py builds it and checks it against an inventory of the official modules.
-PAPER_PARAM_COUNT = 45_587_330
+# Measured with this builder at CONFIGS["paper"] (512 x 512 x 2, MSDeformAttn pixel decoder, one tumour class),
+# Keras' way of counting; tests/test_mask2former.py builds it and checks it against an inventory of the official
+# modules. With pixel_decoder="fpn" the paper scale has 45,587,330 (the FPN's 3x3 conv on C5's 2048 channels alone
+# is 4.7M).
+PAPER_PARAM_COUNT = 44_082_754
 # The official Mask2Former R50 (MSDeformAttn pixel decoder, COCO instance, 80 classes): the model zoo prints 44M;
 # the module inventory in tests/test_mask2former.py gives 44,023,377 (43,970,257 with detectron2's frozen BatchNorm).
 REFERENCE_PARAM_COUNT = 44_000_000
 REFERENCE_PARAM_SOURCE = "Mask2Former R50 (MSDeformAttn pixel decoder, COCO instance), model zoo: 44M"
 #: The difference between PAPER_PARAM_COUNT and REFERENCE_PARAM_COUNT, in words.
 PARAM_GAP = (
-    "+1.50M: lungkit's pixel decoder is the official FPN-only option (7,540,480 weights, mostly the 3x3 conv on "
-    "C5's 2048 channels) instead of MSDeformAttn (6,035,904); -20,303 for one tumour class instead of 80; +79,680 "
-    "from keras.applications' ResNet50 (26,560 conv biases, 53,120 BatchNorm moving statistics, which Keras counts "
-    "as weights). The FPN inventory with one class plus these two is exactly 45,587,330."
+    "-20,303 for one tumour class instead of COCO's 80 (class head 257 x 2 instead of 257 x 81); +79,680 from "
+    "keras.applications' ResNet50 (26,560 conv biases torchvision lacks, 53,120 BatchNorm moving statistics that "
+    "Keras counts as weights and PyTorch as buffers): the official inventory with one class plus these is exactly "
+    "44,082,754."
 )
 
 
@@ -314,7 +324,6 @@ def build_query_segmenter(config: dict, masked: bool, model_name: str, scale: st
 
     Raises:
         ValueError: unknown backbone or pixel decoder, sides not multiples of 32, a bad channel count.
-        NotImplementedError: ``pixel_decoder="msdeform"`` (not built yet).
     """
     height, width, channels = config["input_shape"]
     for side_name, side in (("height", height), ("width", width)):
@@ -326,11 +335,6 @@ def build_query_segmenter(config: dict, masked: bool, model_name: str, scale: st
         raise ValueError(f"{model_name}: backbone must be one of {BACKBONES}, got {config['backbone']!r}")
     if config["pixel_decoder"] not in PIXEL_DECODERS:
         raise ValueError(f"{model_name}: pixel_decoder must be one of {PIXEL_DECODERS}, got {config['pixel_decoder']!r}")
-    if config["pixel_decoder"] == "msdeform":
-        raise NotImplementedError(
-            f"{model_name}: the multi-scale deformable-attention pixel decoder is not built yet; use 'fpn' (the "
-            "official FPN-only option)"
-        )
 
     images = keras.Input(shape=config["input_shape"], name="image")
     if config["backbone"] == "resnet50":
@@ -339,9 +343,14 @@ def build_query_segmenter(config: dict, masked: bool, model_name: str, scale: st
         if config["weights"] is not None:
             raise ValueError(f"{model_name}: the small_cnn backbone has no pretrained weights; use weights=None")
         features = _small_cnn_features(images, config["backbone_widths"])
-    multi_scale, mask_features = fpn_pixel_decoder(
-        features, config["conv_dim"], config["mask_dim"], config["norm_groups"], num_levels=3
-    )
+    if config["pixel_decoder"] == "msdeform":
+        multi_scale, mask_features = msdeform_pixel_decoder(
+            features, config["conv_dim"], config["mask_dim"], config["norm_groups"], **config["deformable"]
+        )
+    else:
+        multi_scale, mask_features = fpn_pixel_decoder(
+            features, config["conv_dim"], config["mask_dim"], config["norm_groups"], num_levels=3
+        )
     if decoder_input == "res5":
         multi_scale = [features[-1]]
     feature_network = keras.Model(images, [multi_scale, mask_features], name="backbone_and_pixel_decoder")
@@ -375,7 +384,6 @@ def build_mask2former(scale: str = "paper", input_shape=None, **overrides) -> Ma
 
     Raises:
         ValueError: unknown scale or setting, bad input shape, unknown backbone / pixel decoder.
-        NotImplementedError: the MSDeformAttn pixel decoder.
         FileNotFoundError: ``weights`` names a missing file.
     """
     overrides = dict(overrides)

@@ -146,8 +146,8 @@ PLANNED_RECIPES = {
             "Paper 000, lines 105-137: 'normalization' (min-max assumed, not stated), 512x512, random rotations and "
             "cropping, AdamW lr 0.0001 with cosine annealing, weight decay 0.01, batch 32, 100 epochs, PyTorch. "
             "Architecture and loss are not printed: the official Mask2Former R50 (9 masked decoder layers, 100 "
-            "queries, class 2 / BCE 5 / Dice 5 on 12,544 points, no-object 0.1) is assumed. Pixel decoder: FPN "
-            "(the official option; the MSDeformAttn decoder is not built yet). The official COCO solver (weight "
+            "queries, class 2 / BCE 5 / Dice 5 on 12,544 points, no-object 0.1) is assumed, with the official "
+            "MSDeformAttn pixel decoder (6 layers; pixel_decoder='fpn' is the official lighter option). The official COCO solver (weight "
             "decay 0.05, backbone lr x0.1, gradient clipping 0.01, batch 16) is recorded in OFFICIAL_COCO_SOLVER; "
             "the paper's is used."
         ),
