@@ -32,6 +32,7 @@ MASKFORMER_CRITERION = dict(
 CONFIGS = {
     scale: {
         **config,
+        "pixel_decoder": "fpn",  # MaskFormer's own pixel decoder (Mask2Former's default is MSDeformAttn)
         "num_layers": 2 if scale == "tiny" else 6,
         "dropout": 0.0 if scale == "tiny" else 0.1,
         "criterion": {**MASKFORMER_CRITERION, **{k: config["criterion"][k] for k in ("num_points", "max_instances")}},
