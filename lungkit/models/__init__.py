@@ -27,6 +27,7 @@ _BUILDERS = {
     "sam": "sam:build_sam",
     "mask2former": "mask2former:build_mask2former",
     "maskformer": "maskformer:build_maskformer",
+    "vit_segmenter": "vit_segmenter:build_vit_segmenter",
 }
 
 
