@@ -25,6 +25,12 @@ def test_planned_recipes_are_valid_and_record_the_paper_solver():
     assert paper000.RECIPES == {}  # no row reproduced until notebooks 41-43 exist
 
 
+@pytest.mark.parametrize("key", ["mask2former", "maskformer", "vit_segmenter"])
+def test_every_planned_recipe_builds_a_recipe_and_names_a_registered_model(key):
+    recipe = Recipe.from_dict(paper000.PLANNED_RECIPES[key], source=f"paper000.py: {key}")
+    assert recipe.model == key and recipe.optimizer == "adamw" and not recipe.from_logits
+
+
 def test_weight_decay_belongs_to_adamw_only():
     base = dict(paper000.PLANNED_RECIPES["mask2former"])
     with pytest.raises(ValueError, match="weight_decay"):

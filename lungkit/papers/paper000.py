@@ -112,6 +112,13 @@ MASK2FORMER_LOSS = dict(
     importance_sample_ratio=0.75, max_instances=8, target_mode="instances",
 )
 
+#: MaskFormer's loss and matcher (the Mask2Former repository's MaskFormer baseline): focal 20 + Dice 1, class 1.
+MASKFORMER_LOSS = dict(
+    class_weight=1.0, mask_weight=20.0, dice_weight=1.0, no_object_weight=0.1, mask_loss="focal",
+    cost_class=1.0, cost_mask=20.0, cost_dice=1.0, num_points=12544, oversample_ratio=3.0,
+    importance_sample_ratio=0.75, max_instances=8, target_mode="instances",
+)
+
 #: The official COCO solver, recorded beside the paper's (the recipes use the paper's).
 OFFICIAL_COCO_SOLVER = dict(
     optimizer="adamw", learning_rate=1e-4, weight_decay=0.05, backbone_lr_multiplier=0.1,
@@ -152,4 +159,31 @@ PLANNED_RECIPES = {
             "the paper's is used."
         ),
     },
+}
+
+_BASELINE_NOTE = (
+    "Paper 000 prints the solver of its Mask2Former only (AdamW 1e-4 cosine, weight decay 0.01, batch 32, 100 "
+    "epochs, 512 px); its baselines are assumed to have been trained the same way. "
+)
+
+PLANNED_RECIPES["maskformer"] = {
+    **PLANNED_RECIPES["mask2former"],
+    "model": "maskformer",
+    "loss_kwargs": dict(MASKFORMER_LOSS),
+    "notes": _BASELINE_NOTE + (
+        "MaskFormer R50 as the Mask2Former repository's baseline: FPN pixel decoder, 6 plain decoder layers on C5, "
+        "100 queries, focal 20 + Dice 1 + class 1 (no-object 0.1), matcher 1 / 20 / 1; losses on 12,544 "
+        "importance-sampled points (the original used full masks)."
+    ),
+}
+
+PLANNED_RECIPES["vit_segmenter"] = {
+    **PLANNED_RECIPES["mask2former"],
+    "model": "vit_segmenter",
+    "loss": "dice_bce",
+    "loss_kwargs": {},
+    "notes": _BASELINE_NOTE + (
+        "'ViT' is not specified; lungkit uses SETR-naive on ViT-B/16 (from scratch) with BCE + Dice, the kit's "
+        "per-pixel loss, since a per-pixel model has no set-prediction loss."
+    ),
 }
