@@ -103,3 +103,18 @@ def test_paper_scale_parameter_count():
     assert PAPER_PARAM_COUNT == official_param_inventory(num_classes=1) + 26_560 + 53_120
     fpn_model = build_mask2former("paper", pixel_decoder="fpn")
     assert fpn_model.count_params() == official_param_inventory(num_classes=1, pixel_decoder="fpn") + 26_560 + 53_120
+
+
+@pytest.mark.slow
+def test_mixed_precision_step_with_the_deformable_decoder():
+    images, masks = disc_slices(2, 64, channels=2)
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build_mask2former("tiny", pixel_decoder="msdeform")
+        model.compile(keras.optimizers.Adam(1e-3))
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"  # Keras scales the hand-made loss too
+        loss = float(model.train_on_batch(images, masks))
+        probabilities = model.predict(images, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.isfinite(loss) and probabilities.dtype == np.float32 and np.isfinite(probabilities).all()

@@ -178,8 +178,9 @@ class DeformableEncoder(layers.Layer):
         positions = np.concatenate([sine_position_encoding(h, w, self.dim // 2).reshape(h * w, self.dim)
                                     for h, w in shapes])
         level_of_token = np.concatenate([np.full(h * w, level) for level, (h, w) in enumerate(shapes)])
-        position = ops.convert_to_tensor(positions) + ops.take(self.level_embedding, level_of_token, axis=0)
-        position = ops.cast(position, tokens.dtype)[None]
+        # under mixed precision the embedding is read in the compute dtype: add in float32, then cast once
+        level_embedding = ops.cast(ops.take(self.level_embedding, level_of_token, axis=0), "float32")
+        position = ops.cast(ops.convert_to_tensor(positions) + level_embedding, tokens.dtype)[None]
         reference = reference_points(shapes)
         for i in range(self.num_layers):
             attended = self.attentions[i](tokens + position, tokens, reference=reference, level_shapes=shapes)
