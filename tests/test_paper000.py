@@ -1,4 +1,4 @@
-"""Paper 000's Mask2Former recipe: valid for the kit's Recipe, AdamW with explicit weight decay, and a tiny model
+"""Paper 000's recipes: valid for the kit's Recipe, AdamW with explicit weight decay, and a tiny model
 trained end to end through the kit's training layer (build_for_training -> train -> predict_probabilities)."""
 
 from __future__ import annotations
@@ -15,24 +15,24 @@ from lungkit.training import Recipe, build_for_training, make_optimizer, predict
 
 
 def test_planned_recipes_are_valid_and_record_the_paper_solver():
-    recipe = Recipe.from_dict(paper000.PLANNED_RECIPES["mask2former"], source="paper000.py: mask2former")
+    recipe = Recipe.from_dict(paper000.RECIPES["mask2former"], source="paper000.py: mask2former")
     assert (recipe.optimizer, recipe.learning_rate, recipe.weight_decay) == ("adamw", 1e-4, 0.01)
     assert (recipe.batch_size, recipe.epochs, recipe.lr_schedule) == (32, 100, "cosine")
     assert "weight_decay=0.01" in recipe.describe_optimizer()
     optimizer = make_optimizer(recipe, steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.01)
     assert paper000.OFFICIAL_COCO_SOLVER["weight_decay"] == 0.05
-    assert paper000.RECIPES == {}  # no row reproduced until notebooks 41-43 exist
+    assert set(paper000.RECIPES) == {"mask2former"} and set(paper000.PLANNED_RECIPES) == {"maskformer", "vit_segmenter"}
 
 
 @pytest.mark.parametrize("key", ["mask2former", "maskformer", "vit_segmenter"])
 def test_every_planned_recipe_builds_a_recipe_and_names_a_registered_model(key):
-    recipe = Recipe.from_dict(paper000.PLANNED_RECIPES[key], source=f"paper000.py: {key}")
+    recipe = Recipe.from_dict({**paper000.RECIPES, **paper000.PLANNED_RECIPES}[key], source=f"paper000.py: {key}")
     assert recipe.model == key and recipe.optimizer == "adamw" and not recipe.from_logits
 
 
 def test_weight_decay_belongs_to_adamw_only():
-    base = dict(paper000.PLANNED_RECIPES["mask2former"])
+    base = dict(paper000.RECIPES["mask2former"])
     with pytest.raises(ValueError, match="weight_decay"):
         Recipe.from_dict({**base, "weight_decay": None})
     with pytest.raises(ValueError, match="weight_decay"):
@@ -43,7 +43,7 @@ def test_weight_decay_belongs_to_adamw_only():
 def test_tiny_mask2former_trains_through_the_kit_training_layer(tmp_path):
     keras.utils.set_random_seed(0)
     recipe = Recipe.from_dict({
-        **paper000.PLANNED_RECIPES["mask2former"], "image_size": 64, "learning_rate": 1e-3, "batch_size": 4,
+        **paper000.RECIPES["mask2former"], "image_size": 64, "learning_rate": 1e-3, "batch_size": 4,
         "epochs": 2, "augment_on_the_fly": False,
         "loss_kwargs": {**paper000.MASK2FORMER_LOSS, "num_points": 256, "max_instances": 4},
     })

@@ -247,6 +247,16 @@ class MaskQuerySegmenter(keras.Model):
         self.build_config = build_config
         self.image_shape = tuple(feature_network.input.shape[1:])
 
+    @property
+    def input_shape(self):
+        """(None, H, W, C), as a functional model reports it (the kit's sliding-window inference reads it)."""
+        return (None,) + self.image_shape
+
+    @property
+    def output_shape(self):
+        """(None, H, W, 1): the shape ``predict`` returns (the tumour probability map)."""
+        return (None,) + self.image_shape[:2] + (1,)
+
     def build(self, input_shape=None):
         feature_shapes, mask_shape = self.feature_network.output[0], self.feature_network.output[1]
         self.query_decoder.build([tuple(f.shape) for f in feature_shapes], tuple(mask_shape.shape))

@@ -1,7 +1,9 @@
 """Paper 000: Mask2Former lung cancer diagnosis on CT and PET (``000_136503e1e6225c60.txt``).
 
-Data only: what the paper says it did, its one results table quoted exactly as printed, and no recipes (lungkit has
-no Mask2Former, MaskFormer or ViT segmenter yet, so every row is reference only for now).
+Data only: what the paper says it did, its one results table quoted exactly as printed, and its recipes. Mask2Former
+is reproduced by notebook ``41_mask2former`` (CT only until the PET/CT pipeline reaches the experiments); the
+MaskFormer and ViT recipes are written (``PLANNED_RECIPES``) but their notebooks 42 and 43 are not, so those rows are
+reference only for now.
 """
 
 PAPER = dict(
@@ -64,12 +66,13 @@ TABLES = {
                 "line": 162,
                 "origin": "this paper",
                 "reported": {"precision": "0.948", "recall": "0.83", "f1": "0.87"},
-                "reproduced_by": None,
+                "reproduced_by": {"notebook": "41_mask2former", "model": "mask2former", "result_key": "mask2former"},
                 "remarks": [
                     "F1 0.87 is not the harmonic mean of P 0.948 and R 0.83 (2PR/(P+R) = 0.885; with rounding of the "
                     "printed digits at least 0.882).",
                     "The text's precision 94.87% (lines 49, 140) rounds to 0.949, not the printed 0.948.",
-                    "Mask2Former is not in lungkit yet: reference only.",
+                    "lungkit's row is CT only (input_channels 1): the paper's CT + PET input needs the PET/CT "
+                    "dataset in the segmentation experiment, which is not wired yet.",
                 ],
             },
             {
@@ -99,11 +102,9 @@ TABLES = {
     },
 }
 
-# No row is reproduced yet: the recipes below are checked and train through the kit's training layer
-# (tests/test_paper000.py), but notebooks 41-43 and the CT+PET pipeline that would fill Table 1 do not exist yet.
-# Moving a recipe into RECIPES (and naming it in its row's ``reproduced_by``) is the step that makes the main job
-# run it.
-RECIPES = {}
+# RECIPES are run by the main job (their rows name them in ``reproduced_by``); PLANNED_RECIPES are checked and
+# train through the kit's training layer (tests/test_paper000.py) but have no notebook yet (42 MaskFormer, 43 ViT):
+# moving one into RECIPES and naming it in its row is the step that makes the main job run it.
 
 #: The official Mask2Former loss and matcher (facebookresearch/Mask2Former, MaskFormer head config).
 MASK2FORMER_LOSS = dict(
@@ -152,7 +153,7 @@ PLANNED_RECIPES = {
         "notes": (
             "Paper 000, lines 105-137: 'normalization' (min-max assumed, not stated), 512x512, random rotations and "
             "cropping, AdamW lr 0.0001 with cosine annealing, weight decay 0.01, batch 32, 100 epochs, PyTorch. "
-            "Architecture and loss are not printed: the official Mask2Former R50 (9 masked decoder layers, 100 "
+            "Architecture, loss, normalisation and split are not printed in the paper: the official Mask2Former R50 (9 masked decoder layers, 100 "
             "queries, class 2 / BCE 5 / Dice 5 on 12,544 points, no-object 0.1) is assumed, with the official "
             "MSDeformAttn pixel decoder (6 layers; pixel_decoder='fpn' is the official lighter option). The official COCO solver (weight "
             "decay 0.05, backbone lr x0.1, gradient clipping 0.01, batch 16) is recorded in OFFICIAL_COCO_SOLVER; "
@@ -162,12 +163,12 @@ PLANNED_RECIPES = {
 }
 
 _BASELINE_NOTE = (
-    "Paper 000 prints the solver of its Mask2Former only (AdamW 1e-4 cosine, weight decay 0.01, batch 32, 100 "
+    "Not printed in the paper: how the baselines were trained; it prints the solver of its Mask2Former only (AdamW 1e-4 cosine, weight decay 0.01, batch 32, 100 "
     "epochs, 512 px); its baselines are assumed to have been trained the same way. "
 )
 
 PLANNED_RECIPES["maskformer"] = {
-    **PLANNED_RECIPES["mask2former"],
+    **{key: value for key, value in PLANNED_RECIPES["mask2former"].items()},
     "model": "maskformer",
     "loss_kwargs": dict(MASKFORMER_LOSS),
     "notes": _BASELINE_NOTE + (
@@ -187,3 +188,5 @@ PLANNED_RECIPES["vit_segmenter"] = {
         "per-pixel loss, since a per-pixel model has no set-prediction loss."
     ),
 }
+
+RECIPES = {"mask2former": PLANNED_RECIPES.pop("mask2former")}
