@@ -333,7 +333,7 @@ def test_recipes_carry_the_papers_printed_settings():
     assert set(attention["loss_kwargs"]) == {"lam", "alpha", "gamma"}
     assert get_postprocessing("paper004", "attention_unet") == "dense_crf"
     assert get_postprocessing("paper004", "unet") == "none"
-    assert set(get_paper("paper000").RECIPES) == {"mask2former"}
+    assert set(get_paper("paper000").RECIPES) == {"mask2former", "maskformer", "vit_segmenter"}
     assert get_recipe("paper000", "mask2former")["loss"] == "set_prediction"
 
 

@@ -1,9 +1,8 @@
 """Paper 000: Mask2Former lung cancer diagnosis on CT and PET (``000_136503e1e6225c60.txt``).
 
-Data only: what the paper says it did, its one results table quoted exactly as printed, and its recipes. Mask2Former
-is reproduced by notebook ``41_mask2former`` (CT only until the PET/CT pipeline reaches the experiments); the
-MaskFormer and ViT recipes are written (``PLANNED_RECIPES``) but their notebooks 42 and 43 are not, so those rows are
-reference only for now.
+Data only: what the paper says it did, its one results table quoted exactly as printed, and its recipes. The three
+rows are reproduced by notebooks ``41_mask2former``, ``42_maskformer`` and ``43_vit_segmenter``, CT only until the
+PET/CT pipeline reaches the segmentation experiment.
 """
 
 PAPER = dict(
@@ -80,11 +79,11 @@ TABLES = {
                 "line": 163,
                 "origin": "this paper (baseline)",
                 "reported": {"precision": "0.898", "recall": "0.772", "f1": "0.619"},
-                "reproduced_by": None,
+                "reproduced_by": {"notebook": "42_maskformer", "model": "maskformer", "result_key": "maskformer"},
                 "remarks": [
                     "F1 0.619 is far below the harmonic mean of P 0.898 and R 0.772 (2PR/(P+R) = 0.830); the same "
                     "numbers are repeated in the text (lines 158-159), so it is not a typesetting slip of the table.",
-                    "MaskFormer is not in lungkit yet: reference only.",
+                    "lungkit's row is CT only, as the Mask2Former row.",
                 ],
             },
             {
@@ -92,19 +91,17 @@ TABLES = {
                 "line": 164,
                 "origin": "this paper (baseline)",
                 "reported": {"precision": "0.799", "recall": "0.812", "f1": "0.749"},
-                "reproduced_by": None,
+                "reproduced_by": {"notebook": "43_vit_segmenter", "model": "vit_segmenter", "result_key": "vit_segmenter"},
                 "remarks": [
                     "F1 0.749 is not the harmonic mean of P 0.799 and R 0.812 (2PR/(P+R) = 0.805).",
-                    "No ViT segmenter in lungkit yet: reference only.",
+                    "The paper does not say how its ViT segments; lungkit's is SETR-naive on ViT-B/16 (CT only).",
                 ],
             },
         ],
     },
 }
 
-# RECIPES are run by the main job (their rows name them in ``reproduced_by``); PLANNED_RECIPES are checked and
-# train through the kit's training layer (tests/test_paper000.py) but have no notebook yet (42 MaskFormer, 43 ViT):
-# moving one into RECIPES and naming it in its row is the step that makes the main job run it.
+# The main job runs RECIPES, each named in its row's ``reproduced_by``; the baselines derive from Mask2Former's.
 
 #: The official Mask2Former loss and matcher (facebookresearch/Mask2Former, MaskFormer head config).
 MASK2FORMER_LOSS = dict(
@@ -126,7 +123,7 @@ OFFICIAL_COCO_SOLVER = dict(
     gradient_clip="full model, norm 0.01", batch_size=16, schedule="poly, 50 epochs (368,750 iterations)",
 )
 
-PLANNED_RECIPES = {
+RECIPES = {
     "mask2former": {
         "model": "mask2former",
         "image_size": 512,
@@ -167,8 +164,8 @@ _BASELINE_NOTE = (
     "epochs, 512 px); its baselines are assumed to have been trained the same way. "
 )
 
-PLANNED_RECIPES["maskformer"] = {
-    **{key: value for key, value in PLANNED_RECIPES["mask2former"].items()},
+RECIPES["maskformer"] = {
+    **RECIPES["mask2former"],
     "model": "maskformer",
     "loss_kwargs": dict(MASKFORMER_LOSS),
     "notes": _BASELINE_NOTE + (
@@ -178,8 +175,8 @@ PLANNED_RECIPES["maskformer"] = {
     ),
 }
 
-PLANNED_RECIPES["vit_segmenter"] = {
-    **PLANNED_RECIPES["mask2former"],
+RECIPES["vit_segmenter"] = {
+    **RECIPES["mask2former"],
     "model": "vit_segmenter",
     "loss": "dice_bce",
     "loss_kwargs": {},
@@ -188,5 +185,3 @@ PLANNED_RECIPES["vit_segmenter"] = {
         "per-pixel loss, since a per-pixel model has no set-prediction loss."
     ),
 }
-
-RECIPES = {"mask2former": PLANNED_RECIPES.pop("mask2former")}
