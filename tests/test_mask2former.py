@@ -118,3 +118,12 @@ def test_mixed_precision_step_with_the_deformable_decoder():
     finally:
         keras.config.set_dtype_policy("float32")
     assert np.isfinite(loss) and probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+
+
+def test_saves_and_reloads_with_identical_predictions(tmp_path):
+    model = build_mask2former("tiny", input_shape=(32, 32, 1))
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert type(reloaded).__name__ == "MaskQuerySegmenter" and reloaded.build_config == model.build_config
+    np.testing.assert_array_equal(reloaded.predict(images, verbose=0), model.predict(images, verbose=0))
