@@ -58,3 +58,13 @@ def test_tiny_mask2former_trains_through_the_kit_training_layer(tmp_path):
     assert np.isfinite(history["val_dice"]).all() and result.best_checkpoint.exists()
     probabilities = predict_probabilities(model, images[:2])
     assert probabilities.shape == (2, 64, 64, 1) and 0.0 <= probabilities.min() <= probabilities.max() <= 1.0
+
+
+def test_cpu_profiles_use_full_mask_losses_and_the_paper_profile_the_points():
+    paper_recipe = Recipe.from_dict(paper000.RECIPES["mask2former"])
+    assert paper_recipe.for_profile("paper").loss_kwargs["num_points"] == 12544
+    quick = paper_recipe.for_profile("quick")
+    assert quick.loss_kwargs["num_points"] is None and quick.loss_kwargs["mask_weight"] == 5.0
+    assert "loss_kwargs" in quick.overridden
+    maskformer = Recipe.from_dict(paper000.RECIPES["maskformer"]).for_profile("smoke")
+    assert maskformer.loss_kwargs["mask_loss"] == "focal" and maskformer.loss_kwargs["num_points"] is None
