@@ -230,3 +230,22 @@ def test_keras_attention_mask_true_means_attend_and_blocked_keys_are_ignored():
     # reproduce it in general, which is why the decoder opens such rows explicitly
     opened = ops.convert_to_numpy(attention(query, memory, attention_mask=unblock_empty_rows(np.zeros((1, 3, 5), bool))))
     np.testing.assert_allclose(opened, ops.convert_to_numpy(attention(query, memory)), atol=1e-5)
+
+
+def test_semantic_and_instance_inference_by_hand():
+    from lungkit.models.query_decoder import instance_predictions, semantic_probabilities
+
+    # query 0: p(tumour) 0.8, mask logit +2 on the left half; query 1: p 0.6, mask everywhere negative (dropped)
+    class_logits = np.log(np.array([[[0.8, 0.2], [0.6, 0.4]]], np.float32))
+    mask_logits = np.full((1, 2, 4, 4), -2.0, np.float32)
+    mask_logits[0, 0, :, :2] = 2.0
+    instances = instance_predictions(class_logits, mask_logits, (4, 4), top_k=2)[0]
+    assert len(instances) == 1 and instances[0]["query"] == 0 and instances[0]["class"] == 0
+    np.testing.assert_array_equal(instances[0]["mask"][:, :2], True)
+    np.testing.assert_array_equal(instances[0]["mask"][:, 2:], False)
+    sigmoid = 1 / (1 + math.exp(-2.0))
+    assert instances[0]["score"] == pytest.approx(0.8 * sigmoid, rel=1e-5)
+    semantic = ops.convert_to_numpy(semantic_probabilities(class_logits, mask_logits, (4, 4)))
+    # sum over queries of p(tumour) x sigmoid(mask): left half 0.8 s(2) + 0.6 s(-2), right half 0.8 s(-2) + 0.6 s(-2)
+    np.testing.assert_allclose(semantic[0, 0, 0, 0], 0.8 * sigmoid + 0.6 * (1 - sigmoid), rtol=1e-5)
+    np.testing.assert_allclose(semantic[0, 0, 3, 0], 1.4 * (1 - sigmoid), rtol=1e-5)
