@@ -50,10 +50,16 @@ PAPER_INPUTS = {
     "resnet50_unet": (256, 256, 3),
     "densenet121_classifier": (224, 224, 3),
     "sam": (1024, 1024, 3),
+    # paper 000: CT + PET at 512 px
+    "mask2former": (512, 512, 2),
+    "maskformer": (512, 512, 2),
+    "vit_segmenter": (512, 512, 2),
 }
 #: Channels of the small-size input (3 for the ImageNet-style encoders and SAM).
 SMALL_CHANNELS = {"resnet50_unet": 3, "densenet121_classifier": 3, "sam": 3}
 INFERENCE_ONLY = {"sam"}
+#: Query models train with their set-prediction loss (Hungarian matching in SciPy, so never with XLA).
+SET_PREDICTION = {"mask2former", "maskformer"}
 
 
 def _sam_inputs(model, batch: int, side: int):
@@ -166,14 +172,16 @@ def _child(spec: dict) -> dict:
         result["loss"] = "sparse_categorical_crossentropy"
     else:
         from_logits = name == "resnet50_unet"
+        loss = "set_prediction" if name in SET_PREDICTION else ("bce_logits" if from_logits else "bce")
         recipe = Recipe(
             model=name,
             image_size=int(shape[0]),
-            input_channels=int(shape[2]),
+            # the recipe only compiles the model here; a CT + PET (2-channel) input has no recipe channel count yet
+            input_channels=3 if int(shape[2]) == 3 else 1,
             preprocessing="hu_window_zscore",
             optimizer="adam",
             learning_rate=1e-4,
-            loss="bce_logits" if from_logits else "bce",
+            loss=loss,
             from_logits=from_logits,
             batch_size=batch,
             epochs=1,

@@ -282,6 +282,16 @@ def _focal(
     )
 
 
+def _set_prediction(from_logits=False, **kwargs):
+    # Mask2Former / MaskFormer: the model's compute_loss applies this criterion to its query heads; the kit's
+    # from_logits flag describes the model's predict output (probabilities), so it must be False.
+    if from_logits:
+        raise ValueError("set_prediction: query models predict probabilities; use from_logits=False")
+    from lungkit.models.set_losses import SetCriterion
+
+    return SetCriterion(**kwargs)
+
+
 _LOSSES = {
     "bce": _bce,
     "bce_logits": _bce_logits,
@@ -289,6 +299,7 @@ _LOSSES = {
     "focal": _focal,
     "hybrid_dice_focal": HybridDiceFocalLoss,
     "dice_bce": DiceBCELoss,
+    "set_prediction": _set_prediction,
 }
 
 
@@ -301,7 +312,9 @@ def get_loss(name: str, **kwargs) -> keras.losses.Loss:
     """Build a registered loss.
 
     Args:
-        name: ``bce``, ``bce_logits``, ``dice``, ``focal``, ``hybrid_dice_focal`` or ``dice_bce``.
+        name: ``bce``, ``bce_logits``, ``dice``, ``focal``, ``hybrid_dice_focal``, ``dice_bce`` or
+            ``set_prediction`` (a :class:`lungkit.models.set_losses.SetCriterion` for query models, which their
+            ``compute_loss`` applies; not a ``keras.losses.Loss``).
         **kwargs: passed to the loss (e.g. ``from_logits``, ``lam``, ``alpha``, ``gamma``, ``epsilon``).
 
     Returns:

@@ -55,6 +55,7 @@ RECIPE_KEYS = (
     "optimizer",
     "learning_rate",
     "momentum",
+    "weight_decay",
     "lr_schedule",
     "loss",
     "loss_kwargs",
@@ -84,7 +85,7 @@ REQUIRED_RECIPE_KEYS = (
     "batch_size",
     "epochs",
 )
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 #: Keys of a recipe's ``fine_tuning`` schedule (see :func:`fine_tuning_phases`).
 FINE_TUNING_KEYS = ("frozen_layer", "frozen_fraction", "unfrozen_learning_rate")
 LR_SCHEDULES = (None, "cosine")
@@ -117,13 +118,15 @@ class Recipe:
         model: registry name (``lungkit.models.available_models()``).
         image_size: side of the square model input in pixels.
         preprocessing: name in ``lungkit.preprocess.PREPROCESSING``.
-        optimizer: ``"adam"`` or ``"sgd"``.
+        optimizer: ``"adam"``, ``"adamw"`` (decoupled weight decay, e.g. paper 000's Mask2Former) or ``"sgd"``.
         learning_rate: initial learning rate.
         loss: name in the ``lungkit.losses`` registry.
         batch_size: images per (global) batch.
         epochs: maximum number of epochs.
         input_channels: 1 or 3.
         momentum: SGD momentum (None = 0); not allowed with Adam.
+        weight_decay: AdamW's decoupled weight decay; required with ``"adamw"`` (no silent Keras default) and
+            not allowed with the other optimizers.
         lr_schedule: None (constant, optionally reduced on plateau) or ``"cosine"`` (cosine decay to ``min_lr``
             over ``epochs``; cannot be combined with ``reduce_lr_patience``).
         loss_kwargs: extra keyword arguments of the loss (e.g. ``lam``, ``alpha``, ``gamma``).
@@ -171,6 +174,7 @@ class Recipe:
     epochs: int
     input_channels: int = 1
     momentum: float | None = None
+    weight_decay: float | None = None
     lr_schedule: str | None = None
     loss_kwargs: dict = field(default_factory=dict)
     from_logits: bool = False
@@ -220,6 +224,16 @@ class Recipe:
         )
         expect(
             self.momentum is None or self.optimizer == "sgd", "momentum", "None unless optimizer is 'sgd'"
+        )
+        expect(
+            self.weight_decay is None or (_is_number(self.weight_decay) and self.weight_decay >= 0),
+            "weight_decay",
+            "None or a number >= 0",
+        )
+        expect(
+            (self.weight_decay is not None) == (self.optimizer == "adamw"),
+            "weight_decay",
+            "a number with optimizer 'adamw' and None otherwise",
         )
         expect(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}")
         expect(isinstance(self.loss, str) and bool(self.loss), "loss", "a loss registry name")
@@ -434,6 +448,8 @@ class Recipe:
         text = f"{self.optimizer} lr={self.learning_rate:g}"
         if self.optimizer == "sgd":
             text += f" momentum={self.momentum or 0.0:g}"
+        if self.weight_decay is not None:
+            text += f" weight_decay={self.weight_decay:g}"
         if self.lr_schedule == "cosine":
             text += f", cosine decay to {self.min_lr:g}"
         elif self.reduce_lr_patience is not None:
@@ -627,6 +643,8 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int | None = None) -> keras.
         )
     if recipe.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
+    if recipe.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=float(recipe.weight_decay))
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=float(recipe.momentum or 0.0))
 
 

@@ -128,7 +128,7 @@ def test_gradients_are_finite_and_point_the_right_way(name, from_logits):
 
 
 def test_registry_errors():
-    assert L.available_losses() == ["bce", "bce_logits", "dice", "dice_bce", "focal", "hybrid_dice_focal"]
+    assert L.available_losses() == ["bce", "bce_logits", "dice", "dice_bce", "focal", "hybrid_dice_focal", "set_prediction"]
     with pytest.raises(ValueError, match="bce_logits"):
         L.get_loss("cross_entropy")
     with pytest.raises(ValueError, match="logits"):

@@ -40,7 +40,7 @@ RECIPE_KEYS = {"model", "image_size", "input_channels", "preprocessing", "optimi
                "lr_schedule", "loss", "loss_kwargs", "from_logits", "batch_size", "epochs", "min_epochs",
                "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor", "min_lr", "monitor",
                "augment_on_the_fly", "notes"}
-LOSSES = {"bce", "bce_logits", "dice", "focal", "hybrid_dice_focal", "dice_bce"}
+LOSSES = {"bce", "bce_logits", "dice", "focal", "hybrid_dice_focal", "dice_bce", "set_prediction"}
 PREPROCESSING = {"hu_window_zscore", "minmax", "lung_masked_hu", "hu_window_unit"}
 
 
@@ -289,11 +289,12 @@ def test_every_reproducible_row_names_an_existing_recipe_or_zero_shot_setup():
 @pytest.mark.parametrize("pid", ["paper000", "paper001", "paper002", "paper003", "paper004"])
 def test_recipes_use_the_contract_keys_and_registered_names(pid):
     for key, recipe in get_paper(pid).RECIPES.items():
-        assert set(recipe) <= RECIPE_KEYS | {"profile_overrides"}, set(recipe) - RECIPE_KEYS
+        assert set(recipe) <= RECIPE_KEYS | {"profile_overrides", "weight_decay"}, set(recipe) - RECIPE_KEYS
         assert RECIPE_KEYS - {"momentum"} <= set(recipe), RECIPE_KEYS - set(recipe)
         assert recipe["model"] in available_models()
-        assert recipe["optimizer"] in ("adam", "sgd")
+        assert recipe["optimizer"] in ("adam", "adamw", "sgd")
         assert ("momentum" in recipe) == (recipe["optimizer"] == "sgd")
+        assert ("weight_decay" in recipe) == (recipe["optimizer"] == "adamw")
         assert recipe["loss"] in LOSSES
         assert recipe["from_logits"] == (recipe["loss"] == "bce_logits")
         assert recipe["preprocessing"] in PREPROCESSING
@@ -332,7 +333,8 @@ def test_recipes_carry_the_papers_printed_settings():
     assert set(attention["loss_kwargs"]) == {"lam", "alpha", "gamma"}
     assert get_postprocessing("paper004", "attention_unet") == "dense_crf"
     assert get_postprocessing("paper004", "unet") == "none"
-    assert get_paper("paper000").RECIPES == {}
+    assert set(get_paper("paper000").RECIPES) == {"mask2former", "maskformer", "vit_segmenter"}
+    assert get_recipe("paper000", "mask2former")["loss"] == "set_prediction"
 
 
 def test_zero_shot_sam_is_not_a_recipe():
@@ -353,7 +355,7 @@ def test_find_rows_for_result_spans_tables():
         ("table4", "Proposed Attention U-Net (This Paper)"),
     ]
     assert [(r["table"], r["row"]) for r in find_rows_for_result("paper001", "swin_unet")] == [("table3", "SwinUNET")]
-    assert find_rows_for_result("paper000", "mask2former") == []
+    assert [r["row"] for r in find_rows_for_result("paper000", "mask2former")] == ["Proposed Model"]
     assert papers.PAPERS["paper003"] is get_paper("paper003")
 
 

@@ -151,7 +151,8 @@ def test_reference_rows_and_rows_lungkit_lacks(tmp_path):
     assert list(others["iou_reported_printed"]) == ["-", "0.7274"]
     assert math.isnan(others["iou_reported"].iloc[0])
     paper000 = reports.paper_table_frame("paper000", "table1", [])
-    assert set(paper000["status"]) == {reports.STATUS_NOT_IN_KIT}  # the paper's own rows, no model yet
+    # all three rows are in the kit now (notebooks 41-43); in this empty run none has a result yet
+    assert reports.STATUS_NOT_IN_KIT not in set(paper000["status"])
 
 
 def test_percent_tables_compare_in_fractions_and_print_in_percent(tmp_path):

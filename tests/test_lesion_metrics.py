@@ -1,0 +1,57 @@
+"""Lesion-level matching (IoU >= 0.5, one-to-one, mask or box IoU) and the two F1 readings, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lungkit.lesion_metrics import LesionCounts, components, f1_readings, match_lesions
+
+
+def square(row, col, side, size=20):
+    mask = np.zeros((size, size), bool)
+    mask[row : row + side, col : col + side] = True
+    return mask
+
+
+def test_match_counts_by_hand():
+    target = square(0, 0, 4) | square(10, 10, 4)  # two tumours of 16 px
+    exact = square(0, 0, 4)
+    shifted = square(10, 11, 4)  # IoU 12 / 20 = 0.6 with the second tumour
+    far = square(16, 0, 3)
+    assert match_lesions([exact, shifted, far], target) == LesionCounts(tp=2, fp=1, fn=0)
+    too_far = square(10, 12, 4)  # IoU 8 / 24 = 0.33
+    assert match_lesions([exact, too_far], target) == LesionCounts(tp=1, fp=1, fn=1)
+    # one prediction covering both tumours matches neither (IoU 32 / 196) and counts once as FP
+    assert match_lesions([square(0, 0, 14)], target) == LesionCounts(tp=0, fp=1, fn=2)
+    assert match_lesions([], target) == LesionCounts(0, 0, 2)
+    assert match_lesions([np.zeros((20, 20), bool)], np.zeros((20, 20))) == LesionCounts(0, 0, 0)
+
+
+def test_one_to_one_matching_prefers_more_matches():
+    target = square(0, 0, 4) | square(0, 5, 4)
+    # prediction A overlaps tumour 1 well and tumour 2 a little; B fits tumour 2: both must match
+    a = square(0, 0, 4)
+    b = square(0, 5, 4)
+    assert match_lesions([a, b], target).tp == 2
+
+
+def test_box_iou_for_box_derived_masks():
+    target = square(0, 0, 6)
+    ring = square(0, 0, 6) & ~square(1, 1, 4)  # same box, mask IoU 20 / 36 = 0.56
+    thin = square(0, 0, 6) & ~square(0, 1, 6)  # one column: mask IoU 6 / 36, box IoU 6 / 36
+    assert match_lesions([ring], target, use_boxes=True).tp == 1
+    assert match_lesions([thin], target, use_boxes=True).tp == 0
+
+
+def test_scores_and_f1_readings():
+    scores = LesionCounts(tp=3, fp=1, fn=2).scores()
+    assert scores == pytest.approx({"precision": 0.75, "recall": 0.6, "f1": 6 / 9})
+    assert math.isnan(LesionCounts().scores()["precision"])
+    # image 1: P 1, R 0.5, F1 2/3; image 2: P 0.5, R 1, F1 2/3 -> mean F1 2/3, harmonic of means 0.75
+    readings = f1_readings([1.0, 0.5], [0.5, 1.0], [2 / 3, 2 / 3])
+    assert readings["mean_of_per_image_f1"] == pytest.approx(2 / 3)
+    assert readings["harmonic_of_mean_precision_and_recall"] == pytest.approx(0.75)
+    assert len(components(square(0, 0, 2) | square(3, 3, 2))) == 2
