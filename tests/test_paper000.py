@@ -11,7 +11,8 @@ import tensorflow as tf
 from kit_fixtures import disc_slices
 from lungkit.models.set_losses import SetCriterion
 from lungkit.papers import paper000
-from lungkit.training import Recipe, build_for_training, make_optimizer, predict_probabilities, train
+from lungkit.inference import predict_probabilities
+from lungkit.training import Recipe, build_for_training, make_optimizer, train
 
 
 def test_recipes_are_valid_and_record_the_paper_solver():
