@@ -74,7 +74,9 @@ RECIPE_KEYS = (
     "fine_tuning",
 )
 # What a profile override may change: training settings, never the model or the paper's notes.
-OVERRIDABLE_RECIPE_KEYS = tuple(key for key in RECIPE_KEYS if key not in ("model", "notes", "profile_overrides"))
+OVERRIDABLE_RECIPE_KEYS = tuple(key for key in RECIPE_KEYS if key not in ("model", "notes", "profile_overrides")) + (
+    "max_steps",  # a profile's step budget, for a model measured too slow for it (a recorded departure)
+)
 REQUIRED_RECIPE_KEYS = (
     "model",
     "image_size",
@@ -399,6 +401,11 @@ class Recipe:
         if patches:
             scale = changes.get("image_size", self.image_size)
             patch_size = min(scale, profile.max_image_size or scale)
+        # the profile's budget, unless the recipe's override for this profile names its own (a measured departure)
+        budget = {key: changes.pop(key, getattr(profile, key)) for key in ("max_steps", "max_train_seconds")}
+        for key in budget:
+            if key in override and getattr(profile, key) != budget[key]:
+                overridden[key] = {"recipe": getattr(profile, key), "used": budget[key]}
         return dataclasses.replace(
             self,
             **changes,
@@ -408,8 +415,7 @@ class Recipe:
             capped=capped,
             overridden=overridden,
             patch_size=patch_size,
-            max_steps=profile.max_steps,
-            max_train_seconds=profile.max_train_seconds,
+            **budget,
         )
 
     def with_step_budget(self, steps_per_epoch: int) -> "Recipe":
