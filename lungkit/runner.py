@@ -55,7 +55,7 @@ class NotebookRun:
     notebook: str
     output: str
     seconds: float
-    status: str  # "ok", "failed", "running" (started, not finished: the process was killed) or "skipped"
+    status: str  # "ok", "failed", "running" (started, not finished: killed), "skipped" (ok earlier) or "left out"
     error: str = ""
     parameters: dict = field(default_factory=dict)  # what it ran with: a rerun skips it only with the same ones
 
@@ -84,6 +84,21 @@ def discover_notebooks(notebooks_dir: str | Path = DEFAULT_NOTEBOOKS_DIR, only: 
             )
         notebooks = [p for p in notebooks if any(p.name.startswith(prefix) for prefix in only)]
     return notebooks
+
+
+def main_job_exclusion(notebook: Path, profile: str) -> str | None:
+    """Why the main job leaves ``notebook`` out at ``profile``, or None when it runs.
+
+    A notebook names the profiles it is too costly for in its metadata, with the measurement that says so:
+    ``{"lungkit": {"main_job_leaves_out": {"quick": "reason"}}}``. Only the whole main job honours it; ``--only``
+    runs the notebook anyway. The notebook's table rows then stay ``not reproduced yet``.
+    """
+    try:
+        metadata = json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError):
+        return None  # the run itself will report an unreadable notebook
+    reasons = (metadata.get("lungkit") or {}).get("main_job_leaves_out") or {}
+    return reasons.get(profile) if isinstance(reasons, dict) else None
 
 
 def new_run_dir(runs_root: str | Path, profile: str) -> Path:
@@ -339,6 +354,15 @@ def run_notebooks(
 
     for notebook in notebooks:
         output = run_dir / "notebooks" / notebook.name
+        left_out = None if only else main_job_exclusion(notebook, profile)
+        if left_out:
+            print(f"[lungkit] leaving out {notebook.name} at profile {profile}: {left_out} (run it alone with "
+                  f"--only {notebook.name[:2]})", flush=True)
+            runs.append(NotebookRun(notebook.name, str(output), 0.0, "left out", left_out,
+                                    parameters=dict(parameters)))
+            entries[notebook.name] = runs[-1].__dict__
+            _save_record(record, parameters, entries)
+            continue
         earlier = entries.get(notebook.name)
         # records written before per-notebook parameters existed hold them once, at the top
         earlier_parameters = (earlier or {}).get("parameters") or (previous or {}).get("parameters")
@@ -440,8 +464,11 @@ def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, re
         return 1
     total = time.perf_counter() - start
     ran = [run for run in runs if run.status == "ok"]
+    left_out = [run for run in runs if run.status == "left out"]
     print(f"\n[lungkit] {len(ran)} notebooks ran in {total / 60:.1f} min"
-          f"{f', {len(runs) - len(ran)} skipped (ok earlier)' if len(ran) < len(runs) else ''}; run folder {run_dir}")
+          f"{f', {len(runs) - len(ran) - len(left_out)} skipped (ok earlier)' if len(ran) + len(left_out) < len(runs) else ''}"
+          f"{f', {len(left_out)} left out at this profile' if left_out else ''}; run folder {run_dir}")
     for run in runs:
-        print(f"  {run.notebook:40s} " + (f"{run.seconds:7.0f} s" if run.status == "ok" else "skipped (ok earlier)"))
+        shown = {"ok": f"{run.seconds:7.0f} s", "left out": f"left out: {run.error}"}
+        print(f"  {run.notebook:40s} " + shown.get(run.status, "skipped (ok earlier)"))
     return 0

@@ -172,3 +172,25 @@ def test_cli_refuses_a_run_dir_with_other_parameters(tmp_path, capsys):
     assert leave.value.code == 2
     assert "profile recorded 'quick', asked 'smoke'" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.iterdir()) == ["notebook_runs.json"]
+
+
+def test_a_notebook_too_costly_for_a_profile_is_left_out_of_the_main_job_but_runs_alone(tmp_path, capsys):
+    notebooks = _resumable_notebooks(tmp_path)
+    costly = nbformat.read(notebooks / "20_last.ipynb", as_version=4)
+    costly.metadata["lungkit"] = {"main_job_leaves_out": {"smoke": "measured 60 s per step on 2 cores"}}
+    nbformat.write(costly, notebooks / "20_last.ipynb")
+    arguments = dict(profile="smoke", data_dir=None, runs_root=tmp_path / "runs", reports_dir=str(tmp_path / "rep"),
+                     seed=0, notebooks_dir=notebooks)
+    run_dir = tmp_path / "runs" / "main"
+    run_dir.mkdir(parents=True)
+    assert runner.main_reproduce(**arguments, only=None, run_dir=run_dir) == 0
+    assert (run_dir / "log.txt").read_text().split() == ["00", "10"]
+    out = capsys.readouterr().out
+    assert "leaving out 20_last.ipynb at profile smoke: measured 60 s per step on 2 cores" in out
+    assert "1 left out at this profile" in out
+    record = json.loads((run_dir / "notebook_runs.json").read_text())
+    assert record["notebooks"][-1]["status"] == "left out"
+    # asked for by name, it runs; other profiles never leave it out
+    assert runner.main_reproduce(**arguments, only=["20"], run_dir=run_dir) == 0
+    assert (run_dir / "log.txt").read_text().split() == ["00", "10", "20"]
+    assert runner.main_job_exclusion(notebooks / "20_last.ipynb", "quick") is None
