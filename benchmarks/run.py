@@ -201,6 +201,17 @@ def summary_lines(sections: dict, fastest: dict | None) -> list[str]:
     return bullets
 
 
+def _earlier_sections_note(report: dict) -> str:
+    """A sentence naming the sections kept from earlier runs (their machine and versions may differ)."""
+    earlier = [name for name, info in report.get("load", {}).items()
+               if info.get("measured", {}).get("commit", report["git_commit"]) != report["git_commit"]]
+    if not earlier:
+        return ""
+    return (f" This run measured {', '.join(n for n in report['load'] if n not in earlier)}; the sections "
+            f"{', '.join(earlier)} are kept from earlier runs (commit and time in the load table; the machine and "
+            "versions below are this run's).")
+
+
 def render_markdown(report: dict) -> str:
     """The whole of ``reports/benchmarks.md`` from the report dict."""
     machine, found = report["machine"], report["versions"]
@@ -210,7 +221,8 @@ def render_markdown(report: dict) -> str:
         f"Written by `python -m benchmarks.run{' --quick' if report['quick'] else ''}` on "
         f"{report['finished_at']} (commit {report['git_commit']}, {report['wall_s'] / 60:.1f} min). Every figure "
         "is the median of several timed repeats after a warm-up, with [min - max]; every number, with its raw "
-        "samples, is in `benchmarks.json`. These are benchmarks, not tests: nothing asserts a time.",
+        "samples, is in `benchmarks.json`. These are benchmarks, not tests: nothing asserts a time."
+        + _earlier_sections_note(report),
         "",
         f"**Machine**: {machine['cpu_model']}, {machine['usable_cores']} cores, {machine['memory_gib']} GiB RAM, "
         f"GPU: {', '.join(machine['gpus']) or 'none'}. **Versions**: Python {found['python']}, TensorFlow "
