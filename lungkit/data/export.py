@@ -145,7 +145,9 @@ def _conversion_request(pickles: Mapping[str, Path], pixel_spacing_mm: float | N
     return {"pickles": files, "pixel_spacing_mm": pixel_spacing_mm}
 
 
-def _prepare_staging(staging: Path, request: dict) -> None:
+def prepare_staging(staging: Path, request: dict, extra_dirs: tuple[str, ...] = ()) -> None:
+    """Make a resumable conversion's staging folder: kept when it was started with the same ``request`` (recorded
+    in its ``conversion.json``), emptied otherwise; the kit's sub-folders plus ``extra_dirs`` exist afterwards."""
     record = staging / _CONVERSION_NAME
     if staging.exists():
         try:
@@ -154,7 +156,7 @@ def _prepare_staging(staging: Path, request: dict) -> None:
             previous = None
         if previous != request:
             shutil.rmtree(staging)
-    for sub in (IMAGE_DIR, MASK_DIR, LUNG_DIR):
+    for sub in (IMAGE_DIR, MASK_DIR, LUNG_DIR, *extra_dirs):
         (staging / sub).mkdir(parents=True, exist_ok=True)
     if not record.exists():
         _atomic_write_bytes(json.dumps(request, indent=2).encode(), record)
@@ -258,7 +260,7 @@ def convert_lungrads_to_kit(
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file (expected a Lung-RADS pickle)")
     staging = staging_dir(out_dir)
-    _prepare_staging(staging, _conversion_request(sources, pixel_spacing_mm))
+    prepare_staging(staging, _conversion_request(sources, pixel_spacing_mm))
     spacing = float("nan") if pixel_spacing_mm is None else float(pixel_spacing_mm)
     records = []
     max_rounding_error = 0.0

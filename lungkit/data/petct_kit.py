@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from lungkit.data.export import (
     DATASET_INFO_NAME,
     HU_ROUNDING_RULE,
     move_into_place,
+    prepare_staging,
     read_hu_png,
     read_png,
     staging_dir,
@@ -69,7 +69,6 @@ PETCT_PHANTOM_DIR = "petct_phantom"
 #: Subject split fractions: test, then validation of the rest (per histology letter).
 TEST_FRACTION, VAL_FRACTION = 0.2, 0.15
 _SUBJECTS_DIR = "subjects"
-_CONVERSION_NAME = "conversion.json"
 
 EXTRA_MANIFEST_COLUMNS = [
     "patient",
@@ -144,21 +143,6 @@ def _request(root: Path, annotation_dir, mask_method: str, seed: int, test_fract
             "mask_method": mask_method, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
             "pet_suv_scale": PET_SUV_SCALE}
 
-
-def _prepare_staging(staging: Path, request: dict) -> None:
-    record = staging / _CONVERSION_NAME
-    if staging.exists():
-        try:
-            previous = json.loads(record.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if previous != request:
-            shutil.rmtree(staging)
-    for sub in (kit_dataset.IMAGE_DIR, kit_dataset.MASK_DIR, kit_dataset.LUNG_DIR, PET_DIR, _SUBJECTS_DIR):
-        (staging / sub).mkdir(parents=True, exist_ok=True)
-    if not record.exists():
-        write_text_atomic(record, json.dumps(request, indent=2))
-    (staging / kit_dataset.COMPLETE_MARKER).unlink(missing_ok=True)
 
 
 def _convert_subject(index, subject: str, staging: Path, mask_method: str, strict: bool) -> dict:
@@ -283,7 +267,8 @@ def convert_petct_to_kit(
         return read_petct_manifest(out_dir)
     index = index_collection(root, annotation_dir=annotation_dir, strict=strict)
     staging = staging_dir(out_dir)
-    _prepare_staging(staging, _request(root, annotation_dir, mask_method, seed, test_fraction, val_fraction))
+    prepare_staging(staging, _request(root, annotation_dir, mask_method, seed, test_fraction, val_fraction),
+                    extra_dirs=(PET_DIR, _SUBJECTS_DIR))
     problems = ProblemLog()
     problems.merge(index.problems)
     subjects = sorted(index.annotations["subject"].unique())
