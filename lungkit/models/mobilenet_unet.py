@@ -41,13 +41,20 @@ print a count to compare with.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import keras
 from keras import layers
 
 from lungkit.models.blocks import KERNEL_INITIALIZER, prior_bias_initializer, resolve_config
+from lungkit.models.local_weights import (
+    STATUS_ATTRIBUTE,
+    file_digest,
+    load_local_weights,
+    resolve_local_weights,
+    set_batch_norm_momentum,
+    weights_status,
+)
 
 MODEL_NAME = "mobilenetv2_unet"
 
@@ -102,7 +109,6 @@ CONFIGS = {
 # Measured with this builder at CONFIGS["paper"] (256 x 256 x 3 -> 1 channel), Keras' way of counting.
 PAPER_PARAM_COUNT = 6_501_345
 
-_STATUS_ATTRIBUTE = "_lungkit_encoder_weights"
 ENCODER_NAME = "mobilenetv2_encoder"
 
 
@@ -138,32 +144,8 @@ def resolve_weights_path(weights, alpha: float, input_side: int) -> Path:
         FileNotFoundError: the file is not there; the message names it, its URL and where to put it.
     """
     file_name = weights_file_name(alpha, input_side)
-    url = WEIGHTS_BASE_URL + file_name
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        raise ValueError(
-            f"{MODEL_NAME}: weights='imagenet' would download from the internet, which lungkit never does. Download "
-            f"{url} yourself and pass its local path (or the folder holding it) as weights=..."
-        )
-    if not isinstance(weights, (str, Path)):
-        raise ValueError(f"{MODEL_NAME}: weights must be None or a path to {file_name}, got {weights!r}")
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        path = path / file_name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{MODEL_NAME}: MobileNetV2 ImageNet weights not found at {path}. lungkit does not download weights: on a "
-            f"machine with internet access download {file_name} from {url} and put it at {path}, or pass "
-            "weights=None to train the encoder from scratch."
-        )
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return resolve_local_weights(weights, model_name=MODEL_NAME, network="MobileNetV2", file_name=file_name,
+                                 url=WEIGHTS_BASE_URL + file_name)
 
 
 def _mobilenet_encoder(input_shape: tuple, alpha: float, weights) -> tuple[keras.Model, dict]:
@@ -175,15 +157,10 @@ def _mobilenet_encoder(input_shape: tuple, alpha: float, weights) -> tuple[keras
     )
     status = {"pretrained": False, "source": None, "sha256": None}
     if path is not None:
-        try:
-            mobilenet.load_weights(str(path))
-        except Exception as error:  # h5py, shape and layer-count errors all mean "not this network's file"
-            raise ValueError(
-                f"{MODEL_NAME}: {path} could not be loaded into keras.applications.MobileNetV2(include_top=False, "
-                f"alpha={alpha}); expected {weights_file_name(alpha, input_shape[0])} or weights saved from that "
-                f"model. Reason: {error}"
-            ) from error
-        status = {"pretrained": True, "source": str(path.resolve()), "sha256": _sha256(path)}
+        load_local_weights(mobilenet, path, model_name=MODEL_NAME,
+                           target=f"keras.applications.MobileNetV2(include_top=False, alpha={alpha})",
+                           expected=weights_file_name(alpha, input_shape[0]))
+        status = {"pretrained": True, "source": str(path.resolve()), "sha256": file_digest(path, "sha256")}
     outputs = [mobilenet.get_layer(name).output for name in SKIP_LAYERS + (BRIDGE_LAYER,)]
     return keras.Model(mobilenet.input, outputs, name=ENCODER_NAME), status
 
@@ -198,18 +175,7 @@ def encoder_weights_status(model: keras.Model) -> dict:
         ``{"pretrained": bool, "source": path or None, "sha256": hex or None}``; ``pretrained`` None when the
         model carries no record (e.g. after reloading from disk).
     """
-    status = getattr(model, _STATUS_ATTRIBUTE, None)
-    if status is None:
-        return {"pretrained": None, "source": None, "sha256": None}
-    return dict(status)
-
-
-def _set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = momentum
-        elif isinstance(layer, keras.Model):
-            _set_batch_norm_momentum(layer, momentum)
+    return weights_status(model, ("pretrained", "source", "sha256"))
 
 
 def build_mobilenetv2_unet(scale: str = "paper", input_shape=None, **overrides) -> keras.Model:
@@ -276,6 +242,6 @@ def build_mobilenetv2_unet(scale: str = "paper", input_shape=None, **overrides) 
         name="segmentation_head",
     )(x)
     model = keras.Model(inputs, outputs, name=MODEL_NAME)
-    _set_batch_norm_momentum(model, float(config["batch_norm_momentum"]))
-    setattr(model, _STATUS_ATTRIBUTE, status)
+    set_batch_norm_momentum(model, float(config["batch_norm_momentum"]))
+    setattr(model, STATUS_ATTRIBUTE, status)
     return model

@@ -42,13 +42,20 @@ configuration; the inventory gives 32.52M.)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import keras
 from keras import layers
 
 from lungkit.models.blocks import conv_block, prior_bias_initializer, resolve_config
+from lungkit.models.local_weights import (
+    STATUS_ATTRIBUTE,
+    file_digest,
+    load_local_weights,
+    resolve_local_weights,
+    set_batch_norm_momentum,
+    weights_status,
+)
 
 MODEL_NAME = "resnet50_unet"
 
@@ -105,17 +112,6 @@ PARAM_GAP = (
     "statistics, which Keras counts as weights and PyTorch as buffers"
 )
 
-_STATUS_ATTRIBUTE = "_lungkit_encoder_weights"
-
-
-def _file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_weights_path(weights) -> Path:
     """Turn the ``weights`` setting into the path of an existing weights file.
 
@@ -131,34 +127,14 @@ def resolve_weights_path(weights) -> Path:
         ValueError: for ``"imagenet"`` (lungkit never downloads) or a value that is not a path.
         FileNotFoundError: when the file is not there, saying which file to download from where and where to put it.
     """
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        raise ValueError(
-            f"{MODEL_NAME}: weights='imagenet' would download from the internet, which lungkit never does. Download "
-            f"{WEIGHTS_URL} yourself and pass its local path (or the folder holding it) as weights=..."
-        )
-    if not isinstance(weights, (str, Path)):
-        raise ValueError(f"{MODEL_NAME}: weights must be None or a path to {WEIGHTS_FILE_NAME}, got {weights!r}")
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        path = path / WEIGHTS_FILE_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{MODEL_NAME}: ResNet50 ImageNet weights not found at {path}. lungkit does not download weights: on a "
-            f"machine with internet access download {WEIGHTS_FILE_NAME} from {WEIGHTS_URL} (md5 {WEIGHTS_MD5}) and "
-            f"put it at {path}, or pass weights=None to train the encoder from scratch."
-        )
-    return path
+    return resolve_local_weights(weights, model_name=MODEL_NAME, network="ResNet50", file_name=WEIGHTS_FILE_NAME,
+                                 url=WEIGHTS_URL, md5=WEIGHTS_MD5)
 
 
 def _load_encoder_weights(resnet: keras.Model, path: Path) -> None:
     # The .h5 notop file is loaded exactly as keras.applications.ResNet50(weights=path) loads it: by topology.
-    try:
-        resnet.load_weights(str(path))
-    except Exception as error:  # h5py, shape and layer-count errors all mean "not this network's file"
-        raise ValueError(
-            f"{MODEL_NAME}: {path} could not be loaded into keras.applications.ResNet50(include_top=False); expected "
-            f"{WEIGHTS_FILE_NAME} (from {WEIGHTS_URL}) or weights saved from that model. Reason: {error}"
-        ) from error
+    load_local_weights(resnet, path, model_name=MODEL_NAME, target="keras.applications.ResNet50(include_top=False)",
+                       expected=f"{WEIGHTS_FILE_NAME} (from {WEIGHTS_URL})")
 
 
 def _resnet50_encoder(input_shape: tuple, weights) -> tuple[keras.Model, dict]:
@@ -172,8 +148,8 @@ def _resnet50_encoder(input_shape: tuple, weights) -> tuple[keras.Model, dict]:
         status = {
             "pretrained": True,
             "source": str(path.resolve()),
-            "sha256": _file_digest(path, "sha256"),
-            "official_imagenet_file": _file_digest(path, "md5") == WEIGHTS_MD5,
+            "sha256": file_digest(path, "sha256"),
+            "official_imagenet_file": file_digest(path, "md5") == WEIGHTS_MD5,
         }
     outputs = [resnet.get_layer(name).output for name in SKIP_LAYERS + (BRIDGE_LAYER,)]
     return keras.Model(resnet.input, outputs, name="resnet50_encoder"), status
@@ -190,19 +166,7 @@ def encoder_weights_status(model: keras.Model) -> dict:
         ``{"pretrained": bool, "source": path or None, "sha256": hex or None, "official_imagenet_file": bool}``;
         ``{"pretrained": None, ...}`` when the model carries no record.
     """
-    status = getattr(model, _STATUS_ATTRIBUTE, None)
-    if status is None:
-        return {"pretrained": None, "source": None, "sha256": None, "official_imagenet_file": None}
-    return dict(status)
-
-
-def _set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
-    """Set ``momentum`` on every BatchNormalization layer, nested models (the encoder) included."""
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = momentum
-        elif isinstance(layer, keras.Model):
-            _set_batch_norm_momentum(layer, momentum)
+    return weights_status(model, ("pretrained", "source", "sha256", "official_imagenet_file"))
 
 
 def build_resnet50_unet(scale: str = "paper", input_shape=None, **overrides) -> keras.Model:
@@ -266,6 +230,6 @@ def build_resnet50_unet(scale: str = "paper", input_shape=None, **overrides) -> 
         name="segmentation_head",
     )(x)
     model = keras.Model(inputs, outputs, name=MODEL_NAME)
-    _set_batch_norm_momentum(model, float(config["batch_norm_momentum"]))
-    setattr(model, _STATUS_ATTRIBUTE, status)
+    set_batch_norm_momentum(model, float(config["batch_norm_momentum"]))
+    setattr(model, STATUS_ATTRIBUTE, status)
     return model
