@@ -5,10 +5,15 @@ Inputs, each recognised by what it is:
 - a CT volume file: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MetaImage (``.mhd``, ``.mha``);
 - a DICOM series folder: every DICOM image in it must belong to one series; GDCM (through SimpleITK) sorts the
   slices by their position along the slice normal, and the positions must be evenly spaced (a gap means missing
-  slices, and a mask on a regular grid would then sit at the wrong places);
+  slices, and a mask on a regular grid would then sit at the wrong places; the check is
+  :func:`lungkit.data.volumes.uneven_slice_gaps`, shared with :mod:`lungkit.data.petct`);
 - a folder of 2-D slices (PNG, TIFF, JPEG or NPY files) or one such file; what the pixel values mean is declared
   with ``intensity`` (``hu``, ``display8`` or ``unit``, see :class:`lungkit.data.slices.IntensityMap`), never guessed;
 - a Lung-RADS pickle (read by the kit's restricted unpickler; the unclipped ``hu_array_old`` column is the input).
+
+DICOM is read here with SimpleITK's series reader, which gives the whole volume with its geometry in one call;
+:mod:`lungkit.data.petct` reads DICOM with pydicom instead, because it needs each image's SOPInstanceUID, single
+annotated slices and per-file PET rescaling.
 
 Volumes must have an orthogonal direction matrix whose third index axis runs along the patient's z axis (axial
 slices), because the models were trained on axial slices and predict slice by slice. Every slice goes through
@@ -48,6 +53,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from lungkit.data.volumes import uneven_slice_gaps, volume_suffix
 
 #: Lung-RADS v1.1 size criterion for solid nodules: [low, high) mean diameter in mm -> category. Size alone: a
 #: Lung-RADS category also depends on the nodule's type, growth and other findings, which a mask cannot tell.
@@ -108,13 +115,6 @@ class PredictionCase:
 # -- recognising and reading inputs -------------------------------------------------------------------------------
 
 
-def _volume_suffix(path: Path) -> str:
-    from lungkit.data.volumes import VOLUME_SUFFIXES
-
-    name = path.name.lower()
-    return next((suffix for suffix in VOLUME_SUFFIXES if name.endswith(suffix)), "")
-
-
 def input_kind(path: str | Path) -> str:
     """What an input is: ``volume``, ``dicom``, ``slices`` or ``pickle``.
 
@@ -131,7 +131,7 @@ def input_kind(path: str | Path) -> str:
         if any(child.suffix.lower() in SLICE_SUFFIXES for child in files):
             return "slices"
         return "dicom"
-    if _volume_suffix(path):
+    if volume_suffix(path):
         return "volume"
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return "pickle"
@@ -285,9 +285,8 @@ def _check_slice_positions(folder: Path, files: list[str]) -> None:
             ) from error
         normal = np.cross(orientation[:3], orientation[3:])
         positions.append(float(np.dot(normal, position)))
-    gaps = np.diff(positions)
-    typical = float(np.median(np.abs(gaps)))
-    if typical == 0.0 or np.abs(np.abs(gaps) - typical).max() > SLICE_GAP_TOLERANCE * typical + 1e-3:
+    gaps, typical, uneven = uneven_slice_gaps(positions, SLICE_GAP_TOLERANCE)
+    if typical == 0.0 or uneven.size:
         raise PredictInputError(
             f"{folder}: slices are not evenly spaced along their normal (gaps {np.round(gaps, 3).tolist()} mm): "
             "missing or duplicated slices; a mask on a regular grid would misplace them"
@@ -295,7 +294,7 @@ def _check_slice_positions(folder: Path, files: list[str]) -> None:
 
 
 def _case_name(path: Path, taken: set) -> str:
-    suffix = _volume_suffix(path)
+    suffix = volume_suffix(path)
     stem = path.name[: -len(suffix)] if suffix else (path.stem if path.is_file() else path.name)
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem) or "input"
     name, number = stem, 2
@@ -326,7 +325,7 @@ def check_input(path: str | Path, intensity=None) -> str:
     path = Path(path)
     kind = input_kind(path)
     if kind == "volume":
-        if _volume_suffix(path) == ".mhd":
+        if volume_suffix(path) == ".mhd":
             from lungkit.data.volumes import _check_metaimage_data_file
 
             try:
@@ -394,7 +393,7 @@ def read_case(path: str | Path, name: str, intensity=None, pixel_spacing_mm: flo
                 volume = read_volume(path)
             except (ValueError, FileNotFoundError) as error:
                 raise PredictInputError(str(error)) from error
-            case.mask_suffix = MASK_SUFFIX_FOR[_volume_suffix(path)]
+            case.mask_suffix = MASK_SUFFIX_FOR[volume_suffix(path)]
         else:
             volume = read_dicom_series(path)
             case.mask_suffix = ".nrrd"

@@ -19,7 +19,10 @@ Reading, in the order :func:`iter_subject_slices` does it:
    (the collection has ``Q`` boxes) or impossible coordinates are skipped **and counted**, never dropped silently.
 3. :class:`DicomSeries`: the headers of a series, sorted by position along the slice normal (geometry, not file
    names), checked for one orientation, one size and one spacing; CT pixels become HU
-   (``stored * RescaleSlope + RescaleIntercept``), PET pixels SUVbw (:func:`suv_factor`).
+   (``stored * RescaleSlope + RescaleIntercept``), PET pixels SUVbw (:func:`suv_factor`). pydicom rather than the
+   SimpleITK series reader of :mod:`lungkit.predict` (which wants whole volumes only), because annotations name
+   images by SOPInstanceUID and only the annotated slice is read (:class:`DicomSeries` says more); the slice-gap
+   check is the one both use (:func:`lungkit.data.volumes.uneven_slice_gaps`).
 4. Pairing: a PET series is used for a CT only when both share the ``FrameOfReferenceUID`` (one hybrid scanner's
    coordinates). A PET in another frame is refused (:class:`FrameOfReferenceMismatch`): resampling it by its
    coordinates would mis-register it silently.
@@ -45,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lungkit.data.volumes import AIR_HU, Volume
+from lungkit.data.volumes import AIR_HU, Volume, uneven_slice_gaps
 
 #: Subject letter -> histology (TCIA's description of Lung-PET-CT-Dx). All are cancers: no benign class.
 HISTOLOGY = {
@@ -701,9 +704,8 @@ class DicomSeries:
         """
         if len(self.headers) < 2:
             raise PetCtError("series_unreadable", f"{self.headers[0].path}: a single image is not a volume")
-        gaps = np.diff(self.offsets_mm)
-        median = float(np.median(gaps))
-        bad = np.flatnonzero(np.abs(gaps - median) > SPACING_TOLERANCE * median + 1e-3)
+        # sorted ascending without repeats (from_files), so the gaps are positive and their median is the spacing
+        gaps, median, bad = uneven_slice_gaps(self.offsets_mm, SPACING_TOLERANCE)
         if bad.size:
             i = int(bad[0])
             raise PetCtError(

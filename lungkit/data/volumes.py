@@ -131,7 +131,8 @@ class Volume:
         )
 
 
-def _volume_suffix(path: Path) -> str:
+def volume_suffix(path: Path) -> str:
+    """The volume ending of ``path`` (one of :data:`VOLUME_SUFFIXES`, lower case), or ``""``."""
     name = path.name.lower()
     for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
@@ -201,7 +202,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: volume file not found")
-    suffix = _volume_suffix(path)
+    suffix = volume_suffix(path)
     if not suffix:
         raise ValueError(f"{path}: unsupported volume file; expected one of {VOLUME_SUFFIXES}")
     if suffix == ".mhd":
@@ -296,6 +297,24 @@ def index_to_world(volume: Volume, index_xyz) -> np.ndarray:
     index = np.asarray(index_xyz, dtype=np.float64)
     matrix = _index_to_world_matrix(volume)
     return (matrix @ index.T).T + np.asarray(volume.origin)
+
+
+def uneven_slice_gaps(offsets_mm, tolerance: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Check that slices sit evenly along their normal (a missing or duplicated slice breaks a regular grid).
+
+    Args:
+        offsets_mm: each slice's position along the slice normal (mm), in reading order.
+        tolerance: largest relative deviation of a gap from the typical one still called even.
+
+    Returns:
+        ``(gaps, typical, uneven)``: the gaps between consecutive slices (mm, signed), the typical gap (median of
+        their sizes) and the indices of the gaps whose size differs from it by more than
+        ``tolerance * typical + 1e-3`` mm.
+    """
+    gaps = np.diff(np.asarray(offsets_mm, dtype=np.float64))
+    typical = float(np.median(np.abs(gaps)))
+    uneven = np.flatnonzero(np.abs(np.abs(gaps) - typical) > tolerance * typical + 1e-3)
+    return gaps, typical, uneven
 
 
 def nearest_voxel_zyx(index_xyz) -> tuple[int, int, int]:
@@ -421,7 +440,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = False
     import SimpleITK as sitk
 
     path = Path(path)
-    suffix = _volume_suffix(path)
+    suffix = volume_suffix(path)
     if not suffix:
         raise ValueError(f"{path}: unsupported volume file; expected one of {VOLUME_SUFFIXES}")
     path.parent.mkdir(parents=True, exist_ok=True)
