@@ -67,6 +67,29 @@ _SHARED_CHOICES = (
     "the comparison is about the networks."
 )
 
+#: The settings both segmentation systems share, the ones :data:`_SHARED_CHOICES` describes (one dict, so that
+#: the two recipes cannot drift apart: the comparison is about the networks).
+_SHARED_SETTINGS = {
+    "image_size": 256,
+    "input_channels": 1,
+    "preprocessing": "hu_window_unit",
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "lr_schedule": None,
+    "loss": "dice_bce",
+    "loss_kwargs": {"dice_weight": 1.0, "bce_weight": 1.0},
+    "from_logits": True,
+    "batch_size": 8,
+    "epochs": 50,
+    "min_epochs": 0,
+    "early_stopping_patience": 10,
+    "reduce_lr_patience": None,
+    "reduce_lr_factor": 0.1,
+    "min_lr": 0.0,
+    "monitor": "val_dice",
+    "augment_on_the_fly": False,
+}
+
 BASELINES = {
     "mobilenetv2_unet": {
         "row": "MobileNetV2 U-Net, transfer learning (lungkit's run of the slides' plan; the slides print no number)",
@@ -74,24 +97,7 @@ BASELINES = {
         "notebook": "50_mobilenet_unet",
         "recipe": {
             "model": "mobilenetv2_unet",
-            "image_size": 256,
-            "input_channels": 1,
-            "preprocessing": "hu_window_unit",
-            "optimizer": "adam",
-            "learning_rate": 1e-3,
-            "lr_schedule": None,
-            "loss": "dice_bce",
-            "loss_kwargs": {"dice_weight": 1.0, "bce_weight": 1.0},
-            "from_logits": True,
-            "batch_size": 8,
-            "epochs": 50,
-            "min_epochs": 0,
-            "early_stopping_patience": 10,
-            "reduce_lr_patience": None,
-            "reduce_lr_factor": 0.1,
-            "min_lr": 0.0,
-            "monitor": "val_dice",
-            "augment_on_the_fly": False,
+            **_SHARED_SETTINGS,
             "fine_tuning": {
                 "frozen_layer": "mobilenetv2_encoder",
                 "frozen_fraction": 0.25,
@@ -116,24 +122,7 @@ BASELINES = {
         "notebook": "51_cnn_from_scratch",
         "recipe": {
             "model": "cnn_from_scratch",
-            "image_size": 256,
-            "input_channels": 1,
-            "preprocessing": "hu_window_unit",
-            "optimizer": "adam",
-            "learning_rate": 1e-3,
-            "lr_schedule": None,
-            "loss": "dice_bce",
-            "loss_kwargs": {"dice_weight": 1.0, "bce_weight": 1.0},
-            "from_logits": True,
-            "batch_size": 8,
-            "epochs": 50,
-            "min_epochs": 0,
-            "early_stopping_patience": 10,
-            "reduce_lr_patience": None,
-            "reduce_lr_factor": 0.1,
-            "min_lr": 0.0,
-            "monitor": "val_dice",
-            "augment_on_the_fly": False,
+            **_SHARED_SETTINGS,
             "notes": (
                 "Slides: 'Develop CNN baseline model from scratch' (line 139), no architecture given. lungkit: a "
                 "plain encoder-decoder without skip connections (lungkit/models/cnn_from_scratch.py), randomly "
