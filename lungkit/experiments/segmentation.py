@@ -339,8 +339,13 @@ class SegmentationExperiment:
         """More protocol entries of a subclass's data (none for the Lung-RADS slices)."""
         return {}
 
+    def _tables_have_readings(self) -> bool:
+        """Whether a table this result fills reports several readings of its metrics (``readings``)."""
+        module = papers.get_paper(self.paper_id)
+        return any(module.TABLES.get(row["table"], {}).get("readings") for row in self.rows)
+
     def evaluate(self, model, robustness: bool = True, notes: str = "",
-                 lung_margin_px: int | None = None) -> EvaluationResult:
+                 lung_margin_px: int | None = None, lesion_level: bool | None = None) -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
         Args:
@@ -350,6 +355,9 @@ class SegmentationExperiment:
             lung_margin_px: keep predictions only inside each slice's lungs found from HU, grown by this many
                 pixels (:func:`lungkit.postprocess.restrict_to_lungs`); None (the default, as in the papers): no
                 restriction. Recorded in the protocol.
+            lesion_level: also score lesion-level precision, recall and F1 and the F1 of the mean P and R
+                (:func:`lungkit.lesion_metrics.table1_metrics`; box IoU too when the dataset's masks come from
+                boxes); None: when a table this result fills has ``readings`` (paper 000's Table 1).
 
         Returns:
             An :class:`EvaluationResult`. The model is saved with its card in :attr:`model_dir`
@@ -405,9 +413,16 @@ class SegmentationExperiment:
                 return self.predict_images(model, self.model_inputs(hu_batch), overlap=0.0)
 
             extra["intensity_robustness_std"] = intensity_robustness_std(predict_for_robustness, hu, masks).std
+        info = read_dataset_info(dataset_dir)
+        if lesion_level is None:
+            lesion_level = self._tables_have_readings()
+        if lesion_level:
+            from lungkit.lesion_metrics import table1_metrics
+
+            # box-derived ground truth (Lung-PET-CT-Dx's boxes, dataset.json's mask_method) is also matched by box
+            extra.update(table1_metrics(predicted_masks, masks, per_image, box_derived=bool(info.get("mask_method"))))
         summary = summarize(per_image, extra_metrics=extra, seed=self.seed)
 
-        info = read_dataset_info(dataset_dir)
         fit = getattr(self, "fit", None)
         protocol = {
             **self.recipe.protocol(),

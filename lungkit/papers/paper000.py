@@ -59,6 +59,59 @@ TABLES = {
                 "the paper does not say which it used."
             ),
         },
+        # The paper defines none of its three metrics, so lungkit reads its numbers every way the text allows
+        # (lungkit/lesion_metrics.py defines each once) and shows each reading beside the printed row.
+        "readings": [
+            {
+                "name": "pixel, per image",
+                "definition": (
+                    "tumour-pixel TP/FP/FN counted on each test image, P = TP/(TP+FP), R = TP/(TP+FN), F1 = 2PR/(P+R) "
+                    "per image, each then averaged over the images with a 95% bootstrap CI (an image with no tumour "
+                    "and no prediction scores 1)"
+                ),
+                "metrics": {"precision": ["precision", "per_image"], "recall": ["recall", "per_image"],
+                            "f1": ["f1", "per_image"]},
+            },
+            {
+                "name": "pixel, per image, F1 of the mean P and R",
+                "definition": (
+                    "the same per-image means of P and R, and F1 = 2PR/(P+R) of those two means: the other F1 a "
+                    "paper can print from per-image scores. It differs from the mean of per-image F1; the gap "
+                    "between the two is one way a printed F1 falls below both P and R (paper 000's MaskFormer row)"
+                ),
+                "metrics": {"f1": ["f1_of_mean_precision_recall", "pooled"]},
+            },
+            {
+                "name": "pixel, pooled",
+                "definition": (
+                    "TP/FP/FN summed over every pixel of every test image, then P, R and F1 = 2PR/(P+R) once (no CI)"
+                ),
+                "metrics": {"precision": ["precision", "pooled"], "recall": ["recall", "pooled"],
+                            "f1": ["f1", "pooled"]},
+            },
+            {
+                "name": "lesion, IoU >= 0.5",
+                "definition": (
+                    "tumours = connected components (8-neighbourhood) of the ground truth, predicted lesions = "
+                    "connected components of the scored prediction; a pair matches at mask IoU >= 0.5, one to one "
+                    "(Hungarian: most matches, then largest summed IoU); TP = matches, FP = unmatched predictions, "
+                    "FN = unmatched tumours, summed over the test images, then P, R, F1 = 2TP/(2TP+FP+FN) (no CI)"
+                ),
+                "metrics": {"precision": ["lesion_precision", "pooled"], "recall": ["lesion_recall", "pooled"],
+                            "f1": ["lesion_f1", "pooled"]},
+            },
+            {
+                "name": "lesion, box IoU >= 0.5",
+                "definition": (
+                    "as the lesion reading, but a pair matches when the bounding boxes of the two components overlap "
+                    "at IoU >= 0.5: shown only for ground truth derived from boxes (Lung-PET-CT-Dx), where the box is "
+                    "the only annotation there is"
+                ),
+                "metrics": {"precision": ["lesion_box_precision", "pooled"],
+                            "recall": ["lesion_box_recall", "pooled"], "f1": ["lesion_box_f1", "pooled"]},
+                "only_when_measured": True,
+            },
+        ],
         "rows": [
             {
                 "row": "Proposed Model",
