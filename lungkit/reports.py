@@ -469,7 +469,8 @@ def result_table_rows(summary: dict, result_key: str | None = None) -> pd.DataFr
     Returns:
         One row per (table, row, reading): ``table``, ``row``, ``reading``, then per metric column ``<column>:
         paper`` (as printed), ``<column>: lungkit`` (3 decimals, NaN when the reading has none) and ``<column>:
-        verdict``.
+        verdict``. A result no printed row holds (``BASELINES``) shows the readings of the table it is filed under,
+        with ``not printed`` on the paper's side.
     """
     key = result_key or summary_result_key(summary)
     summary = {**summary, "result_key": key}
@@ -485,6 +486,20 @@ def result_table_rows(summary: dict, result_key: str | None = None) -> pd.DataFr
                 entry[f"{column}: lungkit"] = round(float(record[f"{metric}_measured"]), 3)
                 entry[f"{column}: verdict"] = record[f"{metric}_verdict"]
             records.append(entry)
+    if not records:  # a lungkit-only result (BASELINES) filed under a paper table: its readings, nothing printed
+        tables = get_paper(summary["paper"]).TABLES
+        for table_id in (t for t in summary.get("tables", []) if t in tables):
+            table = tables[table_id]
+            for reading in table_readings(table):
+                values = {m: _reading_value(summary, reading, m) for m in table["metrics"]}
+                if reading.get("only_when_measured") and not any(values.values()):
+                    continue
+                entry = {"table": table_id, "row": summary.get("row", key), "reading": reading["name"]}
+                for metric, column in zip(table["metrics"], table["columns"]):
+                    entry[f"{column}: paper"] = "not printed"
+                    entry[f"{column}: lungkit"] = round(values[metric]["mean"], 3) if values[metric] else math.nan
+                    entry[f"{column}: verdict"] = VERDICT_NOT_PRINTED if values[metric] else ""
+                records.append(entry)
     return pd.DataFrame.from_records(records)
 
 

@@ -48,7 +48,7 @@ def test_tiny_mask2former_trains_through_the_kit_training_layer(tmp_path):
         "epochs": 2, "augment_on_the_fly": False,
         "loss_kwargs": {**paper000.MASK2FORMER_LOSS, "num_points": 256, "max_instances": 4},
     })
-    images, masks = disc_slices(8, 64, channels=1)
+    images, masks = disc_slices(8, 64, channels=recipe.input_channels)  # CT + PET: 2
     dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(4)
     model = build_for_training(recipe, steps_per_epoch=2, scale="tiny")
     assert isinstance(model.loss, SetCriterion) and model.loss.num_points == 256  # the recipe's loss is used

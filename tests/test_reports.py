@@ -600,3 +600,16 @@ def test_paper000_table1_shows_every_reading_beside_the_printed_row(tmp_path):
                   pooled={"lesion_box_precision": 0.75, "lesion_box_recall": 0.5, "lesion_box_f1": 0.6})
     frame = reports.paper_table_frame("paper000", "table1", reports.collect_summaries(tmp_path))
     assert "lesion, box IoU >= 0.5" in set(frame.loc[frame["row"] == "MaskFormer", "reading"])
+
+
+def test_a_lungkit_ablation_filed_under_table1_shows_its_readings_without_a_paper_side(tmp_path):
+    write_summary(tmp_path, "paper000", "mask2former_ct_only", model="mask2former", tables=["table1"],
+                  row="Mask2Former, CT only", metrics={"precision": stat(0.8), "recall": stat(0.7), "f1": stat(0.6)},
+                  pooled={"lesion_precision": 0.5, "lesion_recall": 0.25, "lesion_f1": 1 / 3})
+    summaries = reports.collect_summaries(tmp_path)
+    rows = reports.result_table_rows(summaries[0], "mask2former_ct_only").set_index("reading")
+    assert rows.loc["pixel, per image", "F1-Score: lungkit"] == pytest.approx(0.6)
+    assert rows.loc["lesion, IoU >= 0.5", "Recall: lungkit"] == pytest.approx(0.25)
+    assert set(rows["Precision: paper"]) == {"not printed"} and "lesion, box IoU >= 0.5" not in rows.index
+    md_path, _ = reports.write_paper_report("paper000", summaries, tmp_path / "reports")
+    assert "`mask2former_ct_only` (model `mask2former`)" in md_path.read_text()  # listed below the table
