@@ -113,9 +113,7 @@ def f1_readings(precisions, recalls, f1s) -> dict[str, float]:
             "harmonic_of_mean_precision_and_recall": harmonic}
 
 
-#: Summary metric names of the readings :func:`table1_metrics` adds (``lesion_box_*`` only for box-derived masks).
-LESION_METRICS = ("lesion_precision", "lesion_recall", "lesion_f1")
-LESION_BOX_METRICS = ("lesion_box_precision", "lesion_box_recall", "lesion_box_f1")
+#: The summary name of the F1 of the mean per-image P and R (:func:`table1_metrics`).
 F1_OF_MEANS = "f1_of_mean_precision_recall"
 
 

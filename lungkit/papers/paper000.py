@@ -32,6 +32,12 @@ PAPER = dict(
     ],
 )
 
+def _precision_recall_f1(prefix: str, basis: str) -> dict:
+    """A reading's ``metrics``: Table 1's three columns read as the summary's ``<prefix>precision``,
+    ``<prefix>recall`` and ``<prefix>f1`` on ``basis`` (``per_image`` or ``pooled``)."""
+    return {metric: [f"{prefix}{metric}", basis] for metric in ("precision", "recall", "f1")}
+
+
 TABLES = {
     "table1": {
         "title": "Comparison between others model",
@@ -69,8 +75,7 @@ TABLES = {
                     "per image, each then averaged over the images with a 95% bootstrap CI (an image with no tumour "
                     "and no prediction scores 1)"
                 ),
-                "metrics": {"precision": ["precision", "per_image"], "recall": ["recall", "per_image"],
-                            "f1": ["f1", "per_image"]},
+                "metrics": _precision_recall_f1("", "per_image"),
             },
             {
                 "name": "pixel, per image, F1 of the mean P and R",
@@ -86,8 +91,7 @@ TABLES = {
                 "definition": (
                     "TP/FP/FN summed over every pixel of every test image, then P, R and F1 = 2PR/(P+R) once (no CI)"
                 ),
-                "metrics": {"precision": ["precision", "pooled"], "recall": ["recall", "pooled"],
-                            "f1": ["f1", "pooled"]},
+                "metrics": _precision_recall_f1("", "pooled"),
             },
             {
                 "name": "lesion, IoU >= 0.5",
@@ -97,8 +101,7 @@ TABLES = {
                     "(Hungarian: most matches, then largest summed IoU); TP = matches, FP = unmatched predictions, "
                     "FN = unmatched tumours, summed over the test images, then P, R, F1 = 2TP/(2TP+FP+FN) (no CI)"
                 ),
-                "metrics": {"precision": ["lesion_precision", "pooled"], "recall": ["lesion_recall", "pooled"],
-                            "f1": ["lesion_f1", "pooled"]},
+                "metrics": _precision_recall_f1("lesion_", "pooled"),
             },
             {
                 "name": "lesion, box IoU >= 0.5",
@@ -107,8 +110,7 @@ TABLES = {
                     "at IoU >= 0.5: shown only for ground truth derived from boxes (Lung-PET-CT-Dx), where the box is "
                     "the only annotation there is"
                 ),
-                "metrics": {"precision": ["lesion_box_precision", "pooled"],
-                            "recall": ["lesion_box_recall", "pooled"], "f1": ["lesion_box_f1", "pooled"]},
+                "metrics": _precision_recall_f1("lesion_box_", "pooled"),
                 "only_when_measured": True,
             },
         ],
