@@ -620,7 +620,8 @@ def plot_reported_vs_reproduced(paper_id: str, table_id: str, summaries: Iterabl
             if not np.isfinite(value):
                 label = {STATUS_WIRING: "wiring\nonly", STATUS_MEASURED: "not\ncomputed"}.get(status, "not\nyet")
                 axis.text(position + width / 2, 0.02 * top, label, ha="center", va="bottom", fontsize=7)
-        axis.set_xticks(positions, frame["row"], rotation=30, ha="right", fontsize=8)
+        labels = [f"{row}\n{reading}" if reading else row for row, reading in zip(frame["row"], frame["reading"])]
+        axis.set_xticks(positions, labels, rotation=30, ha="right", fontsize=8)
         axis.set_title(column, fontsize=9)
         axis.set_ylim(0, top * 1.15)
     figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)

@@ -111,3 +111,38 @@ def f1_readings(precisions, recalls, f1s) -> dict[str, float]:
     harmonic = 2 * precision * recall / (precision + recall) if precision + recall else float("nan")
     return {"mean_precision": precision, "mean_recall": recall, "mean_of_per_image_f1": float(np.nanmean(f1s)),
             "harmonic_of_mean_precision_and_recall": harmonic}
+
+
+#: The summary name of the F1 of the mean per-image P and R (:func:`table1_metrics`).
+F1_OF_MEANS = "f1_of_mean_precision_recall"
+
+
+def table1_metrics(predicted_masks, masks, per_image, box_derived: bool = False,
+                   iou_threshold: float = LESION_IOU_THRESHOLD) -> dict[str, float]:
+    """The readings of paper 000's Table 1 that a per-image table lacks, as dataset-level numbers (no CI).
+
+    Predicted lesions are the connected components of each scored binary prediction (for the query models too:
+    their ``predict`` gives the semantic map, whose components are scored like a per-pixel model's).
+
+    Args:
+        predicted_masks: the scored binary predictions, (N, H, W).
+        masks: the ground truth, (N, H, W).
+        per_image: the per-image table (columns ``precision``, ``recall``, ``f1``).
+        box_derived: the ground truth was derived from boxes: also match by box IoU (``lesion_box_*``).
+        iou_threshold: a predicted lesion and a tumour match at IoU >= this.
+
+    Returns:
+        ``lesion_precision``, ``lesion_recall``, ``lesion_f1`` (mask IoU, pooled over images), ``lesion_box_*``
+        when ``box_derived``, and ``f1_of_mean_precision_recall`` (2PR/(P+R) of the per-image means, the other F1
+        a paper can print from per-image scores; :func:`f1_readings`). NaN where undefined.
+    """
+    predicted_components = [components(prediction) for prediction in predicted_masks]
+    result = {}
+    readings = [("lesion", False)] + ([("lesion_box", True)] if box_derived else [])
+    for prefix, use_boxes in readings:
+        counts = sum((match_lesions(predicted, target, iou_threshold, use_boxes=use_boxes)
+                      for predicted, target in zip(predicted_components, masks)), LesionCounts())
+        result.update({f"{prefix}_{key}": value for key, value in counts.scores().items()})
+    result[F1_OF_MEANS] = f1_readings(per_image["precision"], per_image["recall"], per_image["f1"])[
+        "harmonic_of_mean_precision_and_recall"]
+    return result

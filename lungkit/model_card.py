@@ -185,8 +185,9 @@ def validate_card(card, source: str | Path = CARD_FILE) -> dict:
     if missing:
         raise ModelCardError(f"{source}: model card lacks {missing}")
     window = card["input"]["window"]
-    if card["input"]["channels"] not in (1, 3) or (window is not None and window > card["input"]["slice_size"]):
-        raise ModelCardError(f"{source}: input {card['input']} is inconsistent (channels 1 or 3, window <= slice_size)")
+    if card["input"]["channels"] not in (1, 2, 3) or (window is not None and window > card["input"]["slice_size"]):
+        raise ModelCardError(f"{source}: input {card['input']} is inconsistent (channels 1, 2 (CT + PET) or 3, "
+                             "window <= slice_size)")
     return card
 
 
@@ -311,6 +312,10 @@ def inference_settings(card: dict, flips: bool = False):
     from lungkit.inference import InferenceSettings
 
     spec = card["input"]
+    if int(spec["channels"]) == 2:
+        # the card is valid (it describes the model), but prediction reads CT only
+        raise ModelCardError("a CT + PET model (2 input channels): lungkit predict reads CT only; evaluate it with "
+                             "its experiment (lungkit.experiments.segmentation) on a CT + PET kit dataset")
     return InferenceSettings(slice_size=int(spec["slice_size"]), channels=int(spec["channels"]),
                              preprocessing=spec["preprocessing"], window=spec["window"],
                              from_logits=bool(spec["from_logits"]), flips=flips)

@@ -47,9 +47,21 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(int(n) / int(batch_size))
 
 
-def _decode(paths: dict, with_lung: bool) -> dict:
+def _decode(paths: dict, with_lung: bool, with_pet: bool = False) -> dict:
     stored = tf.io.decode_png(tf.io.read_file(paths["image"]), channels=1, dtype=tf.uint16)
     hu = tf.cast(stored, tf.float32) - float(HU_OFFSET)
+    if with_pet:
+        from lungkit.data.petct_kit import PET_SUV_SCALE
+
+        # PET (SUVbw) rides along as the second channel of "hu", so that resizing treats both alike; a slice
+        # without PET (a CT-only study) gets SUV 0, as outside the PET field of view
+        pet = tf.cond(
+            tf.equal(paths["pet"], ""),
+            lambda: tf.zeros_like(hu),
+            lambda: tf.cast(tf.io.decode_png(tf.io.read_file(paths["pet"]), channels=1, dtype=tf.uint16),
+                            tf.float32) / float(PET_SUV_SCALE),
+        )
+        hu = tf.concat([hu, pet], axis=-1)
     masks = [tf.io.decode_png(tf.io.read_file(paths["mask"]), channels=1, dtype=tf.uint8)]
     if with_lung:
         masks.append(tf.io.decode_png(tf.io.read_file(paths["lung"]), channels=1, dtype=tf.uint8))
@@ -80,7 +92,10 @@ def make_dataset(
         split: ``train``, ``val`` or ``test``.
         preprocessing: a name in :data:`lungkit.preprocess.PREPROCESSING`; the lung masks are read when it needs them.
         image_size: side of the square output; None keeps the stored size (all slices of the split must share it).
-        channels: 1, or 3 to repeat the grey channel for ImageNet-style encoders.
+        channels: 1; 3 to repeat the grey channel for ImageNet-style encoders; 2 for CT + PET (a kit dataset with a
+            ``pet_path`` column, :mod:`lungkit.data.petct_kit`): channel 0 the CT by ``preprocessing``, channel 1
+            the PET SUV min-max scaled per slice (:func:`lungkit.preprocess.minmax`; all 0 where a slice has no
+            PET).
         batch_size: examples per batch (the last batch may be short).
         shuffle: shuffle the whole split; default True for train, False otherwise.
         augment: paper 001's augmentation on the fly (train only).
@@ -106,15 +121,22 @@ def make_dataset(
             f"augmentation is for the train split only (asked for {split!r}): val and test must show the model "
             "slices as they are, and augmented copies must never cross the split"
         )
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if channels not in (1, 2, 3):
+        raise ValueError(f"channels must be 1, 2 (CT + PET) or 3, got {channels}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     preprocess_fn = preprocess.get_preprocessing(preprocessing)
     with_lung = preprocess.needs_lung_mask(preprocessing)
+    with_pet = channels == 2
     manifest = kit_dataset.read_manifest(dataset_dir, split)
     if manifest.empty:
         raise ValueError(f"{dataset_dir}: split {split!r} has no rows")
+    if with_pet and "pet_path" not in manifest:
+        raise ValueError(f"{dataset_dir} has no PET channel (no pet_path column): 2 input channels need a CT + PET "
+                         "kit dataset (lungkit.data.petct_kit.prepare_petct_dataset)")
+    if with_pet and augment:
+        raise ValueError("on-the-fly augmentation warps the CT only; with a PET channel train on patches "
+                         "(flips and quarter turns of both channels) or without augment")
     if image_size is None:
         sizes = set(zip(manifest["height"].astype(int), manifest["width"].astype(int)))
         if len(sizes) != 1:
@@ -134,7 +156,7 @@ def make_dataset(
         hu, masks = example["hu"], example["masks"]
         if image_size is not None:
             hu, masks = preprocess.resize_image(hu, output_hw), preprocess.resize_mask(masks, output_hw)
-        hu.set_shape([*output_hw, 1])
+        hu.set_shape([*output_hw, 2 if with_pet else 1])
         masks.set_shape([*output_hw, n_masks])
         return {**example, "hu": hu, "masks": masks}
 
@@ -156,6 +178,9 @@ def make_dataset(
         image = tf.cast(image, tf.float32)[..., tf.newaxis]
         if channels == 3:
             image = tf.repeat(image, 3, axis=-1)
+        elif with_pet:
+            image = tf.concat([image, tf.cast(preprocess.minmax(example["hu"][..., 1]), tf.float32)[..., None]],
+                              axis=-1)
         mask = tf.cast(example["masks"][..., :1], tf.float32)
         return (image, mask, example["id"]) if include_ids else (image, mask)
 
@@ -165,13 +190,15 @@ def make_dataset(
             "mask": manifest["mask_path"].astype(str).to_numpy(),
             "lung": manifest["lung_path"].astype(str).to_numpy(),
             "id": manifest["id"].astype(str).to_numpy(),
+            **({"pet": np.array([str(Path(dataset_dir) / path) if isinstance(path, str) and path else ""
+                                 for path in manifest["pet_path"]])} if with_pet else {}),
         }
     )
     dataset = paths
     # Without a cache, shuffle the file names (cheap); with one, shuffle after it, or every epoch would replay the
     # first epoch's order. Both give the same permutation for the same seed.
     if cache is not False:
-        dataset = dataset.map(lambda p: _decode(p, with_lung), num_parallel_calls=num_parallel_calls)
+        dataset = dataset.map(lambda p: _decode(p, with_lung, with_pet), num_parallel_calls=num_parallel_calls)
         if not augment:
             dataset = dataset.map(lambda e: finish(resize(e)), num_parallel_calls=num_parallel_calls)
         dataset = dataset.cache("" if cache is True else str(cache))
@@ -184,12 +211,12 @@ def make_dataset(
         dataset = tf.data.Dataset.zip((dataset, element_seeds))
         if cache is False:
             dataset = dataset.map(
-                lambda p, s: finish(spatial(_decode(p, with_lung), s)), num_parallel_calls=num_parallel_calls
+                lambda p, s: finish(spatial(_decode(p, with_lung, with_pet), s)), num_parallel_calls=num_parallel_calls
             )
         else:
             dataset = dataset.map(lambda e, s: finish(spatial(e, s)), num_parallel_calls=num_parallel_calls)
     elif cache is False:
-        dataset = dataset.map(lambda p: finish(resize(_decode(p, with_lung))), num_parallel_calls=num_parallel_calls)
+        dataset = dataset.map(lambda p: finish(resize(_decode(p, with_lung, with_pet))), num_parallel_calls=num_parallel_calls)
     dataset = dataset.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
@@ -350,7 +377,7 @@ def load_split_arrays(
         split: ``train``, ``val`` or ``test``.
         preprocessing: name in :data:`lungkit.preprocess.PREPROCESSING`.
         image_size: output side; None keeps the stored size.
-        channels: 1 or 3.
+        channels: 1, 2 (CT + PET) or 3, as :func:`make_dataset`.
         batch_size: decoding batch size (memory only; results do not depend on it).
 
     Returns:

@@ -372,7 +372,8 @@ def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -
         summaries: summaries of one run (see :func:`collect_summaries`); those of other papers are ignored.
 
     Returns:
-        One row per table row, in the paper's order. Columns: ``paper``, ``table``, ``row``, any extra printed
+        One row per table row and reading (:func:`table_readings`), in the paper's order. Columns: ``paper``,
+        ``table``, ``row``, ``reading`` (the reading's name; empty for a table with one), any extra printed
         columns (e.g. ``dataset``), ``status``, ``result_key``, ``model``, ``notebook``, then per metric ``m``:
         ``m_reported_printed`` (the string as printed), ``m_reported`` (as a fraction; NaN when missing),
         ``m_measured`` (mean), ``m_ci_low``, ``m_ci_high``, ``m_n``, ``m_basis``, ``m_difference`` (measured -
@@ -384,13 +385,15 @@ def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -
     canonical_id = resolve_table_id(paper_id, table_id)
     table = get_table(paper_id, canonical_id)
     by_key = _summaries_by_result_key(paper_id, summaries)
-    compare_with = table.get("compare_with", {})
     records = []
-    for row in table["rows"]:
+    for row, reading in ((row, reading) for row in table["rows"] for reading in table_readings(table)):
         reproduced_by = row["reproduced_by"]
         summary = by_key.get(reproduced_by["result_key"]) if reproduced_by else None
         status = _row_status(row, summary)
-        record = {"paper": paper_id, "table": canonical_id, "row": row["row"]}
+        if reading.get("only_when_measured") and not (
+                status == STATUS_MEASURED and any(_reading_value(summary, reading, m) for m in table["metrics"])):
+            continue
+        record = {"paper": paper_id, "table": canonical_id, "row": row["row"], "reading": reading["name"]}
         for column in table.get("extra_columns", {}):
             record[column] = row.get("extra", {}).get(column, "")
         record.update(
@@ -402,9 +405,7 @@ def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -
         for metric in table["metrics"]:
             printed = row["reported"].get(metric, "")
             reported = parse_reported_value(printed, table["value_scale"])
-            value = None
-            if status == STATUS_MEASURED:
-                value = metric_from_summary(summary, metric, compare_with.get(metric, "per_image"))
+            value = _reading_value(summary, reading, metric) if status == STATUS_MEASURED else None
             value = value or {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": math.nan, "basis": ""}
             reported_number = math.nan if reported is None else reported
             decimals = _printed_decimals(printed, table["value_scale"])
@@ -430,6 +431,75 @@ def paper_table_frame(paper_id: str, table_id: str, summaries: Iterable[dict]) -
             protocol += f"; NOTE: model {summary.get('model')!r} differs from the row's {reproduced_by['model']!r}"
         record.update(protocol=protocol, paper_line=row.get("line", ""), remarks=" ".join(row.get("remarks", [])))
         records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def table_readings(table: dict) -> list[dict]:
+    """The readings of a table's metrics: lungkit's numbers read several ways beside the same printed row.
+
+    A table whose paper does not define its metrics (paper 000's Table 1) lists ``readings``: each has a ``name``,
+    a ``definition`` and ``metrics`` (``{table metric: [summary metric, basis]}``, basis ``"per_image"`` or
+    ``"pooled"``; a table metric left out shows no number in that reading), and optionally ``only_when_measured``
+    (shown only for rows whose result has a value for it, e.g. box IoU on box-derived masks). Any other table has
+    one unnamed reading: each metric under its own name, on the basis of ``compare_with`` (per image otherwise).
+    """
+    if table.get("readings"):
+        return table["readings"]
+    compare_with = table.get("compare_with", {})
+    return [{"name": "", "metrics": {m: [m, compare_with.get(m, "per_image")] for m in table["metrics"]}}]
+
+
+def _reading_value(summary: dict | None, reading: dict, metric: str) -> dict | None:
+    """One table metric of a summary as a reading reads it (None when the reading has no such metric or the
+    summary no finite value)."""
+    if summary is None or metric not in reading["metrics"]:
+        return None
+    name, basis = reading["metrics"][metric]
+    value = metric_from_summary(summary, name, basis)
+    return value if value is not None and math.isfinite(value["mean"]) else None
+
+
+def result_table_rows(summary: dict, result_key: str | None = None) -> pd.DataFrame:
+    """The rows one result fills in its paper's tables, every reading, for a notebook to show beside the paper.
+
+    Args:
+        summary: the result's summary (``EvaluationResult.summary`` or :func:`read_summary`).
+        result_key: the result's key (default: :func:`summary_result_key`).
+
+    Returns:
+        One row per (table, row, reading): ``table``, ``row``, ``reading``, then per metric column ``<column>:
+        paper`` (as printed), ``<column>: lungkit`` (3 decimals, NaN when the reading has none) and ``<column>:
+        verdict``. A result no printed row holds (``BASELINES``) shows the readings of the table it is filed under,
+        with ``not printed`` on the paper's side.
+    """
+    key = result_key or summary_result_key(summary)
+    summary = {**summary, "result_key": key}
+    summary.pop("_result_key", None)
+    records = []
+    for table_id in dict.fromkeys(row["table"] for row in find_rows_for_result(summary["paper"], key)):
+        table = get_table(summary["paper"], table_id)
+        frame = paper_table_frame(summary["paper"], table_id, [summary])
+        for _, record in frame[frame["result_key"] == key].iterrows():
+            entry = {"table": table_id, "row": record["row"], "reading": record["reading"]}
+            for metric, column in zip(table["metrics"], table["columns"]):
+                entry[f"{column}: paper"] = record[f"{metric}_reported_printed"]
+                entry[f"{column}: lungkit"] = round(float(record[f"{metric}_measured"]), 3)
+                entry[f"{column}: verdict"] = record[f"{metric}_verdict"]
+            records.append(entry)
+    if not records:  # a lungkit-only result (BASELINES) filed under a paper table: its readings, nothing printed
+        tables = get_paper(summary["paper"]).TABLES
+        for table_id in (t for t in summary.get("tables", []) if t in tables):
+            table = tables[table_id]
+            for reading in table_readings(table):
+                values = {m: _reading_value(summary, reading, m) for m in table["metrics"]}
+                if reading.get("only_when_measured") and not any(values.values()):
+                    continue
+                entry = {"table": table_id, "row": summary.get("row", key), "reading": reading["name"]}
+                for metric, column in zip(table["metrics"], table["columns"]):
+                    entry[f"{column}: paper"] = "not printed"
+                    entry[f"{column}: lungkit"] = round(values[metric]["mean"], 3) if values[metric] else math.nan
+                    entry[f"{column}: verdict"] = VERDICT_NOT_PRINTED if values[metric] else ""
+                records.append(entry)
     return pd.DataFrame.from_records(records)
 
 
@@ -489,15 +559,22 @@ def _format_with_ci(mean: float, low: float, high: float, value_scale: str = "fr
 
 def _table_markdown(table: dict, frame: pd.DataFrame) -> str:
     scale = table["value_scale"]
-    header = [table.get("row_header", "Row")] + list(table.get("extra_columns", {}).values())
+    readings = {reading["name"]: reading for reading in table_readings(table)}
+    named = bool(table.get("readings"))
+    header = [table.get("row_header", "Row")] + (["lungkit reading"] if named else [])
+    header += list(table.get("extra_columns", {}).values())
     for column in table["columns"]:
         header += [f"{column}: paper", f"{column}: lungkit [95% CI]", f"{column}: Δ, verdict"]
     header.append("Status")
     body = []
     for _, record in frame.iterrows():
-        cells = [record["row"]] + [record[column] for column in table.get("extra_columns", {})]
+        cells = [record["row"]] + ([record["reading"]] if named else [])
+        cells += [record[column] for column in table.get("extra_columns", {})]
         for metric in table["metrics"]:
             printed = record[f"{metric}_reported_printed"]
+            if metric not in readings[record["reading"]]["metrics"]:
+                cells += [printed, "-", ""]  # this reading has no value of this metric (e.g. an F1-only reading)
+                continue
             decimals = _printed_decimals(printed, scale)
             measured = _format_with_ci(record[f"{metric}_measured"], record[f"{metric}_ci_low"],
                                        record[f"{metric}_ci_high"], scale, record[f"{metric}_basis"], decimals)
@@ -611,8 +688,14 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
         lines += ["**Metric definitions** (what the paper seems to mean):", ""]
         for metric, column in zip(table["metrics"], table["columns"]):
             basis = table.get("compare_with", {}).get(metric, "per-image mean")
+            if table.get("readings"):
+                basis = "value of each reading below"
             lines.append(f"- {column} (`{metric}`, lungkit compares with the {basis} value): "
                          f"{table['metric_definitions'].get(metric, 'not defined')}")
+        if table.get("readings"):
+            lines += ["", "**lungkit's readings** (each row of lungkit numbers is one of these; the paper's numbers "
+                      "are repeated beside each):", ""]
+            lines += [f"- *{reading['name']}*: {reading['definition']}" for reading in table["readings"]]
         lines += ["", "**How each lungkit row was produced:**", ""]
         reproducible = [row for row in table["rows"] if row["reproduced_by"]]
         for row in reproducible:
@@ -750,7 +833,8 @@ def _paper_verdicts(summary: dict) -> list[tuple[str, str]]:
         table = get_table(summary["paper"], table_id)
         frame = paper_table_frame(summary["paper"], table_id, [summary])
         for _, record in frame[frame["result_key"] == key].iterrows():
-            verdicts += [(f"{table_id} {record['row']}: {column}", record[f"{metric}_verdict"])
+            reading = f" ({record['reading']})" if record["reading"] else ""
+            verdicts += [(f"{table_id} {record['row']}{reading}: {column}", record[f"{metric}_verdict"])
                          for metric, column in zip(table["metrics"], table["columns"])
                          if record[f"{metric}_verdict"]]
     return verdicts
@@ -1089,6 +1173,8 @@ __all__ = [
     "metric_from_summary",
     "metric_verdict",
     "paper_table_frame",
+    "table_readings",
+    "result_table_rows",
     "protocol_line",
     "read_results_index",
     "read_summary",

@@ -125,7 +125,8 @@ class Recipe:
         loss: name in the ``lungkit.losses`` registry.
         batch_size: images per (global) batch.
         epochs: maximum number of epochs.
-        input_channels: 1 or 3.
+        input_channels: 1 (CT); 2 (CT + PET, on a CT + PET kit dataset: ``lungkit.pipeline.make_dataset``); 3 (CT
+            repeated, for ImageNet-style encoders).
         momentum: SGD momentum (None = 0); not allowed with Adam.
         weight_decay: AdamW's decoupled weight decay; required with ``"adamw"`` (no silent Keras default) and
             not allowed with the other optimizers.
@@ -215,7 +216,8 @@ class Recipe:
 
         expect(self.model in available_models(), "model", f"one of {available_models()}")
         expect(_is_int(self.image_size) and self.image_size > 0, "image_size", "a positive int")
-        expect(self.input_channels in (1, 3) and _is_int(self.input_channels), "input_channels", "1 or 3")
+        expect(self.input_channels in (1, 2, 3) and _is_int(self.input_channels), "input_channels",
+               "1, 2 (CT + PET) or 3")
         expect(isinstance(self.preprocessing, str) and bool(self.preprocessing), "preprocessing", "a name")
         expect(self.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}")
         expect(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate", "a positive number")

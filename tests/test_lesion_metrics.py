@@ -55,3 +55,25 @@ def test_scores_and_f1_readings():
     assert readings["mean_of_per_image_f1"] == pytest.approx(2 / 3)
     assert readings["harmonic_of_mean_precision_and_recall"] == pytest.approx(0.75)
     assert len(components(square(0, 0, 2) | square(3, 3, 2))) == 2
+
+
+def test_table1_metrics_by_hand():
+    from lungkit.lesion_metrics import table1_metrics
+
+    target = np.stack([square(0, 0, 6), square(0, 0, 4) | square(10, 10, 4)])
+    # image 0: a ring inside the tumour's box (mask IoU 20/36 >= 0.5); image 1: one exact hit, one far miss
+    ring = square(0, 0, 6) & ~square(1, 1, 4)
+    thin = square(0, 0, 6) & ~square(0, 1, 6)  # image 0 alternative: mask and box IoU 6/36
+    predicted = np.stack([ring, square(0, 0, 4) | square(16, 16, 3)])
+    per_image = {"precision": [1.0, 0.5], "recall": [0.5, 0.5], "f1": [0.9, 0.1]}
+    result = table1_metrics(predicted, target, per_image, box_derived=True)
+    # lesions: TP 2 (ring, exact), FP 1 (far), FN 1 (second tumour of image 1)
+    assert result["lesion_precision"] == pytest.approx(2 / 3)
+    assert result["lesion_recall"] == pytest.approx(2 / 3)
+    assert result["lesion_f1"] == pytest.approx(4 / 6)
+    assert result["lesion_box_precision"] == pytest.approx(2 / 3)
+    # F1 of the means (0.75, 0.5) = 0.6, not the mean of per-image F1 (0.5)
+    assert result["f1_of_mean_precision_recall"] == pytest.approx(0.6)
+    thin_result = table1_metrics(np.stack([thin, predicted[1]]), target, per_image, box_derived=False)
+    assert thin_result["lesion_precision"] == pytest.approx(1 / 3)
+    assert not any(key.startswith("lesion_box") for key in thin_result)

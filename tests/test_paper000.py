@@ -48,7 +48,7 @@ def test_tiny_mask2former_trains_through_the_kit_training_layer(tmp_path):
         "epochs": 2, "augment_on_the_fly": False,
         "loss_kwargs": {**paper000.MASK2FORMER_LOSS, "num_points": 256, "max_instances": 4},
     })
-    images, masks = disc_slices(8, 64, channels=1)
+    images, masks = disc_slices(8, 64, channels=recipe.input_channels)  # CT + PET: 2
     dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(4)
     model = build_for_training(recipe, steps_per_epoch=2, scale="tiny")
     assert isinstance(model.loss, SetCriterion) and model.loss.num_points == 256  # the recipe's loss is used
@@ -69,3 +69,22 @@ def test_cpu_profiles_use_full_mask_losses_and_the_paper_profile_the_points():
     assert "loss_kwargs" in quick.overridden
     maskformer = Recipe.from_dict(paper000.RECIPES["maskformer"]).for_profile("smoke")
     assert maskformer.loss_kwargs["mask_loss"] == "focal" and maskformer.loss_kwargs["num_points"] is None
+
+
+def test_table1_recipes_read_ct_and_pet_and_the_ablation_ct_only(tmp_path):
+    """The three Table 1 results and the CT-only ablation train on the run's CT + PET kit dataset (smoke phantom)."""
+    from lungkit.experiments.segmentation import SegmentationExperiment
+
+    shapes = {}
+    for key in ("vit_segmenter", "mask2former_ct_only"):
+        experiment = SegmentationExperiment("paper000", key, "smoke", tmp_path, seed=0)
+        assert experiment.prepare_data() == tmp_path / "petct_kit"  # converted once, reused by the second
+        train, _ = experiment.datasets()
+        images, masks = next(iter(train))
+        shapes[key] = images.shape[-1]
+        assert masks.shape[-1] == 1
+        extra = experiment._protocol_extra(experiment.dataset_dir)
+        assert extra["mask_flag"].startswith("MASKS FROM BOXES") and extra["input"].startswith(
+            "CT + PET" if key == "vit_segmenter" else "CT only")
+    assert shapes == {"vit_segmenter": 2, "mask2former_ct_only": 1}
+    assert experiment.rows[0]["table"] == "table1"

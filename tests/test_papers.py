@@ -300,7 +300,7 @@ def test_recipes_use_the_contract_keys_and_registered_names(pid):
         assert recipe["preprocessing"] in PREPROCESSING
         assert recipe["lr_schedule"] in (None, "cosine")
         assert recipe["monitor"] in ("val_loss", "val_dice")
-        assert recipe["input_channels"] in (1, 3)
+        assert recipe["input_channels"] in (1, 2, 3)
         assert recipe["min_epochs"] <= recipe["epochs"]
         assert "not printed in the paper" in recipe["notes"].lower(), key
         # the paper profile is the paper's configuration; a departure names its profile and says why

@@ -596,3 +596,28 @@ def test_metadata_written_on_windows_is_read(phantom_copy):
     with_backslashes, problems = _all_slices(phantom_copy)
     assert not problems.counts.get("series_folder_missing")
     assert [s.provenance["sop_uid"] for s in with_backslashes] == [s.provenance["sop_uid"] for s in with_slashes]
+
+
+def test_two_channel_pipeline_feeds_ct_and_pet_suv(smoke_phantom, tmp_path):
+    from lungkit.pipeline import load_split_arrays
+
+    kit = tmp_path / "kit"
+    convert_petct_to_kit(smoke_phantom, kit, progress=False)
+    both, masks, manifest = load_split_arrays(kit, "train", "minmax", None, channels=2)
+    ct_only, same_masks, _ = load_split_arrays(kit, "train", "minmax", None, channels=1)
+    assert both.shape[-1] == 2
+    np.testing.assert_array_equal(both[..., :1], ct_only)  # channel 0 is the CT-only input, unchanged
+    np.testing.assert_array_equal(masks, same_masks)
+    rows = read_petct_manifest(kit).set_index("id")
+    for index, slice_id in enumerate(manifest["id"]):
+        suv = read_petct_row(rows.loc[slice_id])["pet_suv"]
+        if suv is None:  # a CT-only study: the PET channel is empty
+            assert not both[index, ..., 1].any()
+        else:  # SUV min-max scaled per slice
+            expected = (suv - suv.min()) / (suv.max() - suv.min())
+            np.testing.assert_allclose(both[index, ..., 1], expected, atol=1e-5)
+    assert (manifest["has_pet"] == 0).any() and (manifest["has_pet"] == 1).any()
+    with pytest.raises(ValueError, match="PET"):
+        from lungkit.pipeline import make_dataset
+
+        make_dataset(kit, "train", "minmax", None, channels=2, augment=True)

@@ -106,6 +106,8 @@ def test_augmentation_outside_train_raises(dataset_dir):
 
 def test_bad_arguments_raise(dataset_dir):
     with pytest.raises(ValueError, match="channels"):
+        pipeline.make_dataset(dataset_dir, "train", channels=4)
+    with pytest.raises(ValueError, match="no PET channel"):  # CT + PET needs a CT + PET kit dataset
         pipeline.make_dataset(dataset_dir, "train", channels=2)
     with pytest.raises(ValueError, match="unknown preprocessing"):
         pipeline.make_dataset(dataset_dir, "train", preprocessing="clahe")

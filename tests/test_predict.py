@@ -133,6 +133,14 @@ def test_card_round_trip_and_refusals(model_dir, tmp_path):
     mismatch = broken("mismatch", lambda data: data["input"].update(window=16))
     with pytest.raises(ModelCardError, match=r"does not match its card"):
         load_model_with_card(mismatch)
+    # a CT + PET card is a valid card, but prediction (CT only) refuses it
+    from lungkit.model_card import inference_settings
+
+    petct = load_model_card(broken("petct", lambda data: data["input"].update(channels=2)))
+    with pytest.raises(ModelCardError, match=r"CT \+ PET model"):
+        inference_settings(petct)
+    with pytest.raises(ModelCardError, match=r"is inconsistent"):
+        load_model_card(broken("four", lambda data: data["input"].update(channels=4)))
 
 
 def test_segmentation_experiment_writes_the_card(tmp_path):

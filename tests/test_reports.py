@@ -566,3 +566,50 @@ def test_prediction_gallery_checks_shapes():
     assert len(figure.axes) == 9
     with pytest.raises(ValueError, match="shapes disagree"):
         plot_prediction_gallery(images, np.zeros((3, 8, 8)), np.zeros((2, 8, 8)), [0.1, 0.2, 0.3])
+
+
+def test_paper000_table1_shows_every_reading_beside_the_printed_row(tmp_path):
+    lesion = {"lesion_precision": 0.5, "lesion_recall": 0.25, "lesion_f1": 1 / 3, "f1_of_mean_precision_recall": 0.61}
+    write_summary(tmp_path, "paper000", "maskformer",
+                  metrics={"precision": stat(0.8), "recall": stat(0.7), "f1": stat(0.55),
+                           **{k: {"mean": v, "ci_low": None, "ci_high": None, "n": 48} for k, v in lesion.items()}},
+                  pooled={"precision": 0.9, "recall": 0.6, "f1": 0.72, **lesion})
+    summaries = reports.collect_summaries(tmp_path)
+    frame = reports.paper_table_frame("paper000", "table1", summaries)
+    maskformer = frame[frame["row"] == "MaskFormer"].set_index("reading")
+    # no box-derived ground truth in this result: the box reading is left out for it, kept for none
+    assert list(maskformer.index) == ["pixel, per image", "pixel, per image, F1 of the mean P and R",
+                                      "pixel, pooled", "lesion, IoU >= 0.5"]
+    assert maskformer.loc["pixel, per image", "f1_measured"] == pytest.approx(0.55)
+    assert maskformer.loc["pixel, per image, F1 of the mean P and R", "f1_measured"] == pytest.approx(0.61)
+    assert math.isnan(maskformer.loc["pixel, per image, F1 of the mean P and R", "precision_measured"])
+    assert maskformer.loc["pixel, pooled", "recall_measured"] == pytest.approx(0.6)
+    assert maskformer.loc["lesion, IoU >= 0.5", "precision_measured"] == pytest.approx(0.5)
+    assert (maskformer["f1_reported_printed"] == "0.619").all()
+    # rows without a result keep one line each, saying so
+    assert list(frame.loc[frame["row"] == "ViT", "status"]) == [reports.STATUS_NOT_YET] * 4
+    md_path, _ = reports.write_paper_report("paper000", summaries, tmp_path / "reports")
+    md = md_path.read_text()
+    assert "| MaskFormer | lesion, IoU >= 0.5 | 0.898 | 0.500 (pooled) | -0.398, below paper (no CI) |" in md
+    assert "| MaskFormer | pixel, per image, F1 of the mean P and R | 0.898 | - |  |" in md
+    assert "*lesion, box IoU >= 0.5*:" in md and "one to one" in md  # every definition written out
+    rows = reports.result_table_rows(summaries[0], "maskformer")
+    assert list(rows["reading"])[-1] == "lesion, IoU >= 0.5" and rows["F1-Score: paper"].eq("0.619").all()
+    # box-derived ground truth adds the box reading
+    write_summary(tmp_path, "paper000", "maskformer", metrics={"precision": stat(0.8)},
+                  pooled={"lesion_box_precision": 0.75, "lesion_box_recall": 0.5, "lesion_box_f1": 0.6})
+    frame = reports.paper_table_frame("paper000", "table1", reports.collect_summaries(tmp_path))
+    assert "lesion, box IoU >= 0.5" in set(frame.loc[frame["row"] == "MaskFormer", "reading"])
+
+
+def test_a_lungkit_ablation_filed_under_table1_shows_its_readings_without_a_paper_side(tmp_path):
+    write_summary(tmp_path, "paper000", "mask2former_ct_only", model="mask2former", tables=["table1"],
+                  row="Mask2Former, CT only", metrics={"precision": stat(0.8), "recall": stat(0.7), "f1": stat(0.6)},
+                  pooled={"lesion_precision": 0.5, "lesion_recall": 0.25, "lesion_f1": 1 / 3})
+    summaries = reports.collect_summaries(tmp_path)
+    rows = reports.result_table_rows(summaries[0], "mask2former_ct_only").set_index("reading")
+    assert rows.loc["pixel, per image", "F1-Score: lungkit"] == pytest.approx(0.6)
+    assert rows.loc["lesion, IoU >= 0.5", "Recall: lungkit"] == pytest.approx(0.25)
+    assert set(rows["Precision: paper"]) == {"not printed"} and "lesion, box IoU >= 0.5" not in rows.index
+    md_path, _ = reports.write_paper_report("paper000", summaries, tmp_path / "reports")
+    assert "`mask2former_ct_only` (model `mask2former`)" in md_path.read_text()  # listed below the table

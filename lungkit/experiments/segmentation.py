@@ -160,6 +160,11 @@ class SegmentationExperiment:
 
         if self.dataset_dir is not None:
             self.dataset_dir = Path(self.dataset_dir)
+        elif self.training_data == "petct":
+            from lungkit.data.petct_kit import prepare_petct_dataset
+
+            # Lung-PET-CT-Dx (data_dir) or its DICOM phantom: CT + PET SUV slices, masks from boxes
+            self.dataset_dir = prepare_petct_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
         elif self.training_data == "augmented":
             self.dataset_dir = prepare_augmented_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
         else:
@@ -285,6 +290,9 @@ class SegmentationExperiment:
         from lungkit.preprocess import get_preprocessing
 
         preprocess = get_preprocessing(self.recipe.preprocessing)
+        if self.recipe.input_channels == 2:
+            raise ValueError("a CT + PET model needs its PET channel too: read the inputs with "
+                             "lungkit.pipeline.load_split_arrays(..., channels=2)")
         images = np.stack([preprocess(np.asarray(hu, np.float32)) for hu in hu_batch])[..., None]
         if self.recipe.input_channels == 3:
             images = np.repeat(images, 3, axis=-1)
@@ -336,11 +344,24 @@ class SegmentationExperiment:
         return split
 
     def _protocol_extra(self, dataset_dir: Path) -> dict:
-        """More protocol entries of a subclass's data (none for the Lung-RADS slices)."""
-        return {}
+        """More protocol entries of a subclass's data: none for the Lung-RADS slices; for a Lung-PET-CT-Dx (CT +
+        PET) kit dataset the masks' source and what the input channels held."""
+        from lungkit.data.petct_kit import mask_source_flag
+
+        flag = mask_source_flag(dataset_dir)
+        if not flag:
+            return {}
+        inputs = {1: "CT only (the PET channel left out)",
+                  2: "CT + PET (channel 1: SUVbw resampled onto the CT slice, min-max per slice; 0 without PET)"}
+        return {"mask_flag": flag, "input": inputs.get(self.recipe.input_channels, "CT repeated")}
+
+    def _tables_have_readings(self) -> bool:
+        """Whether a table this result fills reports several readings of its metrics (``readings``)."""
+        module = papers.get_paper(self.paper_id)
+        return any(module.TABLES.get(row["table"], {}).get("readings") for row in self.rows)
 
     def evaluate(self, model, robustness: bool = True, notes: str = "",
-                 lung_margin_px: int | None = None) -> EvaluationResult:
+                 lung_margin_px: int | None = None, lesion_level: bool | None = None) -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
         Args:
@@ -350,6 +371,9 @@ class SegmentationExperiment:
             lung_margin_px: keep predictions only inside each slice's lungs found from HU, grown by this many
                 pixels (:func:`lungkit.postprocess.restrict_to_lungs`); None (the default, as in the papers): no
                 restriction. Recorded in the protocol.
+            lesion_level: also score lesion-level precision, recall and F1 and the F1 of the mean P and R
+                (:func:`lungkit.lesion_metrics.table1_metrics`; box IoU too when the dataset's masks come from
+                boxes); None: when a table this result fills has ``readings`` (paper 000's Table 1).
 
         Returns:
             An :class:`EvaluationResult`. The model is saved with its card in :attr:`model_dir`
@@ -369,12 +393,13 @@ class SegmentationExperiment:
         hu, masks = hu[..., 0], masks[..., 0]
         display = np.clip((hu + 1000.0) / 1400.0, 0.0, 1.0)  # lung window [-1000, 400] for figures and the CRF
 
-        if needs_lung_mask(self.recipe.preprocessing):
+        if needs_lung_mask(self.recipe.preprocessing) or self.recipe.input_channels == 2:
             images, _, _ = load_split_arrays(
                 dataset_dir, "test", self.recipe.preprocessing, size, self.recipe.input_channels
             )
             probabilities = self.predict_images(model, images)
-            robustness = False  # the perturbation path feeds HU only; lung-masked inputs need the lung mask too
+            # the perturbation path feeds HU only; lung-masked inputs need the lung mask too, CT + PET the PET
+            robustness = False
         else:
             predict = self._predict_fn(model)
             probabilities = predict(hu)
@@ -405,9 +430,17 @@ class SegmentationExperiment:
                 return self.predict_images(model, self.model_inputs(hu_batch), overlap=0.0)
 
             extra["intensity_robustness_std"] = intensity_robustness_std(predict_for_robustness, hu, masks).std
+        info = read_dataset_info(dataset_dir)
+        if lesion_level is None:
+            lesion_level = self._tables_have_readings()
+        if lesion_level:
+            from lungkit.lesion_metrics import table1_metrics
+
+            # box-derived ground truth (Lung-PET-CT-Dx's boxes, dataset.json's mask_method) is also matched by box
+            extra.update(table1_metrics(predicted_masks, masks, per_image, box_derived=bool(info.get("mask_method"))))
+        data_extra = self._protocol_extra(dataset_dir)
         summary = summarize(per_image, extra_metrics=extra, seed=self.seed)
 
-        info = read_dataset_info(dataset_dir)
         fit = getattr(self, "fit", None)
         protocol = {
             **self.recipe.protocol(),
@@ -427,8 +460,9 @@ class SegmentationExperiment:
             "stopped_by_wall_clock": bool(fit.stopped_by_wall_clock) if fit is not None else None,
             "deterministic": self.settings.deterministic,
             "sampling": self.sampling_description(),
-            "notes": " ".join(x for x in (notes, getattr(self, "validation_note", ""), self.recipe.notes) if x),
-            **self._protocol_extra(dataset_dir),
+            "notes": " ".join(x for x in (notes, data_extra.get("mask_flag", ""), data_extra.get("input", ""),
+                                          getattr(self, "validation_note", ""), self.recipe.notes) if x),
+            **data_extra,
         }
         phases = (fit.environment or {}).get("phases") if fit is not None else None
         if phases:

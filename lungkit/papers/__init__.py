@@ -12,11 +12,14 @@ One module per paper (``paper000`` .. ``paper004``), each holding data only:
   Optional table keys: ``aliases`` (other ids for the same table, explained in ``numbering_note``),
   ``compare_with`` (``{metric: "pooled"}`` where the paper's metric is computed on pooled counts; per-image means
   otherwise), ``extra_columns`` (printed non-metric columns, values in each row's ``extra``), ``source``
-  (``"guide"`` for numbers taken from GUIDE.md instead of the paper, explained in ``source_note``). Optional row
+  (``"guide"`` for numbers taken from GUIDE.md instead of the paper, explained in ``source_note``), ``readings``
+  (for a paper that defines none of its metrics: every way lungkit reads its numbers, each shown beside the printed
+  row; ``lungkit.reports.table_readings``). Optional row
   keys: ``line_end`` (a row printed over several lines), ``reported_in_text`` (numbers the text adds).
 - ``RECIPES``: ``{result_key: recipe dict}`` in the keys of ``lungkit.training.Recipe.from_dict``.
 - Optional ``ZERO_SHOT`` (evaluations without training, e.g. SAM), ``POSTPROCESSING`` (``{result_key: name}``) and
-  ``TRAINING_DATA`` (``{result_key: "converted" | "augmented"}``: which kit dataset of a run a model trains on).
+  ``TRAINING_DATA`` (``{result_key: "converted" | "augmented" | "petct"}``: which kit dataset of a run a model trains
+  on; ``petct`` is the Lung-PET-CT-Dx CT + PET one, ``lungkit.data.petct_kit``).
 
 A metric key ``"dice@LR2"`` means the metric ``dice`` restricted to the class ``LR2`` (``per_class`` in a result's
 summary.json).
@@ -141,7 +144,8 @@ def get_postprocessing(paper_id: str, result_key: str) -> str:
 
 
 def get_training_data(paper_id: str, result_key: str) -> str:
-    """Which kit dataset of a run a result trains on: ``"augmented"`` (paper 001's offline expansion) or ``"converted"``."""
+    """Which kit dataset of a run a result trains on: ``"augmented"`` (paper 001's offline expansion), ``"petct"``
+    (Lung-PET-CT-Dx CT + PET) or ``"converted"``."""
     return getattr(get_paper(paper_id), "TRAINING_DATA", {}).get(result_key, "converted")
 
 
