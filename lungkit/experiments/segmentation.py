@@ -335,17 +335,24 @@ class SegmentationExperiment:
                       "split)")
         return split
 
+    def _tables_print(self, metric: str) -> bool:
+        """Whether one of the paper's tables has ``metric`` among its columns."""
+        from lungkit import papers
+
+        return any(metric in table.get("metrics", ()) for table in papers.get_paper(self.paper_id).TABLES.values())
+
     def _protocol_extra(self, dataset_dir: Path) -> dict:
         """More protocol entries of a subclass's data (none for the Lung-RADS slices)."""
         return {}
 
-    def evaluate(self, model, robustness: bool = True, notes: str = "",
+    def evaluate(self, model, robustness: bool | None = None, notes: str = "",
                  lung_margin_px: int | None = None) -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
         Args:
             model: the trained model (the best checkpoint when :meth:`train` restored it).
-            robustness: also compute paper 004's robustness to intensity variation (6 extra test passes).
+            robustness: also compute paper 004's robustness to intensity variation (6 extra test passes, most of
+                the evaluation's time); None (the default): only when one of the paper's tables prints it.
             notes: free text added to the protocol.
             lung_margin_px: keep predictions only inside each slice's lungs found from HU, grown by this many
                 pixels (:func:`lungkit.postprocess.restrict_to_lungs`); None (the default, as in the papers): no
@@ -363,6 +370,8 @@ class SegmentationExperiment:
         from lungkit.preprocess import needs_lung_mask
 
         start = time.perf_counter()
+        if robustness is None:
+            robustness = self._tables_print("intensity_robustness_std")
         dataset_dir = self.dataset_dir or self.prepare_data()
         size = self.recipe.image_size
         hu, masks, manifest = load_split_arrays(dataset_dir, "test", "hu", size, 1)
