@@ -62,7 +62,7 @@ REFERENCE = {
 }
 TARGETS = {"lidc": 0.5, "msd": 0.75}
 #: Printed under a source whose target was not reached: what every run above already does.
-TRIED = ("the profile's step budget (400 steps of 8) whatever the dataset's size; 128 px patches at the recipe's "
+TRIED = ("the profile's step budget whatever the dataset's size (the steps are in each row); 128 px patches at the recipe's "
          "pixel scale with 1/3 forced onto a nodule, flips and quarter turns (nnU-Net's sampling, cut in tf.data); "
          "8-bit renderings (LIDC) mapped back to approximate HU per patient (lung and soft-tissue peaks) so the paper's "
          "HU window applies; checkpoints chosen on validation patches (on training patches when no patient can be "

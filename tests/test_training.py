@@ -148,13 +148,13 @@ def test_patch_training_keeps_the_recipe_scale_and_caps_the_patch():
 
 
 def test_step_budget_gives_small_datasets_as_many_updates():
-    recipe = recipe_with(epochs=100, min_epochs=30).for_profile("quick")
+    recipe = recipe_with(epochs=100, min_epochs=15).for_profile("quick")
     budget = get_profile("quick").max_steps
     small = recipe.with_step_budget(10)  # e.g. 80 slices in batches of 8
     large = recipe.with_step_budget(40)
     assert small.epochs * 10 == budget == large.epochs * 40
     assert small.capped["epochs"] == {"recipe": 100, "used": budget // 10}
-    assert small.min_epochs == 30 and large.min_epochs == large.epochs
+    assert small.min_epochs == 15 and large.min_epochs == large.epochs
     assert recipe_with(epochs=5).for_profile("quick").with_step_budget(10).epochs == 5  # never above the paper's
     assert recipe_with(epochs=100).for_profile("paper").with_step_budget(10).epochs == 100  # no budget at paper
     overridden = recipe_with(epochs=100, profile_overrides={"quick": {"epochs": 25}}).for_profile("quick")

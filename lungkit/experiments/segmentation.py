@@ -355,18 +355,24 @@ class SegmentationExperiment:
                   2: "CT + PET (channel 1: SUVbw resampled onto the CT slice, min-max per slice; 0 without PET)"}
         return {"mask_flag": flag, "input": inputs.get(self.recipe.input_channels, "CT repeated")}
 
+    def _tables_print(self, metric: str) -> bool:
+        """Whether a table this result fills has ``metric`` among its columns."""
+        module = papers.get_paper(self.paper_id)
+        return any(metric in module.TABLES.get(row["table"], {}).get("metrics", ()) for row in self.rows)
+
     def _tables_have_readings(self) -> bool:
         """Whether a table this result fills reports several readings of its metrics (``readings``)."""
         module = papers.get_paper(self.paper_id)
         return any(module.TABLES.get(row["table"], {}).get("readings") for row in self.rows)
 
-    def evaluate(self, model, robustness: bool = True, notes: str = "",
+    def evaluate(self, model, robustness: bool | None = None, notes: str = "",
                  lung_margin_px: int | None = None, lesion_level: bool | None = None) -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
         Args:
             model: the trained model (the best checkpoint when :meth:`train` restored it).
-            robustness: also compute paper 004's robustness to intensity variation (6 extra test passes).
+            robustness: also compute paper 004's robustness to intensity variation (6 extra test passes, most of
+                the evaluation's time); None (the default): only when one of the paper's tables prints it.
             notes: free text added to the protocol.
             lung_margin_px: keep predictions only inside each slice's lungs found from HU, grown by this many
                 pixels (:func:`lungkit.postprocess.restrict_to_lungs`); None (the default, as in the papers): no
@@ -387,6 +393,8 @@ class SegmentationExperiment:
         from lungkit.preprocess import needs_lung_mask
 
         start = time.perf_counter()
+        if robustness is None:
+            robustness = self._tables_print("intensity_robustness_std")
         dataset_dir = self.dataset_dir or self.prepare_data()
         size = self.recipe.image_size
         hu, masks, manifest = load_split_arrays(dataset_dir, "test", "hu", size, 1)

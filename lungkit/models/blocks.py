@@ -21,6 +21,13 @@ KERNEL_INITIALIZER = "he_normal"
 
 OUTPUT_ACTIVATIONS = ("sigmoid", None, "linear")
 
+#: BatchNorm momentum of the blocks: PyTorch's default (running = 0.9 running + 0.1 batch), not Keras' 0.99. The
+#: kit's small profiles train a few hundred steps; with 0.99 the moving statistics still carry the first steps'
+#: weights at the end, so the inference-mode model swings between checkpoints. Measured on the quick phantom (small
+#: U-Net, 200 steps, seed 0): validation Dice per 40-step epoch 0.02, 0.02, 0.02, 0.34, 0.14 with 0.99 against
+#: 0.17, 0.25, 0.23, 0.32, 0.36 with 0.9. The U-Net papers' blocks have no BatchNorm at all (``batch_norm=False``).
+BATCH_NORM_MOMENTUM = 0.9
+
 
 def resolve_config(configs: dict, scale: str, input_shape, overrides: dict, model_name: str) -> dict:
     """Merge a model file's ``CONFIGS[scale]`` with ``input_shape`` and single-setting overrides.
@@ -93,8 +100,8 @@ def conv_block(
         x: input tensor (N, H, W, C).
         filters: output channels of every convolution.
         num_convs: number of conv layers (the U-Net uses two).
-        batch_norm: add BatchNormalization after each convolution (the convolution then has no bias, which BN
-            would cancel anyway).
+        batch_norm: add BatchNormalization (momentum :data:`BATCH_NORM_MOMENTUM`) after each convolution (the
+            convolution then has no bias, which BN would cancel anyway).
         residual: add a shortcut from the block input to the last convolution's output before its ReLU (a 1x1
             projection when the channel count changes), as in residual U-Nets.
         kernel_size: spatial size of the kernels.
@@ -114,7 +121,7 @@ def conv_block(
             name=f"{name}_conv{index}",
         )(x)
         if batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn{index}")(x)
+            x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn{index}")(x)
         if residual and index == num_convs:
             shortcut = block_input
             if block_input.shape[-1] != filters:
@@ -122,7 +129,7 @@ def conv_block(
                     filters, 1, use_bias=not batch_norm, kernel_initializer=KERNEL_INITIALIZER, name=f"{name}_proj"
                 )(block_input)
                 if batch_norm:
-                    shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+                    shortcut = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
             x = layers.Add(name=f"{name}_add")([x, shortcut])
         x = layers.Activation("relu", name=f"{name}_relu{index}")(x)
     return x
