@@ -576,8 +576,11 @@ def _table_markdown(table: dict, frame: pd.DataFrame) -> str:
                 cells += [printed, "-", ""]  # this reading has no value of this metric (e.g. an F1-only reading)
                 continue
             decimals = _printed_decimals(printed, scale)
+            # a named reading says how it was counted; "(pooled)" would mislabel a point value such as the F1 of
+            # the mean P and R
+            basis = "" if named else record[f"{metric}_basis"]
             measured = _format_with_ci(record[f"{metric}_measured"], record[f"{metric}_ci_low"],
-                                       record[f"{metric}_ci_high"], scale, record[f"{metric}_basis"], decimals)
+                                       record[f"{metric}_ci_high"], scale, basis, decimals)
             if measured and table.get("compare_with", {}).get(metric) == "pooled" \
                     and record[f"{metric}_basis"] != "pooled":
                 measured += " (per-image: no pooled value)"

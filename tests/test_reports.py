@@ -590,7 +590,7 @@ def test_paper000_table1_shows_every_reading_beside_the_printed_row(tmp_path):
     assert list(frame.loc[frame["row"] == "ViT", "status"]) == [reports.STATUS_NOT_YET] * 4
     md_path, _ = reports.write_paper_report("paper000", summaries, tmp_path / "reports")
     md = md_path.read_text()
-    assert "| MaskFormer | lesion, IoU >= 0.5 | 0.898 | 0.500 (pooled) | -0.398, below paper (no CI) |" in md
+    assert "| MaskFormer | lesion, IoU >= 0.5 | 0.898 | 0.500 | -0.398, below paper (no CI) |" in md
     assert "| MaskFormer | pixel, per image, F1 of the mean P and R | 0.898 | - |  |" in md
     assert "*lesion, box IoU >= 0.5*:" in md and "one to one" in md  # every definition written out
     rows = reports.result_table_rows(summaries[0], "maskformer")
