@@ -690,10 +690,10 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
         lines += [f"*Paper's protocol.* {table['protocol']}", "", _table_markdown(table, frame), ""]
         lines += ["**Metric definitions** (what the paper seems to mean):", ""]
         for metric, column in zip(table["metrics"], table["columns"]):
-            basis = table.get("compare_with", {}).get(metric, "per-image mean")
+            basis = f"the {table.get('compare_with', {}).get(metric, 'per-image mean')} value"
             if table.get("readings"):
-                basis = "value of each reading below"
-            lines.append(f"- {column} (`{metric}`, lungkit compares with the {basis} value): "
+                basis = "each reading's value (below)"
+            lines.append(f"- {column} (`{metric}`, lungkit compares with {basis}): "
                          f"{table['metric_definitions'].get(metric, 'not defined')}")
         if table.get("readings"):
             lines += ["", "**lungkit's readings** (each row of lungkit numbers is one of these; the paper's numbers "
