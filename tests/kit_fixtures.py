@@ -127,6 +127,16 @@ def disc_slices(count: int, size: int, channels: int = 1, seed: int = 0) -> tupl
     return np.repeat(images, channels, axis=-1), masks
 
 
+def save_legacy_h5_weights(model, path) -> None:
+    """Write weights in the Keras 2 HDF5 layout of the keras.applications files (Keras 3's ``save_weights``
+    only writes ``.weights.h5``): a stand-in for a local ImageNet file in the pretrained-encoder tests."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+
+
 def assert_overfits(model, images, masks, optimizer, steps: int, loss=None, save_to: Path | None = None) -> list:
     """Train ``model`` on one batch for ``steps`` steps and check that the training loss falls below 40% of its
     first value (the wiring check of every model test). With ``save_to`` the model is also saved there, reloaded

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 
-import h5py
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from kit_fixtures import assert_overfits, disc_slices
+from kit_fixtures import assert_overfits, disc_slices, save_legacy_h5_weights
 from lungkit.models import available_models, build_model
 from lungkit.models.mobilenet_unet import (
     BRIDGE_LAYER,
@@ -23,14 +22,6 @@ from lungkit.models.mobilenet_unet import (
     encoder_weights_status,
     weights_file_name,
 )
-
-
-def save_legacy_h5_weights(model: keras.Model, path) -> None:
-    """Weights in the Keras 2 HDF5 layout of the keras.applications files."""
-    from keras.src.legacy.saving import legacy_h5_format
-
-    with h5py.File(path, "w") as handle:
-        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
 
 
 def tutorial_decoder_param_count(skip_channels, bridge_channels, filters):
