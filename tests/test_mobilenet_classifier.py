@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from kit_fixtures import save_legacy_h5_weights
+from kit_fixtures import assert_refuses_missing_mobilenet_weights, save_legacy_h5_weights
 from lungkit.models import available_models, build_model
 from lungkit.models.mobilenet_classifier import (
     CONFIGS,
@@ -56,16 +56,9 @@ def test_missing_weights_file_says_what_to_download(tmp_path):
     name = weights_file_name(0.35, 32)
     assert name == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"  # 32 px has no own file
     assert weights_file_name(1.0, 96).endswith("_1.0_96_no_top.h5")  # the paper config's own file
-    missing = tmp_path / "weights" / name
-    with pytest.raises(FileNotFoundError) as error:
-        build_mobilenetv2_classifier("tiny", weights=missing)
-    message = str(error.value)
-    assert message.startswith("mobilenetv2_classifier:")
-    assert str(missing) in message and WEIGHTS_BASE_URL + name in message and "weights=None" in message
-    with pytest.raises(FileNotFoundError, match=name):  # a folder without the file names the file
-        build_mobilenetv2_classifier("tiny", weights=tmp_path)
-    with pytest.raises(ValueError, match="never does"):
-        build_mobilenetv2_classifier("tiny", weights="imagenet")
+    message = assert_refuses_missing_mobilenet_weights(build_mobilenetv2_classifier, tmp_path, name,
+                                                       WEIGHTS_BASE_URL + name)
+    assert message.startswith("mobilenetv2_classifier:")  # the messages name the model asking
     with pytest.raises(ValueError, match="mobilenetv2_classifier: no ImageNet weights"):
         build_mobilenetv2_classifier("tiny", alpha=0.6, weights=tmp_path)
 

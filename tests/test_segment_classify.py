@@ -175,3 +175,7 @@ def test_transfer_model_is_trained_and_filed_beside_the_crop_cnn(phantom_run):
         assert protocol["fine_tuning"]["frozen_layer"] == "mobilenetv2_encoder"
     assert (phantom_run / "results" / "paper002" / "crop_cnn_image_x_mask_predicted" / "summary.json").is_file()
     print(f"transfer model at smoke: {fit.epochs_completed} epochs, training {fit.wall_time_s:.1f} s")
+    # the weights setting reaches the builder: a missing local file is refused with its name, nothing downloaded
+    with_weights = SegmentThenClassify("smoke", phantom_run, mobilenet_weights=str(phantom_run / "no_weights"))
+    with pytest.raises(FileNotFoundError, match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"):
+        with_weights.train_classifier("image_x_mask", verbose=0, model_key=TRANSFER_KEY)
