@@ -688,6 +688,7 @@ def compile_model(
     recipe: Recipe,
     steps_per_epoch: int | None = None,
     jit_compile: bool | None = None,
+    metrics=None,
 ) -> keras.Model:
     """Compile ``model`` with the recipe's optimizer, loss and metrics.
 
@@ -696,6 +697,8 @@ def compile_model(
         recipe: the recipe.
         steps_per_epoch: training steps per epoch (required for ``lr_schedule="cosine"``).
         jit_compile: XLA; None -> on only when a GPU is present (see :func:`configure_precision`).
+        metrics: a function ``recipe -> list of metrics`` (fresh objects at each call); None ->
+            :func:`make_metrics` (segmentation: Dice and IoU). Classifiers pass their own.
 
     Returns:
         The same model, compiled.
@@ -720,7 +723,7 @@ def compile_model(
     model.compile(
         optimizer=make_optimizer(recipe, steps_per_epoch),
         loss=make_loss(recipe),
-        metrics=make_metrics(recipe),
+        metrics=(metrics or make_metrics)(recipe),
         jit_compile=jit_compile,
     )
     return model
@@ -1004,6 +1007,7 @@ def train_in_phases(
     pretrained: bool = True,
     steps_per_epoch: int | None = None,
     jit_compile: bool | None = None,
+    metrics=None,
     **train_kwargs,
 ) -> TrainResult:
     """:func:`train` once per phase of the recipe's fine-tuning schedule (:func:`fine_tuning_phases`).
@@ -1022,6 +1026,7 @@ def train_in_phases(
         pretrained: whether the frozen layer holds pretrained weights (see :func:`fine_tuning_phases`).
         steps_per_epoch: as for :func:`train`; also the cosine schedule's steps per epoch.
         jit_compile: XLA; None -> on only when a GPU is present.
+        metrics: as for :func:`compile_model` (None: segmentation metrics).
         **train_kwargs: more arguments of :func:`train` (``validation_steps``, ``verbose``, ``strategy`` ...).
 
     Returns:
@@ -1045,7 +1050,8 @@ def train_in_phases(
     for phase in phases:
         frozen_layer.trainable = phase.frozen_layer is None
         with model.distribute_strategy.scope():
-            compile_model(model, phase.recipe, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile)
+            compile_model(model, phase.recipe, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
+                          metrics=metrics)
         results.append(train(model, phase.recipe, train_ds, val_ds, run_dir / phase.name,
                              steps_per_epoch=steps_per_epoch, **train_kwargs))
     histories, offset = [], 0

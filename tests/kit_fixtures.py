@@ -127,6 +127,36 @@ def disc_slices(count: int, size: int, channels: int = 1, seed: int = 0) -> tupl
     return np.repeat(images, channels, axis=-1), masks
 
 
+def save_legacy_h5_weights(model, path) -> None:
+    """Write weights in the Keras 2 HDF5 layout of the keras.applications files (Keras 3's ``save_weights``
+    only writes ``.weights.h5``): a stand-in for a local ImageNet file in the pretrained-encoder tests."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
+
+
+def assert_refuses_missing_mobilenet_weights(build, tmp_path: Path, file_name: str, url: str) -> str:
+    """The MobileNetV2 models' refusals (``build(scale, weights=...)``): a missing file names itself, its URL and
+    ``weights=None``; a folder without the file names the file; ``"imagenet"`` is never downloaded; a width with no
+    ImageNet file is refused. Returns the first message (for model-specific checks)."""
+    import pytest
+
+    missing = tmp_path / "weights" / file_name
+    with pytest.raises(FileNotFoundError) as error:
+        build("tiny", weights=missing)
+    message = str(error.value)
+    assert str(missing) in message and url in message and "weights=None" in message
+    with pytest.raises(FileNotFoundError, match=file_name):  # a folder without the file names the file
+        build("tiny", weights=tmp_path)
+    with pytest.raises(ValueError, match="never does"):
+        build("tiny", weights="imagenet")
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build("tiny", alpha=0.6, weights=tmp_path)
+    return message
+
+
 def assert_overfits(model, images, masks, optimizer, steps: int, loss=None, save_to: Path | None = None) -> list:
     """Train ``model`` on one batch for ``steps`` steps and check that the training loss falls below 40% of its
     first value (the wiring check of every model test). With ``save_to`` the model is also saved there, reloaded

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import hashlib
 
-import h5py
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from kit_fixtures import assert_overfits, disc_slices
+from kit_fixtures import (
+    assert_overfits,
+    assert_refuses_missing_mobilenet_weights,
+    disc_slices,
+    save_legacy_h5_weights,
+)
 from lungkit.models import available_models, build_model
 from lungkit.models.mobilenet_unet import (
     BRIDGE_LAYER,
@@ -23,14 +27,6 @@ from lungkit.models.mobilenet_unet import (
     encoder_weights_status,
     weights_file_name,
 )
-
-
-def save_legacy_h5_weights(model: keras.Model, path) -> None:
-    """Weights in the Keras 2 HDF5 layout of the keras.applications files."""
-    from keras.src.legacy.saving import legacy_h5_format
-
-    with h5py.File(path, "w") as handle:
-        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
 
 
 def tutorial_decoder_param_count(skip_channels, bridge_channels, filters):
@@ -83,17 +79,7 @@ def test_missing_weights_file_says_what_to_download(tmp_path):
     name = weights_file_name(0.35, 64)
     assert name == "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"  # 64 px has no own file
     assert weights_file_name(1.0, 128).endswith("_1.0_128_no_top.h5")
-    missing = tmp_path / "weights" / name
-    with pytest.raises(FileNotFoundError) as error:
-        build_mobilenetv2_unet("tiny", weights=missing)
-    message = str(error.value)
-    assert str(missing) in message and WEIGHTS_BASE_URL + name in message and "weights=None" in message
-    with pytest.raises(FileNotFoundError, match=name):  # a folder without the file names the file
-        build_mobilenetv2_unet("tiny", weights=tmp_path)
-    with pytest.raises(ValueError, match="never does"):
-        build_mobilenetv2_unet("tiny", weights="imagenet")
-    with pytest.raises(ValueError, match="no ImageNet weights"):
-        build_mobilenetv2_unet("tiny", alpha=0.6, weights=tmp_path)
+    assert_refuses_missing_mobilenet_weights(build_mobilenetv2_unet, tmp_path, name, WEIGHTS_BASE_URL + name)
 
 
 def test_loads_local_notop_weights_and_records_them(tmp_path):

@@ -367,7 +367,8 @@ def test_paper002_lungkit_rows_carry_valid_recipes_and_notebooks():
 
     module = get_paper("paper002")
     assert module.RECIPES == {} and module.TABLES == {}
-    assert set(module.BASELINES) == {"mobilenetv2_unet", "cnn_from_scratch", "crop_cnn_classifier"}
+    assert set(module.BASELINES) == {"mobilenetv2_unet", "cnn_from_scratch", "crop_cnn_classifier",
+                                     "mobilenetv2_classifier"}
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
     for key, baseline in module.BASELINES.items():
         recipe = Recipe.from_dict(baseline["recipe"], source=f"paper002 BASELINES[{key!r}]")
@@ -384,3 +385,11 @@ def test_paper002_lungkit_rows_carry_valid_recipes_and_notebooks():
         for key in ("model", "notes", "fine_tuning"):
             recipe.pop(key, None)
     assert mobilenet == scratch
+    # and so do the two crop classifiers (the transfer model adds its schedule, on its own encoder)
+    transfer, cnn = (dict(module.BASELINES[k]["recipe"]) for k in ("mobilenetv2_classifier", "crop_cnn_classifier"))
+    assert transfer["fine_tuning"]["frozen_layer"] == ENCODER_NAME
+    assert transfer["profile_overrides"] == {"quick": {"max_steps": 100}}  # the recorded quick departure
+    for recipe in (transfer, cnn):
+        for key in ("model", "notes", "fine_tuning", "profile_overrides"):
+            recipe.pop(key, None)
+    assert transfer == cnn

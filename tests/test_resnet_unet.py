@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 
-import h5py
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
-from kit_fixtures import assert_overfits, disc_slices
+from kit_fixtures import assert_overfits, disc_slices, save_legacy_h5_weights
 from lungkit.models import build_model
 from lungkit.models.resnet_unet import (
     PAPER_PARAM_COUNT,
@@ -47,15 +46,6 @@ def smp_unet_resnet50_param_count(filters=(256, 128, 64, 32, 16), classes=1):
         total += 9 * out_channels * out_channels + 2 * out_channels
         in_channels = out_channels
     return total + 9 * filters[-1] * classes + classes  # 3x3 segmentation head with bias
-
-
-def save_legacy_h5_weights(model: keras.Model, path) -> None:
-    """Write weights in the Keras 2 HDF5 layout of the keras.applications files (Keras 3's ``save_weights``
-    only writes ``.weights.h5``)."""
-    from keras.src.legacy.saving import legacy_h5_format
-
-    with h5py.File(path, "w") as handle:
-        legacy_h5_format.save_weights_to_hdf5_group(handle, model)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Segment, then classify (paper 002): label rules, the size-only baseline computed exactly, crop views and
-centres, a tiny crop CNN that learns a separable toy task, and a phantom run in which no test slice reaches the
-classifier's training data."""
+centres, a tiny crop CNN that learns a separable toy task, a phantom run in which no test slice reaches the
+classifier's training data, and the MobileNetV2 transfer model trained and filed beside the crop CNN."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 
 from lungkit.experiments.classification import balanced_indices
 from lungkit.experiments.segment_classify import (
+    CLASSIFIER_KEY,
     LABEL_RULES,
+    MASK_SOURCES,
+    TRANSFER_KEY,
     SegmentThenClassify,
     crop_views,
     equivalent_diameter_px,
@@ -141,3 +144,38 @@ def test_mismatched_predictions_are_refused(phantom_run, tmp_path):
     np.savez_compressed(path, masks=masks, probabilities=masks.astype(np.float16))
     with pytest.raises(ValueError, match="do not match"):
         SegmentThenClassify("smoke", other).prepare_data()
+
+
+def test_transfer_model_is_trained_and_filed_beside_the_crop_cnn(phantom_run):
+    """The MobileNetV2 transfer model trains on the same crops as the small CNN, is scored on the same test cases
+    and files its own rows; without local weights its protocol says the encoder trained from scratch."""
+    import json
+
+    experiment = SegmentThenClassify("smoke", phantom_run)
+    experiment.prepare_data()
+    with pytest.raises(ValueError, match="no view"):
+        experiment.best_view()
+    cnn, _ = experiment.train_classifier("image_x_mask", verbose=0)
+    assert experiment.best_view() == "image_x_mask"  # the only view trained; chosen by validation loss
+    model, fit = experiment.train_classifier("image_x_mask", verbose=0, model_key=TRANSFER_KEY)
+    assert model.name == TRANSFER_KEY and model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 1)
+    assert experiment.recipes[TRANSFER_KEY].batch_size == experiment.recipes[CLASSIFIER_KEY].batch_size
+    cnn_cases, _ = experiment.evaluate_classifier(cnn, "image_x_mask", "predicted")
+    for source in MASK_SOURCES:
+        cases, summary = experiment.evaluate_classifier(model, "image_x_mask", source)
+        assert cases["id"].tolist() == cnn_cases["id"].tolist() == experiment.splits["test"].ids
+        assert {"roc_auc", "sensitivity", "specificity", "accuracy"} <= set(summary["metrics"])
+        document = json.loads((phantom_run / "results" / "paper002" / f"mobilenetv2_image_x_mask_{source}"
+                               / "summary.json").read_text())
+        protocol = document["protocol"]
+        assert document["model"] == TRANSFER_KEY and document["table"] == "lungkit_classification"
+        assert "MobileNetV2" in document["row"] and protocol["mask_source"] == source
+        assert protocol["pretrained_encoder"] == {"pretrained": False, "source": None, "sha256": None}
+        assert "fine-tuning schedule skipped" in protocol["optimizer"]
+        assert protocol["fine_tuning"]["frozen_layer"] == "mobilenetv2_encoder"
+    assert (phantom_run / "results" / "paper002" / "crop_cnn_image_x_mask_predicted" / "summary.json").is_file()
+    print(f"transfer model at smoke: {fit.epochs_completed} epochs, training {fit.wall_time_s:.1f} s")
+    # the weights setting reaches the builder: a missing local file is refused with its name, nothing downloaded
+    with_weights = SegmentThenClassify("smoke", phantom_run, mobilenet_weights=str(phantom_run / "no_weights"))
+    with pytest.raises(FileNotFoundError, match="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"):
+        with_weights.train_classifier("image_x_mask", verbose=0, model_key=TRANSFER_KEY)

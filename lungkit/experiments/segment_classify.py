@@ -11,6 +11,11 @@ What runs, all on the run's Lung-RADS kit dataset and its given split:
   binary mask crop: shape only) and ``image_x_mask`` (the CT inside the mask, zero outside).
 - **A small CNN** (``crop_cnn_classifier``) per view, trained on ground-truth crops of the *training* split only
   (validation: the validation split), classes balanced by oversampling, flips / rotations / small zooms.
+- **A transfer model** (``mobilenetv2_classifier``: ``keras.applications`` MobileNetV2, the crop upsampled inside
+  the model, ImageNet weights only from a local file, else from scratch, recorded), trained the same way on the same
+  crops, with its recipe's frozen-then-unfrozen schedule when the encoder is pretrained. The notebook trains it on
+  one view, the one where the small CNN reached the lowest validation loss (:meth:`SegmentThenClassify.best_view`,
+  chosen on the validation split, never on the test split), to keep the quick profile cheap.
 - **Two test inputs**: crops around the *predicted* masks of a segmentation result of this run (``predictions.npz``
   of ``50_mobilenet_unet`` or ``51_cnn_from_scratch``: the end-to-end pipeline) and around the ground-truth masks
   (the upper bound). A test slice whose predicted mask is empty is cropped around the highest tumour probability,
@@ -38,6 +43,11 @@ from lungkit.profiles import get_profile
 
 PAPER_ID = "paper002"
 CLASSIFIER_KEY = "crop_cnn_classifier"
+TRANSFER_KEY = "mobilenetv2_classifier"
+CLASSIFIER_KEYS = (CLASSIFIER_KEY, TRANSFER_KEY)
+#: Result keys: ``<prefix>_<view>_<source>`` under ``results/paper002/``; and the name in the rows.
+RESULT_PREFIXES = {CLASSIFIER_KEY: "crop_cnn", TRANSFER_KEY: "mobilenetv2"}
+CLASSIFIER_NAMES = {CLASSIFIER_KEY: "Crop CNN", TRANSFER_KEY: "MobileNetV2 transfer model"}
 SEGMENTATION_KEYS = ("mobilenetv2_unet", "cnn_from_scratch")
 CLASSIFICATION_TABLE = "lungkit_classification"
 
@@ -248,6 +258,8 @@ class SegmentThenClassify:
         segmentation_key: ``mobilenetv2_unet`` or ``cnn_from_scratch``: whose predicted masks are classified.
         label_rule: a key of :data:`LABEL_RULES`.
         crop_size: crop side in pixels at the segmentation's pixel scale.
+        mobilenet_weights: the local MobileNetV2 ImageNet notop ``.h5`` file of the transfer model (or its folder);
+            "" trains its encoder from scratch (recorded in the protocol).
     """
 
     profile: str
@@ -257,6 +269,7 @@ class SegmentThenClassify:
     segmentation_key: str = "mobilenetv2_unet"
     label_rule: str = DEFAULT_LABEL_RULE
     crop_size: int = 32
+    mobilenet_weights: str = ""
     splits: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
@@ -269,14 +282,18 @@ class SegmentThenClassify:
         self.run_dir = Path(self.run_dir)
         self.settings = get_profile(self.profile)
         baselines = papers.get_paper(PAPER_ID).BASELINES
-        source = f"lungkit/papers/{PAPER_ID}.py: BASELINES[{CLASSIFIER_KEY!r}]['recipe']"
-        self.paper_recipe = Recipe.from_dict(baselines[CLASSIFIER_KEY]["recipe"], source=source)
-        recipe = self.paper_recipe.for_profile(self.settings, patches=False)
-        # the crop side is the classifier's input: set here, recorded like a cap
-        capped = dict(recipe.capped)
-        if int(self.crop_size) != recipe.image_size:
-            capped["image_size"] = {"recipe": self.paper_recipe.image_size, "used": int(self.crop_size)}
-        self.recipe = dataclasses.replace(recipe, image_size=int(self.crop_size), capped=capped)
+        #: each classifier's recipe for this profile and crop size (the crop CNN's is also ``self.recipe``)
+        self.recipes = {}
+        for key in CLASSIFIER_KEYS:
+            source = f"lungkit/papers/{PAPER_ID}.py: BASELINES[{key!r}]['recipe']"
+            paper_recipe = Recipe.from_dict(baselines[key]["recipe"], source=source)
+            recipe = paper_recipe.for_profile(self.settings, patches=False)
+            # the crop side is the classifier's input: set here, recorded like a cap
+            capped = dict(recipe.capped)
+            if int(self.crop_size) != recipe.image_size:
+                capped["image_size"] = {"recipe": paper_recipe.image_size, "used": int(self.crop_size)}
+            self.recipes[key] = dataclasses.replace(recipe, image_size=int(self.crop_size), capped=capped)
+        self.recipe = self.recipes[CLASSIFIER_KEY]
         segmentation_recipe = Recipe.from_dict(baselines[self.segmentation_key]["recipe"])
         self.slice_size = segmentation_recipe.for_profile(self.settings).image_size
 
@@ -363,56 +380,99 @@ class SegmentThenClassify:
                     f"Size-only baseline on {source.replace('_', '-')} masks (lungkit; no number in the slides)")
         return per_case, summary
 
-    # -- the classifier -------------------------------------------------------------------------------------------
-    def datasets(self, view: str):
-        """``(train, validation, steps_per_epoch)`` of ground-truth crops: train balanced and augmented."""
+    # -- the classifiers ------------------------------------------------------------------------------------------
+    def datasets(self, view: str, model_key: str = CLASSIFIER_KEY):
+        """``(train, validation, steps_per_epoch)`` of ground-truth crops for ``model_key``'s recipe: train
+        balanced and augmented."""
         from lungkit.experiments.classification import balanced_indices, make_crop_dataset
 
+        recipe = self.recipes[model_key]
         train_x, train_y, _ = self.views("train", "ground_truth", view)
         index = balanced_indices(train_y, self.seed)
         val_x, val_y, _ = self.views("val", "ground_truth", view)
-        batch = self.recipe.batch_size
+        batch = recipe.batch_size
         train = make_crop_dataset(train_x[index], train_y[index], batch, shuffle=True,
-                                  augment=self.recipe.augment_on_the_fly, seed=self.seed)
+                                  augment=recipe.augment_on_the_fly, seed=self.seed)
         validation = make_crop_dataset(val_x, val_y, batch)
         steps = math.ceil(len(index) / batch)
-        if self.recipe.max_steps_per_epoch:
-            steps = min(steps, self.recipe.max_steps_per_epoch)
+        if recipe.max_steps_per_epoch:
+            steps = min(steps, recipe.max_steps_per_epoch)
         return train, validation, steps
 
-    def train_classifier(self, view: str, verbose="auto"):
-        """Train the crop CNN on one view (ground-truth training crops only). Returns ``(model, fit)``."""
+    def train_classifier(self, view: str, verbose="auto", model_key: str = CLASSIFIER_KEY):
+        """Train a classifier on one view (ground-truth training crops only). Returns ``(model, fit)``.
+
+        Args:
+            view: a crop view of :data:`CROP_INPUTS`.
+            verbose: Keras' fit verbosity.
+            model_key: ``crop_cnn_classifier`` (the small CNN) or ``mobilenetv2_classifier`` (the transfer model:
+                ImageNet encoder from ``mobilenet_weights`` when given, trained by its recipe's fine-tuning
+                schedule; from scratch in one phase otherwise, see :func:`lungkit.training.train_in_phases`).
+        """
+        import importlib
+
         import keras
 
-        from lungkit.models import build_model
-        from lungkit.training import make_loss, make_optimizer, train
+        from lungkit.models import build_model, get_builder
+        from lungkit.training import compile_model, train_in_phases
 
-        train_ds, validation_ds, steps = self.datasets(view)
-        recipe = self.recipe.with_step_budget(steps)
+        if model_key not in CLASSIFIER_KEYS:
+            raise ValueError(f"model_key must be one of {CLASSIFIER_KEYS}, got {model_key!r}")
+        train_ds, validation_ds, steps = self.datasets(view, model_key)
+        recipe = self.recipes[model_key].with_step_budget(steps)
         keras.utils.set_random_seed(self.seed)
-        model = build_model(CLASSIFIER_KEY, scale=recipe.model_scale or "paper",
-                            input_shape=(self.crop_size, self.crop_size, 1))
-        model.compile(optimizer=make_optimizer(recipe, steps), loss=make_loss(recipe),
-                      metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
-                      jit_compile=False)
-        model_dir = self.run_dir / "models" / PAPER_ID / f"{CLASSIFIER_KEY}_{self.segmentation_key}_{view}"
-        fit = train(model, recipe, train_ds, validation_ds, model_dir, steps_per_epoch=steps, verbose=verbose,
-                    tensorboard=False)
-        self._fits = {**getattr(self, "_fits", {}), view: (recipe, fit)}
+        overrides = {"weights": self.mobilenet_weights} if model_key == TRANSFER_KEY and self.mobilenet_weights else {}
+        model = build_model(model_key, scale=recipe.model_scale or "paper",
+                            input_shape=(self.crop_size, self.crop_size, 1), **overrides)
+        module = importlib.import_module(get_builder(model_key).__module__)
+        pretrained = module.encoder_weights_status(model) if hasattr(module, "encoder_weights_status") else None
+        if pretrained is not None and not pretrained.get("pretrained"):
+            print(f"No local ImageNet weights given: the {model_key} encoder trains from scratch (recorded in the "
+                  "protocol).")
+        compile_model(model, recipe, steps, jit_compile=False, metrics=classifier_metrics)
+        model_dir = self.run_dir / "models" / PAPER_ID / f"{model_key}_{self.segmentation_key}_{view}"
+        fit = train_in_phases(model, recipe, train_ds, validation_ds, model_dir,
+                              pretrained=bool((pretrained or {}).get("pretrained")), steps_per_epoch=steps,
+                              jit_compile=False, metrics=classifier_metrics, verbose=verbose, tensorboard=False)
+        self._fits = {**getattr(self, "_fits", {}), (model_key, view): (recipe, fit, pretrained)}
         return model, fit
 
+    def best_view(self, model_key: str = CLASSIFIER_KEY) -> str:
+        """The view on which ``model_key`` reached the lowest validation loss, among the views trained in this
+        session: chosen on the validation split, never on the test split.
+
+        Raises:
+            ValueError: no view of ``model_key`` was trained yet.
+        """
+        losses = {view: float(fit.history["val_loss"].min())
+                  for (key, view), (_, fit, _) in getattr(self, "_fits", {}).items() if key == model_key}
+        if not losses:
+            raise ValueError(f"no view of {model_key} has been trained yet: call train_classifier first")
+        return min(losses, key=losses.get)
+
     def evaluate_classifier(self, model, view: str, source: str):
-        """Score a trained crop CNN on the test crops of ``source``; writes ``results/paper002/crop_cnn_<view>_
-        <source>``. Returns ``(per_case, summary)``."""
+        """Score a trained classifier on the test crops of ``source``; writes ``results/paper002/<prefix>_<view>_
+        <source>`` (prefix ``crop_cnn`` or ``mobilenetv2``, by the model's name). Returns ``(per_case, summary)``."""
+        model_key = model.name
+        if model_key not in CLASSIFIER_KEYS:
+            raise ValueError(f"not a crop classifier of {PAPER_ID}: model {model_key!r}; classifiers: {CLASSIFIER_KEYS}")
+        recipe, fit, pretrained = getattr(self, "_fits", {}).get((model_key, view), (self.recipes[model_key], None, None))
         x, _, found = self.views("test", source, view)
         test = self.splits["test"]
-        scores = np.asarray(model.predict(x, batch_size=self.recipe.batch_size, verbose=0), np.float64)[:, 0]
+        scores = np.asarray(model.predict(x, batch_size=recipe.batch_size, verbose=0), np.float64)[:, 0]
         per_case, summary = evaluate_scores(test, scores, 0.5, self.seed)
         per_case["mask_found"] = found
-        recipe, fit = getattr(self, "_fits", {}).get(view, (self.recipe, None))
-        protocol = self._protocol(source, view, recipe=recipe, fit=fit, extra={"threshold": 0.5})
-        self._write(f"crop_cnn_{view}_{source}", per_case, summary, protocol, CLASSIFIER_KEY,
-                    f"Crop CNN on {view} crops of {source.replace('_', '-')} masks (lungkit; no number in the slides)")
+        extra = {"threshold": 0.5}
+        if pretrained is not None:
+            extra["pretrained_encoder"] = pretrained
+        phases = (fit.environment or {}).get("phases") if fit is not None else None
+        if phases:
+            # the optimizer line must show the schedule that actually ran (as the segmentation protocol does)
+            extra["optimizer"] = "; then ".join(phases)
+        protocol = self._protocol(source, view, recipe=recipe, fit=fit, extra=extra)
+        name = CLASSIFIER_NAMES[model_key]
+        self._write(f"{RESULT_PREFIXES[model_key]}_{view}_{source}", per_case, summary, protocol, model_key,
+                    f"{name} on {view} crops of {source.replace('_', '-')} masks (lungkit; no number in the slides)")
         return per_case, summary
 
     # -- writing --------------------------------------------------------------------------------------------------
@@ -461,6 +521,13 @@ class SegmentThenClassify:
                       protocol=protocol, dataset_dir=self.dataset_dir, wall_time_s=time.perf_counter() - start)
 
 
+def classifier_metrics(recipe) -> list:
+    """Training metrics of the crop classifiers (their recipes' ``from_logits`` is False): accuracy at 0.5 and AUC."""
+    import keras
+
+    return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+
+
 def evaluate_scores(test: TumourSlices, scores, threshold: float, seed: int):
     """:func:`lungkit.evaluation.evaluate_classification` of one test split's scores, per Lung-RADS class too."""
     from lungkit.evaluation import evaluate_classification
@@ -471,12 +538,15 @@ def evaluate_scores(test: TumourSlices, scores, threshold: float, seed: int):
 
 
 __all__ = [
+    "CLASSIFIER_KEYS",
     "CROP_INPUTS",
     "DEFAULT_LABEL_RULE",
     "LABEL_RULES",
     "MASK_SOURCES",
     "SegmentThenClassify",
+    "TRANSFER_KEY",
     "TumourSlices",
+    "classifier_metrics",
     "crop_views",
     "equivalent_diameter_px",
     "fit_size_threshold",

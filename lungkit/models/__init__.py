@@ -28,6 +28,7 @@ _BUILDERS = {
     "mobilenetv2_unet": "mobilenet_unet:build_mobilenetv2_unet",
     "cnn_from_scratch": "cnn_from_scratch:build_cnn_from_scratch",
     "crop_cnn_classifier": "crop_cnn:build_crop_cnn_classifier",
+    "mobilenetv2_classifier": "mobilenet_classifier:build_mobilenetv2_classifier",
     "mask2former": "mask2former:build_mask2former",
     "maskformer": "maskformer:build_maskformer",
     "vit_segmenter": "vit_segmenter:build_vit_segmenter",

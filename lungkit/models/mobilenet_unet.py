@@ -112,29 +112,33 @@ PAPER_PARAM_COUNT = 6_501_345
 ENCODER_NAME = "mobilenetv2_encoder"
 
 
-def weights_file_name(alpha: float, input_side: int) -> str:
+def weights_file_name(alpha: float, input_side: int, model_name: str = MODEL_NAME) -> str:
     """The ``keras.applications`` ImageNet "no top" file for a MobileNetV2 of width ``alpha``.
 
     ``keras.applications`` keeps one file per width and training resolution; for an input side that is not one of
     :data:`IMAGENET_ROWS` it takes the 224 px file, and so does lungkit. The weights of a fully convolutional
     encoder fit any input size.
 
+    Args:
+        model_name: prefix of the error message (the model asking).
+
     Raises:
         ValueError: for a width ImageNet weights do not exist for.
     """
     if float(alpha) not in IMAGENET_ALPHAS:
-        raise ValueError(f"{MODEL_NAME}: no ImageNet weights exist for alpha={alpha}; widths: {IMAGENET_ALPHAS}")
+        raise ValueError(f"{model_name}: no ImageNet weights exist for alpha={alpha}; widths: {IMAGENET_ALPHAS}")
     rows = int(input_side) if input_side in IMAGENET_ROWS else 224
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
 
 
-def resolve_weights_path(weights, alpha: float, input_side: int) -> Path:
+def resolve_weights_path(weights, alpha: float, input_side: int, model_name: str = MODEL_NAME) -> Path:
     """Turn the ``weights`` setting into the path of an existing weights file.
 
     Args:
         weights: the path of the notop ``.h5`` file, or a folder holding :func:`weights_file_name`.
         alpha: the encoder's width (picks the file name).
         input_side: the encoder's input side (picks the file name).
+        model_name: prefix of the messages (the model asking).
 
     Returns:
         The file's path.
@@ -143,24 +147,47 @@ def resolve_weights_path(weights, alpha: float, input_side: int) -> Path:
         ValueError: for ``"imagenet"`` (lungkit never downloads) or a value that is not a path.
         FileNotFoundError: the file is not there; the message names it, its URL and where to put it.
     """
-    file_name = weights_file_name(alpha, input_side)
-    return resolve_local_weights(weights, model_name=MODEL_NAME, network="MobileNetV2", file_name=file_name,
+    file_name = weights_file_name(alpha, input_side, model_name)
+    return resolve_local_weights(weights, model_name=model_name, network="MobileNetV2", file_name=file_name,
                                  url=WEIGHTS_BASE_URL + file_name)
 
 
-def _mobilenet_encoder(input_shape: tuple, alpha: float, weights) -> tuple[keras.Model, dict]:
-    """MobileNetV2 cut at the four skips and the bridge, with weights loaded when asked."""
+def mobilenet_v2_backbone(input_shape: tuple, alpha: float, weights,
+                          model_name: str = MODEL_NAME) -> tuple[keras.Model, dict]:
+    """``keras.applications.MobileNetV2(include_top=False)`` with ImageNet weights from a local file when asked.
+
+    Shared by the MobileNetV2 U-Net (which cuts it at its skips) and the MobileNetV2 crop classifier
+    (:mod:`lungkit.models.mobilenet_classifier`, which pools its last feature map).
+
+    Args:
+        input_shape: (height, width, 3).
+        alpha: width.
+        weights: None (random init) or the local notop file / its folder (see :func:`resolve_weights_path`).
+        model_name: prefix of the messages (the model asking).
+
+    Returns:
+        ``(mobilenet, status)``, status ``{"pretrained", "source", "sha256"}`` for the protocol.
+
+    Raises:
+        ValueError, FileNotFoundError: as :func:`resolve_weights_path`; ValueError for a file that does not fit.
+    """
     # Resolve first, so that a missing file fails before the network is built.
-    path = resolve_weights_path(weights, alpha, input_shape[0]) if weights is not None else None
+    path = resolve_weights_path(weights, alpha, input_shape[0], model_name) if weights is not None else None
     mobilenet = keras.applications.MobileNetV2(
         include_top=False, weights=None, input_shape=input_shape, alpha=alpha
     )
     status = {"pretrained": False, "source": None, "sha256": None}
     if path is not None:
-        load_local_weights(mobilenet, path, model_name=MODEL_NAME,
+        load_local_weights(mobilenet, path, model_name=model_name,
                            target=f"keras.applications.MobileNetV2(include_top=False, alpha={alpha})",
-                           expected=weights_file_name(alpha, input_shape[0]))
+                           expected=weights_file_name(alpha, input_shape[0], model_name))
         status = {"pretrained": True, "source": str(path.resolve()), "sha256": file_digest(path, "sha256")}
+    return mobilenet, status
+
+
+def _mobilenet_encoder(input_shape: tuple, alpha: float, weights) -> tuple[keras.Model, dict]:
+    """MobileNetV2 cut at the four skips and the bridge, with weights loaded when asked."""
+    mobilenet, status = mobilenet_v2_backbone(input_shape, alpha, weights)
     outputs = [mobilenet.get_layer(name).output for name in SKIP_LAYERS + (BRIDGE_LAYER,)]
     return keras.Model(mobilenet.input, outputs, name=ENCODER_NAME), status
 
