@@ -40,7 +40,8 @@ class Profile:
             slices keep the recipe's pixel scale and the model trains on patches of this side instead of
             downscaled slices (and predicts whole slices by sliding window).
         max_steps: the training budget in optimizer steps (the same for a small real dataset as for the phantom:
-            epochs follow from it and the dataset's size); None keeps the recipe's epochs.
+            epochs follow from it and the dataset's size, rounded up to whole epochs, so a recipe override is best a
+            multiple of ``max_steps_per_epoch``); None keeps the recipe's epochs.
         max_steps_per_epoch: cap on training steps per epoch (an "epoch" is then a checkpoint / log interval);
             None runs full epochs.
         max_train_seconds: wall-clock safety cap per training run; a run stopped by it says so in its protocol

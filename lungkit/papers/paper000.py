@@ -257,7 +257,7 @@ _VIT_QUICK_TIMING = (
     "nice 19 beside other jobs (load average about 3), 2026-11-30: tracing 21 s, then 0.17 s per step (median of 20 "
     "steps; mean 0.19, CT only); on CT + PET the 400 steps trained in 84 s including tracing and validation, and "
     "notebook 43 ran end to end in 2.0 min including the CT + PET conversion: within the quick budget, so the "
-    "profile's 400 steps are kept."
+    "profile's step budget is kept (400 steps then, 200 since the quick budget was halved)."
 )
 
 RECIPES["vit_segmenter"] = {

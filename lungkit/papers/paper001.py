@@ -292,11 +292,13 @@ RECIPES = {
             "resize, 16x16 patches of 16), "
             "SGD momentum (0.0, the Keras default), ReduceLROnPlateau patience and factor (Keras defaults 10 and 0.1), "
             "input channels (1), intensity mapping (HU window [-1000, 400] -> [0, 1]). Departure at the quick "
-            "profile (profile_overrides): 100 optimizer steps instead of the profile's 200, because a step of this "
+            "profile (profile_overrides): 120 optimizer steps (three 40-step epochs) instead of the profile's 200, "
+            "because a step of this "
             "model (128 px patches, batch 8) was measured at 1.37 s on the 2-core CI machine, 2.5 times the U-Net's "
-            "0.55 s; the quick number is the model after 100 steps and says only that it trains."
+            "0.55 s. Measured at quick on the phantom: Dice 0.00 after these 120 steps (0.08 after 400), and 0.00 with "
+            "SGD momentum 0.9; the quick number says only that the model runs."
         ),
-        "profile_overrides": {"quick": {"max_steps": 100}},
+        "profile_overrides": {"quick": {"max_steps": 120}},
     },
     "resnet50_unet": {
         "model": "resnet50_unet",
@@ -329,12 +331,13 @@ RECIPES = {
             "the paper: BatchNorm momentum 0.9 everywhere (PyTorch's default 0.1 in Keras terms: the paper trained in "
             "PyTorch; Keras' 0.99 left the inference-mode model predicting nothing after a few hundred steps) and the "
             "head's bias started at the foreground prior p = 0.01 (smp starts near p = 0.5). Departure at the quick "
-            "profile (profile_overrides): 100 optimizer steps instead of the profile's 200, because on the 2-core CI "
+            "profile (profile_overrides): 120 optimizer steps (three 40-step epochs) instead of the profile's 200, "
+            "because on the 2-core CI "
             "machine a step (128 px patches, batch 8, the whole ResNet50 encoder) was measured at 1.8 s, 3.3 times "
-            "the U-Net's 0.55 s, after 106 s of tracing; the quick number is the model after 100 steps and says only "
-            "that it trains."
+            "the U-Net's 0.55 s, after 106 s of tracing. Measured at quick on the phantom: Dice 0.05 after these 120 "
+            "steps (0.16 after 400), 0.00 with Adam 1e-3; on the LIDC sample (fold A) 0.29 after 120."
         ),
-        "profile_overrides": {"quick": {"max_steps": 100}},
+        "profile_overrides": {"quick": {"max_steps": 120}},
     },
 }
 
