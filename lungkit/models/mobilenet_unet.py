@@ -46,7 +46,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from lungkit.models.blocks import KERNEL_INITIALIZER, prior_bias_initializer, resolve_config
+from lungkit.models.blocks import BATCH_NORM_MOMENTUM, KERNEL_INITIALIZER, prior_bias_initializer, resolve_config
 from lungkit.models.local_weights import (
     STATUS_ATTRIBUTE,
     file_digest,
@@ -70,8 +70,8 @@ IMAGENET_ROWS = (96, 128, 160, 192, 224)
 
 INPUT_SCALINGS = (None, "unit_to_symmetric")
 
-#: Keras' ``momentum`` for BatchNorm equivalent to PyTorch's default (see the module docstring and resnet_unet).
-BATCH_NORM_MOMENTUM = 0.9
+# BATCH_NORM_MOMENTUM (0.9, from lungkit.models.blocks): Keras' ``momentum`` for BatchNorm equivalent to PyTorch's
+# default (see the module docstring and resnet_unet).
 
 CONFIGS = {
     # For tests: the narrowest ImageNet width and a narrow decoder.

@@ -47,7 +47,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from lungkit.models.blocks import conv_block, prior_bias_initializer, resolve_config
+from lungkit.models.blocks import BATCH_NORM_MOMENTUM, conv_block, prior_bias_initializer, resolve_config
 from lungkit.models.local_weights import (
     STATUS_ATTRIBUTE,
     file_digest,
@@ -70,8 +70,9 @@ WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
 #: Keras' ``momentum`` equivalent to PyTorch's default BatchNorm ``momentum=0.1`` (running = 0.9 running + 0.1
 #: batch). Paper 001 trained smp's model in PyTorch; Keras' default 0.99 makes the moving statistics lag ten times
 #: longer, and in our quick CPU runs (400 steps from scratch) the inference-mode model then predicted nothing while
-#: the training-mode one was learning (validation Dice 0.00 vs 0.18 with 0.9 after 160 steps).
-PYTORCH_BATCH_NORM_MOMENTUM = 0.9
+#: the training-mode one was learning (validation Dice 0.00 vs 0.18 with 0.9 after 160 steps). The kit's conv
+#: blocks use the same value for the same reason (``blocks.BATCH_NORM_MOMENTUM``).
+PYTORCH_BATCH_NORM_MOMENTUM = BATCH_NORM_MOMENTUM
 
 CONFIGS = {
     # For tests: ResNet50 stays ResNet50 (23.6M encoder weights); only the decoder and the input are small.
