@@ -372,7 +372,7 @@ class SegmentationExperiment:
         Args:
             model: the trained model (the best checkpoint when :meth:`train` restored it).
             robustness: also compute paper 004's robustness to intensity variation (6 extra test passes, most of
-                the evaluation's time); None (the default): only when one of the paper's tables prints it.
+                the evaluation's time); None (the default): only when a table this result fills prints it.
             notes: free text added to the protocol.
             lung_margin_px: keep predictions only inside each slice's lungs found from HU, grown by this many
                 pixels (:func:`lungkit.postprocess.restrict_to_lungs`); None (the default, as in the papers): no
