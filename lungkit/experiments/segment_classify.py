@@ -409,11 +409,9 @@ class SegmentThenClassify:
                 ImageNet encoder from ``mobilenet_weights`` when given, trained by its recipe's fine-tuning
                 schedule; from scratch in one phase otherwise, see :func:`lungkit.training.train_in_phases`).
         """
-        import importlib
-
         import keras
 
-        from lungkit.models import build_model, get_builder
+        from lungkit.models import build_model, encoder_weights_status
         from lungkit.training import compile_model, train_in_phases
 
         if model_key not in CLASSIFIER_KEYS:
@@ -424,11 +422,7 @@ class SegmentThenClassify:
         overrides = {"weights": self.mobilenet_weights} if model_key == TRANSFER_KEY and self.mobilenet_weights else {}
         model = build_model(model_key, scale=recipe.model_scale or "paper",
                             input_shape=(self.crop_size, self.crop_size, 1), **overrides)
-        module = importlib.import_module(get_builder(model_key).__module__)
-        pretrained = module.encoder_weights_status(model) if hasattr(module, "encoder_weights_status") else None
-        if pretrained is not None and not pretrained.get("pretrained"):
-            print(f"No local ImageNet weights given: the {model_key} encoder trains from scratch (recorded in the "
-                  "protocol).")
+        pretrained = encoder_weights_status(model_key, model)
         compile_model(model, recipe, steps, jit_compile=False, metrics=classifier_metrics)
         model_dir = self.run_dir / "models" / PAPER_ID / f"{model_key}_{self.segmentation_key}_{view}"
         fit = train_in_phases(model, recipe, train_ds, validation_ds, model_dir,

@@ -253,18 +253,10 @@ class SegmentationExperiment:
         self.recipe = self.recipe.with_step_budget(steps)
         # the cosine schedule needs the number of optimizer steps in advance
         model = build_for_training(self.recipe, steps_per_epoch=steps, **overrides)
-        self.pretrained = None
         # models with a pretrainable encoder (ResNet50-UNet, MobileNetV2 U-Net) record what it started from
-        import importlib
+        from lungkit.models import encoder_weights_status
 
-        from lungkit.models import get_builder
-
-        module = importlib.import_module(get_builder(self.recipe.model).__module__)
-        if hasattr(module, "encoder_weights_status"):
-            self.pretrained = module.encoder_weights_status(model)
-            if not self.pretrained.get("pretrained"):
-                print(f"No local ImageNet weights given: the {self.recipe.model} encoder trains from scratch "
-                      "(recorded in the protocol).")
+        self.pretrained = encoder_weights_status(self.recipe.model, model)
         return model
 
     def train(self, model, train_ds=None, validation_ds=None, verbose="auto"):

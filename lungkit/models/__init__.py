@@ -101,3 +101,22 @@ def build_model(name: str, scale: str = "paper", input_shape=None, **overrides):
         An uncompiled ``keras.Model``.
     """
     return get_builder(name)(scale=scale, input_shape=input_shape, **overrides)
+
+
+def encoder_weights_status(name: str, model) -> dict | None:
+    """What the pretrainable encoder of a built registry model started from, for a result's protocol.
+
+    Models with a ``keras.applications`` encoder (ResNet50-UNet, MobileNetV2 U-Net and classifier) report it through
+    their file's ``encoder_weights_status``; when it trains from scratch this says so once on stdout, as the
+    protocol will.
+
+    Returns:
+        The model file's status dict (``pretrained``, ``source``, ...), or None for a model without such an encoder.
+    """
+    module = importlib.import_module(get_builder(name).__module__)
+    if not hasattr(module, "encoder_weights_status"):
+        return None
+    status = module.encoder_weights_status(model)
+    if not status.get("pretrained"):
+        print(f"No local ImageNet weights given: the {name} encoder trains from scratch (recorded in the protocol).")
+    return status
