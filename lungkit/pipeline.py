@@ -131,12 +131,15 @@ def make_dataset(
     manifest = kit_dataset.read_manifest(dataset_dir, split)
     if manifest.empty:
         raise ValueError(f"{dataset_dir}: split {split!r} has no rows")
-    if with_pet and "pet_path" not in manifest:
-        raise ValueError(f"{dataset_dir} has no PET channel (no pet_path column): 2 input channels need a CT + PET "
-                         "kit dataset (lungkit.data.petct_kit.prepare_petct_dataset)")
-    if with_pet and augment:
-        raise ValueError("on-the-fly augmentation warps the CT only; with a PET channel train on patches "
-                         "(flips and quarter turns of both channels) or without augment")
+    if with_pet:
+        from lungkit.data.petct_kit import absolute_pet_paths
+
+        if "pet_path" not in manifest:
+            raise ValueError(f"{dataset_dir} has no PET channel (no pet_path column): 2 input channels need a CT + "
+                             "PET kit dataset (lungkit.data.petct_kit.prepare_petct_dataset)")
+        if augment:
+            raise ValueError("on-the-fly augmentation warps the CT only; with a PET channel train on patches "
+                             "(flips and quarter turns of both channels) or without augment")
     if image_size is None:
         sizes = set(zip(manifest["height"].astype(int), manifest["width"].astype(int)))
         if len(sizes) != 1:
@@ -190,8 +193,7 @@ def make_dataset(
             "mask": manifest["mask_path"].astype(str).to_numpy(),
             "lung": manifest["lung_path"].astype(str).to_numpy(),
             "id": manifest["id"].astype(str).to_numpy(),
-            **({"pet": np.array([str(Path(dataset_dir) / path) if isinstance(path, str) and path else ""
-                                 for path in manifest["pet_path"]])} if with_pet else {}),
+            **({"pet": np.array(absolute_pet_paths(manifest, dataset_dir))} if with_pet else {}),
         }
     )
     dataset = paths

@@ -404,11 +404,15 @@ def read_petct_row(row) -> dict:
 
 def read_petct_manifest(dataset_dir: str | os.PathLike, split: str | None = None) -> pd.DataFrame:
     """The manifest (:func:`~lungkit.data.kit_dataset.read_manifest`) with ``pet_path`` made absolute too."""
-    dataset_dir = Path(dataset_dir)
     manifest = kit_dataset.read_manifest(dataset_dir, split)
-    manifest["pet_path"] = [str(dataset_dir / p) if isinstance(p, str) and p else "" for p in
-                            manifest["pet_path"].fillna("")]
+    manifest["pet_path"] = absolute_pet_paths(manifest, dataset_dir)
     return manifest
+
+
+def absolute_pet_paths(manifest: pd.DataFrame, dataset_dir: str | os.PathLike) -> list[str]:
+    """The manifest's ``pet_path`` column made absolute; "" for a slice without PET (a CT-only study)."""
+    dataset_dir = Path(dataset_dir)
+    return [str(dataset_dir / p) if isinstance(p, str) and p else "" for p in manifest["pet_path"].fillna("")]
 
 
 def histology_table(dataset_dir: str | os.PathLike) -> pd.DataFrame:
@@ -467,6 +471,7 @@ __all__ = [
     "PET_DIR",
     "PET_ENCODING",
     "PET_SUV_SCALE",
+    "absolute_pet_paths",
     "compare_mask_methods",
     "convert_petct_to_kit",
     "histology_table",
