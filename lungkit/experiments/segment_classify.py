@@ -51,41 +51,79 @@ CLASSIFIER_NAMES = {CLASSIFIER_KEY: "Crop CNN", TRANSFER_KEY: "MobileNetV2 trans
 SEGMENTATION_KEYS = ("mobilenetv2_unet", "cnn_from_scratch")
 CLASSIFICATION_TABLE = "lungkit_classification"
 
-#: Named benign (0) / malignant (1) rules on Lung-RADS classes. PROXY labels: Lung-RADS grades suspicion, mostly by
-#: nodule size, not biology.
+#: Named 0/1 label rules. The Lung-RADS rules are benign (0) / malignant (1) PROXY labels on Lung-RADS classes:
+#: Lung-RADS grades suspicion, mostly by nodule size, not biology. ``adenocarcinoma_vs_other`` is a HISTOLOGY rule on
+#: Lung-PET-CT-Dx's histology letters (:data:`lungkit.data.petct.HISTOLOGY`), where every subject has cancer: it
+#: separates cancer types, not benign from malignant.
 LABEL_RULES = {
     "lr23_vs_lr4": {"LR2": 0, "LR3": 0, "LR4A": 1, "LR4B": 1},
     "lr234a_vs_lr4b": {"LR2": 0, "LR3": 0, "LR4A": 0, "LR4B": 1},
+    "adenocarcinoma_vs_other": {"A": 1, "B": 0, "E": 0, "G": 0},
 }
 DEFAULT_LABEL_RULE = "lr23_vs_lr4"
 LABEL_RULE_TEXT = {
     "lr23_vs_lr4": "Lung-RADS PROXY: LR2/LR3 = benign-like (0), LR4A/LR4B = suspicious (1)",
     "lr234a_vs_lr4b": "Lung-RADS PROXY: LR2/LR3/LR4A = 0, LR4B = suspicious (1)",
+    "adenocarcinoma_vs_other": (
+        "HISTOLOGY, not malignancy (Lung-PET-CT-Dx: every subject has cancer): A adenocarcinoma = 1; B small cell, "
+        "E large cell and G squamous cell carcinoma = 0"
+    ),
+}
+#: What each rule's keys are, and so which kit dataset it belongs to: ``lungrads`` (the Lung-RADS kit dataset's
+#: ``label1``) or ``histology`` (the Lung-PET-CT-Dx kit dataset's ``label1``, the subject's histology letter).
+LABEL_RULE_KINDS = {
+    "lr23_vs_lr4": "lungrads",
+    "lr234a_vs_lr4b": "lungrads",
+    "adenocarcinoma_vs_other": "histology",
+}
+_KIND_NAMES = {
+    "lungrads": "Lung-RADS classes (the Lung-RADS kit dataset)",
+    "histology": "Lung-PET-CT-Dx histology letters (the Lung-PET-CT-Dx kit dataset)",
 }
 CROP_INPUTS = ("image", "mask", "image_x_mask")
 MASK_SOURCES = ("ground_truth", "predicted")
 SIZE_BASELINE = "size_baseline"
 
 
+def is_histology_rule(rule: str) -> bool:
+    """Whether a label rule maps Lung-PET-CT-Dx histology letters (else Lung-RADS classes).
+
+    Raises:
+        ValueError: for an unknown rule.
+    """
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {rule!r}; rules: {sorted(LABEL_RULES)}")
+    return LABEL_RULE_KINDS[rule] == "histology"
+
+
 def lungrads_labels(lungrads, rule: str = DEFAULT_LABEL_RULE) -> np.ndarray:
-    """0/1 labels of Lung-RADS classes by a named rule.
+    """0/1 labels of a kit dataset's ``label1`` values by a named rule.
+
+    The name predates the histology rule: ``lungrads`` holds Lung-RADS classes for a Lung-RADS rule and histology
+    letters for a histology rule (:data:`LABEL_RULE_KINDS`).
 
     Args:
-        lungrads: Lung-RADS class per case (``LR2`` ... ``LR4B``).
+        lungrads: Lung-RADS class (``LR2`` ... ``LR4B``) or histology letter (``A``, ``B``, ``E``, ``G``) per case.
         rule: a key of :data:`LABEL_RULES`.
 
     Returns:
         int64 array.
 
     Raises:
-        ValueError: unknown rule, or a class the rule does not map.
+        ValueError: unknown rule, or a value the rule does not map (e.g. a Lung-RADS rule on histology letters):
+            the message names the rule, what it maps and what it found.
     """
     if rule not in LABEL_RULES:
         raise ValueError(f"unknown label rule {rule!r}; rules: {sorted(LABEL_RULES)}")
     mapping = LABEL_RULES[rule]
     unknown = sorted(set(lungrads) - set(mapping))
     if unknown:
-        raise ValueError(f"label rule {rule!r} maps {sorted(mapping)}, not {unknown}")
+        kind = LABEL_RULE_KINDS[rule]
+        others = sorted(name for name, other in LABEL_RULE_KINDS.items() if other != kind)
+        raise ValueError(
+            f"label rule {rule!r} maps {_KIND_NAMES[kind]} {sorted(mapping)}, not {unknown}; is this the other "
+            f"dataset? Its rules: {others}"
+        )
     return np.asarray([mapping[value] for value in lungrads], dtype=np.int64)
 
 
@@ -198,11 +236,13 @@ class TumourSlices:
 
     Args:
         ids: slice ids (the manifest's ``id``).
-        lungrads: Lung-RADS class per slice.
+        lungrads: the manifest's ``label1`` per slice: the Lung-RADS class, or on a Lung-PET-CT-Dx kit dataset the
+            histology letter.
         labels: 0/1 by the label rule.
         images: ``(n, s, s)`` in [0, 1] (HU window [-1000, 400]).
         masks: ground-truth masks ``(n, s, s)``.
         probabilities: the segmentation's tumour probabilities (test split only), else None.
+        patients: the manifest's ``patient`` per slice where it has that column (Lung-PET-CT-Dx), else None.
     """
 
     ids: list
@@ -211,6 +251,7 @@ class TumourSlices:
     images: np.ndarray
     masks: np.ndarray
     probabilities: np.ndarray | None = None
+    patients: list | None = None
 
     def predicted_masks(self) -> np.ndarray:
         if self.probabilities is None:
@@ -220,29 +261,37 @@ class TumourSlices:
 
 def load_tumour_slices(dataset_dir, split: str, slice_size: int, label_rule: str = DEFAULT_LABEL_RULE,
                        probabilities=None) -> TumourSlices:
-    """The slices of one split of a Lung-RADS kit dataset that hold a ground-truth tumour.
+    """The slices of one split of a kit dataset that hold a ground-truth tumour.
+
+    Works on the Lung-RADS kit dataset and on the Lung-PET-CT-Dx one (:mod:`lungkit.data.petct_kit`), of which only
+    the CT channel is read (the PET channel is left out: the crops are CT crops either way).
 
     Args:
-        dataset_dir: a Lung-RADS kit dataset (phantom or real).
+        dataset_dir: a Lung-RADS or Lung-PET-CT-Dx kit dataset (phantom or real).
         split: ``train``, ``val`` or ``test``.
         slice_size: side the slices are resized to (the segmentation's pixel scale).
-        label_rule: a key of :data:`LABEL_RULES`.
+        label_rule: a key of :data:`LABEL_RULES` that maps this dataset's ``label1`` values.
         probabilities: ``(n, s, s)`` tumour probabilities of every slice of the split (manifest order), kept for
             the slices with a tumour; None for none.
 
     Returns:
         :class:`TumourSlices` with images in [0, 1] (HU window [-1000, 400]).
+
+    Raises:
+        ValueError: for a label rule that does not map the dataset's ``label1`` values (see :func:`lungrads_labels`),
+            or an empty split.
     """
     from lungkit.pipeline import load_split_arrays
 
     images, masks, manifest = load_split_arrays(dataset_dir, split, "hu_window_unit", slice_size, 1)
     images, masks = images[..., 0], (masks[..., 0] > 0.5).astype(np.uint8)
     keep = masks.reshape(len(masks), -1).any(axis=1)
-    lungrads = manifest["label1"].to_numpy()[keep]
+    lungrads = manifest["label1"].astype(str).to_numpy()[keep]
     return TumourSlices(
         ids=manifest["id"].astype(str).to_numpy()[keep].tolist(), lungrads=lungrads,
         labels=lungrads_labels(lungrads, label_rule), images=images[keep], masks=masks[keep],
         probabilities=None if probabilities is None else np.asarray(probabilities)[keep],
+        patients=manifest["patient"].astype(str).to_numpy()[keep].tolist() if "patient" in manifest else None,
     )
 
 
@@ -279,6 +328,11 @@ class SegmentThenClassify:
             raise ValueError(f"segmentation_key must be one of {SEGMENTATION_KEYS}, got {self.segmentation_key!r}")
         if self.label_rule not in LABEL_RULES:
             raise ValueError(f"unknown label rule {self.label_rule!r}; rules: {sorted(LABEL_RULES)}")
+        if is_histology_rule(self.label_rule):
+            # this experiment classifies Lung-RADS crops; histology is paper 000's self-supervised task
+            raise ValueError(f"label rule {self.label_rule!r} is a histology rule (Lung-PET-CT-Dx); segment-then-"
+                             f"classify runs on the Lung-RADS kit dataset: use {DEFAULT_LABEL_RULE!r} or another "
+                             "Lung-RADS rule")
         self.run_dir = Path(self.run_dir)
         self.settings = get_profile(self.profile)
         baselines = papers.get_paper(PAPER_ID).BASELINES
@@ -536,6 +590,7 @@ __all__ = [
     "CROP_INPUTS",
     "DEFAULT_LABEL_RULE",
     "LABEL_RULES",
+    "LABEL_RULE_KINDS",
     "MASK_SOURCES",
     "SegmentThenClassify",
     "TRANSFER_KEY",
@@ -544,6 +599,7 @@ __all__ = [
     "crop_views",
     "equivalent_diameter_px",
     "fit_size_threshold",
+    "is_histology_rule",
     "load_tumour_slices",
     "lungrads_labels",
     "mask_centres",
