@@ -12,8 +12,19 @@ contrastive pretraining with SimCLR":
    probe** (pretrained encoder frozen, one sigmoid unit trained), **fine-tuning** (the pretrained encoder trains
    too) and the **same network from scratch**; each scored on the test split's ground-truth crops.
 
-Labels: the Lung-RADS PROXY (:mod:`lungkit.experiments.segment_classify`), because the Lung-RADS data has no
-malignancy; the paper's own data (Lung-PET-CT-Dx) has no benign class at all. Settings: ``paper000.SELF_SUPERVISED``.
+Two tasks, chosen by the label rule (:data:`lungkit.experiments.segment_classify.LABEL_RULES`):
+
+- **Lung-RADS** (default ``lr23_vs_lr4``): the Lung-RADS kit dataset and its given split, with the Lung-RADS PROXY
+  label, because the Lung-RADS data has no malignancy. Results ``results/paper000/ssl_<mode>_<percent>pct``.
+- **Histology** (``adenocarcinoma_vs_other``): the paper's own data, Lung-PET-CT-Dx, has no benign class at all, so
+  there the task is the documented alternative, adenocarcinoma vs the other histologies (the subject's letter), on
+  the Lung-PET-CT-Dx kit dataset (:func:`lungkit.data.petct_kit.prepare_petct_dataset`; its phantom without data):
+  CT crops only (no PET channel), its split by patient, stratified by histology. Results
+  ``results/paper000/ssl_histology_<mode>_<percent>pct`` in their own lungkit table; they measure histology, never
+  benign / malignant. A test split with one class only (the smoke phantom has four subjects, one in test) measures
+  nothing: its rows are written as ``wiring_only``.
+
+Settings: ``paper000.SELF_SUPERVISED`` (its ``histology`` entry for the histology task).
 """
 
 from __future__ import annotations
@@ -159,8 +170,13 @@ class SelfSupervisedClassifier:
         profile: ``smoke``, ``quick`` or ``paper``; the step budgets are capped by the profile's ``max_steps``.
         run_dir: the run's folder.
         seed: subset, augmentation, weights and bootstrap seed.
-        data_dir: Lung-RADS pickles ("" = the run's phantom).
-        label_rule: a key of ``segment_classify.LABEL_RULES``.
+        data_dir: Lung-RADS pickles ("" = the run's phantom); read for a Lung-RADS rule.
+        label_rule: a key of ``segment_classify.LABEL_RULES``; a histology rule (``adenocarcinoma_vs_other``) runs
+            the histology task on the Lung-PET-CT-Dx kit dataset.
+        petct_data_dir: the Lung-PET-CT-Dx collection folder ("" = the run's phantom); read for a histology rule.
+
+    Raises:
+        ValueError: for an unknown label rule.
     """
 
     profile: str
@@ -168,16 +184,23 @@ class SelfSupervisedClassifier:
     seed: int = 0
     data_dir: str = ""
     label_rule: str = "lr23_vs_lr4"
+    petct_data_dir: str = ""
     splits: dict = field(default_factory=dict, init=False)
 
     def __post_init__(self):
-        from lungkit.experiments.segment_classify import LABEL_RULES
+        from lungkit.experiments.segment_classify import is_histology_rule
 
-        if self.label_rule not in LABEL_RULES:
-            raise ValueError(f"unknown label rule {self.label_rule!r}; rules: {sorted(LABEL_RULES)}")
+        self.histology = is_histology_rule(self.label_rule)  # raises for an unknown rule
         self.run_dir = Path(self.run_dir)
         self.settings = get_profile(self.profile)
-        self.config = dict(papers.get_paper(PAPER_ID).SELF_SUPERVISED)
+        base = dict(papers.get_paper(PAPER_ID).SELF_SUPERVISED)
+        task_settings = base.pop("histology")
+        # the histology task shares the recipe; its table, row, notes and result keys are its own
+        self.config = {**base, **task_settings} if self.histology else base
+        self.result_prefix = self.config.get("result_prefix", "ssl")
+        # per split: the label1 value (Lung-RADS class or histology letter) and the patient of each crop
+        self.source_classes, self.patients = {}, {}
+        self.test_single_class = False
         cap = self.settings.max_steps
         self.pretraining_steps = min(self.config["pretraining_steps"], cap) if cap else self.config["pretraining_steps"]
         self.downstream_steps = min(self.config["downstream_steps"], cap) if cap else self.config["downstream_steps"]
@@ -192,19 +215,44 @@ class SelfSupervisedClassifier:
 
     # -- data -----------------------------------------------------------------------------------------------------
     def prepare_data(self) -> dict:
-        """Ground-truth tumour crops (``image`` view) of train / val / test: ``{split: (crops, labels, ids)}``."""
-        from lungkit.data.prepare import prepare_lungrads_dataset
+        """Ground-truth tumour crops (``image`` view, CT only) of train / val / test: ``{split: (crops, labels, ids)}``.
+
+        A Lung-RADS rule reads the Lung-RADS kit dataset; a histology rule the Lung-PET-CT-Dx kit dataset (built from
+        ``petct_data_dir`` or the phantom), whose split is by patient. An empty split (the smoke phantom of
+        Lung-PET-CT-Dx has no validation subject) gives no crops; nothing here trains on the validation split.
+
+        Raises:
+            ValueError: when the training split lacks a class, or (Lung-RADS) the test split does.
+        """
+        from lungkit.data import kit_dataset
         from lungkit.experiments.segment_classify import crop_views, load_tumour_slices, mask_centres
 
-        self.dataset_dir = prepare_lungrads_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
+        if self.histology:
+            from lungkit.data.petct_kit import prepare_petct_dataset
+
+            self.dataset_dir = prepare_petct_dataset(self.petct_data_dir or None, self.run_dir, self.profile,
+                                                     self.seed)
+        else:
+            from lungkit.data.prepare import prepare_lungrads_dataset
+
+            self.dataset_dir = prepare_lungrads_dataset(self.data_dir or None, self.run_dir, self.profile, self.seed)
         for split in ("train", "val", "test"):
+            if kit_dataset.read_manifest(self.dataset_dir, split).empty:
+                empty = np.zeros((0, self.crop_size, self.crop_size, 1), np.float32)
+                self.splits[split] = (empty, np.zeros(0, np.int64), [])
+                self.source_classes[split], self.patients[split] = np.array([], str), []
+                continue
             part = load_tumour_slices(self.dataset_dir, split, self.slice_size, self.label_rule)
             centres, _ = mask_centres(part.masks)
             crops = crop_views(part.images, part.masks, centres, self.crop_size, "image")
             self.splits[split] = (crops, part.labels, part.ids)
-        for split in ("train", "test"):
-            if len(set(self.splits[split][1].tolist())) < 2:
-                raise ValueError(f"{self.dataset_dir}: the {split} split lacks one class under {self.label_rule!r}")
+            self.source_classes[split], self.patients[split] = part.lungrads, part.patients or []
+        if len(set(self.splits["train"][1].tolist())) < 2:
+            raise ValueError(f"{self.dataset_dir}: the train split lacks one class under {self.label_rule!r}")
+        self.test_single_class = len(set(self.splits["test"][1].tolist())) < 2
+        if self.test_single_class and not self.histology:
+            raise ValueError(f"{self.dataset_dir}: the test split lacks one class under {self.label_rule!r}")
+        # a split by patient with few patients can leave one class out of test: the rows are then wiring only
         return self.splits
 
     def pretraining_images(self) -> tuple[np.ndarray, list]:
@@ -223,7 +271,8 @@ class SelfSupervisedClassifier:
         import keras
         import tensorflow as tf
 
-        folder = self.run_dir / "models" / PAPER_ID / "simclr"
+        # the histology task pretrains on other crops: its encoder must never be reused for the Lung-RADS task
+        folder = self.run_dir / "models" / PAPER_ID / ("simclr_histology" if self.histology else "simclr")
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / (f"encoder_{self.pretraining_steps}steps_batch{self.pretraining_batch_size}_seed{self.seed}"
                             ".weights.h5")
@@ -253,6 +302,8 @@ class SelfSupervisedClassifier:
     def train_downstream(self, mode: str, fraction: float, pretrained_encoder=None, verbose=0):
         """One classifier: ``mode`` in :data:`MODES`, trained on a stratified ``fraction`` of the training labels.
 
+        The training crops' ids are kept in ``downstream_ids[(mode, fraction)]`` (the leakage tests read them).
+
         Returns:
             The trained ``keras.Model`` (crops -> probability of class 1).
 
@@ -267,7 +318,7 @@ class SelfSupervisedClassifier:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "from_scratch" and pretrained_encoder is None:
             raise ValueError(f"mode {mode!r} needs the pretrained encoder")
-        crops, labels, _ = (self.splits or self.prepare_data())["train"]
+        crops, labels, ids = (self.splits or self.prepare_data())["train"]
         subset = label_subset(labels, fraction, self.seed)
         index = subset[balanced_indices(labels[subset], self.seed)]
         keras.utils.set_random_seed(self.seed)
@@ -286,10 +337,23 @@ class SelfSupervisedClassifier:
         model.fit(dataset, steps_per_epoch=steps_per_epoch, epochs=math.ceil(self.downstream_steps / steps_per_epoch),
                   verbose=verbose)
         self.labels_used = {**getattr(self, "labels_used", {}), (mode, fraction): int(len(subset))}
+        self.downstream_ids = {**getattr(self, "downstream_ids", {}), (mode, fraction): [ids[i] for i in index]}
         return model
 
+    @property
+    def status(self) -> str:
+        """``measured``, or ``wiring_only`` for a histology test split with one class (nothing can be measured)."""
+        return "wiring_only" if self.histology and self.test_single_class else "measured"
+
+    def result_key(self, mode: str, fraction: float) -> str:
+        """``ssl_<mode>_<percent>pct`` (Lung-RADS) or ``ssl_histology_<mode>_<percent>pct`` (histology)."""
+        return f"{self.result_prefix}_{mode}_{int(round(100 * fraction))}pct"
+
     def evaluate(self, model, mode: str, fraction: float):
-        """Score one classifier on the test crops; writes ``results/paper000/ssl_<mode>_<percent>pct``.
+        """Score one classifier on the test crops; writes ``results/paper000/<result_key>`` (:meth:`result_key`).
+
+        The histology task scores per histology letter too (``per_class``); when its test split holds one class
+        only, the result is written with status ``wiring_only`` (no report shows its numbers).
 
         Returns:
             ``(per_case, summary)``.
@@ -300,16 +364,37 @@ class SelfSupervisedClassifier:
 
         crops, labels, ids = self.splits["test"]
         scores = np.asarray(model.predict(crops, batch_size=self.batch_size, verbose=0), np.float64)[:, 0]
-        per_case, summary = evaluate_classification(labels, scores, ids=ids, seed=self.seed)
+        per_case, summary = evaluate_classification(
+            labels, scores, ids=ids, seed=self.seed,
+            labels=list(self.source_classes["test"]) if self.histology else None)
         percent = int(round(100 * fraction))
+        labelled = (f"{self.labels_used.get((mode, fraction))} labelled training crops ({percent}%, stratified, "
+                    "balanced by oversampling); one test case per tumour slice")
+        if self.histology:
+            test_patients = sorted(set(self.patients["test"]))
+            split = ("the Lung-PET-CT-Dx kit dataset's split BY PATIENT (subject), stratified by histology letter: no "
+                     "patient on two sides; pretraining on unlabelled training-split crops only; "
+                     f"{labelled}, from {len(test_patients)} test patient(s); CT crops only")
+        else:
+            split = ("the dataset's given train / test split; pretraining on unlabelled training-split crops only; "
+                     + labelled)
+        rule_text = f"{self.label_rule}: {LABEL_RULE_TEXT[self.label_rule]}"
+        notes = self.config["notes"]
+        if self.histology:
+            from lungkit.data.petct_kit import mask_source_flag
+
+            # protocol_line prints the notes, not label_rule: the rule and the box-derived masks go there too
+            notes = " ".join(x for x in (f"Label rule {rule_text}.", mask_source_flag(self.dataset_dir), notes) if x)
+            if self.test_single_class:
+                notes = ("WIRING ONLY: the test split holds one class only "
+                         f"({sorted(set(self.source_classes['test'].tolist()))}), so no number here measures "
+                         "anything. " + notes)
         protocol = {
             "profile": self.profile,
-            "model": f"crop_cnn_classifier encoder, {mode}",
+            "model": f"crop_cnn_classifier encoder, {mode}" + (", CT crops only" if self.histology else ""),
             "model_scale": self.scale,
             "data_source": read_dataset_info(self.dataset_dir).get("data_source", "unknown"),
-            "split": ("the dataset's given train / test split; pretraining on unlabelled training-split crops only; "
-                      f"{self.labels_used.get((mode, fraction))} labelled training crops ({percent}%, stratified, "
-                      "balanced by oversampling); one test case per tumour slice"),
+            "split": split,
             "image_size": self.crop_size,
             "epochs": None,
             "seed": self.seed,
@@ -321,16 +406,50 @@ class SelfSupervisedClassifier:
                           if mode != "from_scratch" else
                           f"adam lr={self.config['downstream_learning_rate']:g}, {self.downstream_steps} steps, last "
                           "weights, no pretraining"),
-            "label_rule": f"{self.label_rule}: {LABEL_RULE_TEXT[self.label_rule]}",
+            "label_rule": rule_text,
             "label_fraction": fraction,
             "postprocess": "none",
-            "notes": self.config["notes"],
+            "notes": notes,
         }
         row = self.config["row"].format(mode=mode.replace("_", " "), percent=percent)
-        write_results(self.run_dir / "results" / PAPER_ID / f"ssl_{mode}_{percent}pct", per_case, summary,
+        write_results(self.run_dir / "results" / PAPER_ID / self.result_key(mode, fraction), per_case, summary,
                       paper=PAPER_ID, tables=[self.config["table"]], row=row, model="crop_cnn_classifier",
-                      task="classification", protocol=protocol, dataset_dir=self.dataset_dir)
+                      task="classification", protocol=protocol, status=self.status, dataset_dir=self.dataset_dir)
         return per_case, summary
+
+    def run(self, fractions=None, modes=MODES, verbose=0):
+        """The whole experiment: pretraining, then every mode at every label fraction, each scored and written.
+
+        Args:
+            fractions: label fractions; None for the settings' ``label_fractions``.
+            modes: a subset of :data:`MODES`.
+            verbose: Keras verbosity.
+
+        Returns:
+            One row per classifier: labels, labelled crops, mode, result key, status, AUC (with its 95% CI),
+            accuracy, sensitivity and specificity.
+        """
+        import pandas as pd
+
+        if not self.splits:
+            self.prepare_data()
+        encoder, _ = self.pretrain(verbose=verbose)
+        rows = []
+        for fraction in fractions or self.config["label_fractions"]:
+            for mode in modes:
+                model = self.train_downstream(mode, fraction, pretrained_encoder=encoder, verbose=verbose)
+                _, summary = self.evaluate(model, mode, fraction)
+                metrics = summary["metrics"]
+                rows.append({
+                    "labels": f"{fraction:.0%}", "labelled crops": self.labels_used[(mode, fraction)], "mode": mode,
+                    "result": self.result_key(mode, fraction),
+                    "status": self.status,
+                    "auc": metrics["roc_auc"]["mean"],
+                    "auc 95% CI": (metrics["roc_auc"]["ci_low"], metrics["roc_auc"]["ci_high"]),
+                    "accuracy": metrics["accuracy"]["mean"], "sensitivity": metrics["sensitivity"]["mean"],
+                    "specificity": metrics["specificity"]["mean"],
+                })
+        return pd.DataFrame(rows)
 
 
 __all__ = [

@@ -321,7 +321,30 @@ SELF_SUPERVISED = {
         "labels, against the same network from scratch with the same labels. Adam 1e-3 downstream for all three, "
         "fixed step budgets (the profile's) and the last weights, no early stopping. Data: the Lung-RADS kit "
         "dataset with the Lung-RADS PROXY label (LR2/LR3 vs LR4A/LR4B). The paper's data, Lung-PET-CT-Dx, has "
-        "no benign class: there the documented alternative task is histology (adenocarcinoma vs other), not "
-        "built in lungkit yet."
+        "no benign class: there lungkit runs the documented alternative task, histology (adenocarcinoma vs other), "
+        "as its own rows (the 'histology' settings below)."
     ),
+    # The same recipe on the paper's own collection, where benign / malignant does not exist: the label is the
+    # subject's histology letter. Its rows are filed apart (result keys ssl_histology_<mode>_<percent>pct, their own
+    # lungkit table) so that they are never read as the benign / malignant classifier.
+    "histology": {
+        "label_rule": "adenocarcinoma_vs_other",
+        "table": "lungkit_selfsupervised_histology",
+        "result_prefix": "ssl_histology",
+        "row": ("Self-supervised (SimCLR) crop classifier, HISTOLOGY adenocarcinoma vs other (not benign/malignant), "
+                "{mode}, {percent}% of the labels (lungkit; no number printed)"),
+        "notes": (
+            "Paper 000's abstract names a 'self-supervised' benign/malignant classifier (lines 11-12) and prints no "
+            "detail and no number; its data, Lung-PET-CT-Dx, has no benign class (every subject has cancer). "
+            "lungkit runs the documented alternative task on that collection instead: HISTOLOGY, adenocarcinoma "
+            "(A) vs the other types (B small cell, E large cell, G squamous cell), the subject's letter. These "
+            "numbers say nothing about benign vs malignant. Same recipe as the Lung-RADS rows (SimCLR, NT-Xent at "
+            "temperature 0.1, linear probe / fine-tuning / from scratch with 10, 50 and 100% of the training "
+            "labels, fixed step budgets, last weights), on ground-truth CT crops (the PET channel is not used) of "
+            "the Lung-PET-CT-Dx kit dataset, whose masks come from the annotation boxes; the split is by patient "
+            "(subject), stratified by histology, so no patient's slices sit on both sides. When the test split "
+            "holds one class only (the smoke phantom's four subjects), nothing can be measured and the rows are "
+            "written as wiring only."
+        ),
+    },
 }
