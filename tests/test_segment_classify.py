@@ -36,6 +36,13 @@ def test_label_rules_are_named_and_strict():
         lungrads_labels(["LR5"])
 
 
+
+def test_segment_then_classify_refuses_the_histology_rule(tmp_path):
+    # its crops are Lung-RADS crops: a histology rule there would fail later, on the labels, far from the cause
+    with pytest.raises(ValueError, match="'adenocarcinoma_vs_other' is a histology rule"):
+        SegmentThenClassify("smoke", tmp_path, label_rule="adenocarcinoma_vs_other")
+
+
 def test_equivalent_diameter_is_the_disc_of_the_same_area():
     masks = np.zeros((3, 10, 10), np.uint8)
     masks[0, :2, :2] = 1  # area 4

@@ -1,14 +1,19 @@
 """Self-supervised classifier (paper 000): NT-Xent against a hand-computed value, stratified label subsets, a few
-contrastive steps that run and lower the loss, and a phantom run in which the pretraining sees only training crops."""
+contrastive steps that run and lower the loss, a phantom run in which the pretraining sees only training crops, and
+the histology task on the Lung-PET-CT-Dx phantom: its label rule, its patient-wise split kept in pretraining and
+downstream training, and its own result keys and report lines."""
 
 from __future__ import annotations
 
 import math
 
+import json
+
 import keras
 import numpy as np
 import pytest
 
+from lungkit.experiments.segment_classify import LABEL_RULE_TEXT, is_histology_rule, lungrads_labels
 from lungkit.experiments.selfsupervised import (
     SelfSupervisedClassifier,
     crop_encoder,
@@ -77,3 +82,79 @@ def test_pretraining_sees_only_training_crops(tmp_path):
     assert ids == list(splits["train"][2]) and not set(ids) & set(test_ids)
     seen = {crop.tobytes() for crop in crops}
     assert not any(crop.tobytes() in seen for crop in test_crops)
+
+
+HISTOLOGY_RULE = "adenocarcinoma_vs_other"
+
+
+def test_histology_rule_maps_the_letters_exactly():
+    assert lungrads_labels(["A", "B", "E", "G", "A"], HISTOLOGY_RULE).tolist() == [1, 0, 0, 0, 1]
+    assert is_histology_rule(HISTOLOGY_RULE) and not is_histology_rule("lr23_vs_lr4")
+    assert "HISTOLOGY, not malignancy" in LABEL_RULE_TEXT[HISTOLOGY_RULE]
+    with pytest.raises(ValueError, match=r"'adenocarcinoma_vs_other' maps .*\['A', 'B', 'E', 'G'\], not \['Q'\]"):
+        lungrads_labels(["A", "Q"], HISTOLOGY_RULE)
+
+
+def test_a_rule_on_the_other_datasets_labels_names_rule_mapping_and_finding():
+    with pytest.raises(ValueError) as error:
+        lungrads_labels(["A", "G"], "lr23_vs_lr4")
+    message = str(error.value)
+    assert "'lr23_vs_lr4'" in message and "['LR2', 'LR3', 'LR4A', 'LR4B']" in message and "['A', 'G']" in message
+    assert HISTOLOGY_RULE in message  # points at the rule for that dataset
+    with pytest.raises(ValueError, match=r"Lung-PET-CT-Dx histology letters .*not \['LR2'\]"):
+        lungrads_labels(["LR2"], HISTOLOGY_RULE)
+
+
+@pytest.fixture(scope="module")
+def histology_run(tmp_path_factory):
+    """The histology task at ``smoke`` on the Lung-PET-CT-Dx phantom: pretraining and one fine-tuned classifier
+    (the other modes share the same code path, and the suite's time is short)."""
+    run_dir = tmp_path_factory.mktemp("ssl_histology")
+    experiment = SelfSupervisedClassifier("smoke", run_dir, label_rule=HISTOLOGY_RULE)
+    frame = experiment.run(fractions=(0.5,), modes=("fine_tune",))
+    return experiment, frame
+
+
+def test_histology_task_never_trains_on_a_test_patient(histology_run):
+    from lungkit.data.petct_kit import read_petct_manifest
+
+    experiment, _ = histology_run
+    manifest = read_petct_manifest(experiment.dataset_dir)
+    assert set(manifest["histology"]) <= {"A", "B", "E", "G"}
+    patient_of = dict(zip(manifest["id"], manifest["patient"]))
+    split_patients = {split: set(rows["patient"]) for split, rows in manifest.groupby("split")}
+    assert split_patients["test"] and not split_patients["test"] & split_patients["train"]
+    _, pretraining_ids = experiment.pretraining_images()
+    downstream_ids = experiment.downstream_ids[("fine_tune", 0.5)]
+    for seen in (pretraining_ids, downstream_ids):
+        patients = {patient_of[slice_id] for slice_id in seen}
+        assert seen and patients <= split_patients["train"], patients
+    test_ids = experiment.splits["test"][2]
+    assert test_ids and {patient_of[slice_id] for slice_id in test_ids} <= split_patients["test"]
+    # the crops are labelled from the manifest's histology letter by the rule
+    letter_of = dict(zip(manifest["id"], manifest["histology"]))
+    crops, labels, ids = experiment.splits["train"]
+    assert crops.shape[1:] == (experiment.crop_size, experiment.crop_size, 1)  # the CT channel only
+    assert labels.tolist() == lungrads_labels([letter_of[i] for i in ids], HISTOLOGY_RULE).tolist()
+
+
+def test_histology_task_writes_its_own_rows(histology_run):
+    from lungkit.reports import collect_summaries, write_paper_report
+
+    experiment, frame = histology_run
+    results = experiment.run_dir / "results" / "paper000"
+    assert sorted(p.name for p in results.iterdir()) == ["ssl_histology_fine_tune_50pct"]  # no Lung-RADS key
+    assert frame["result"].tolist() == ["ssl_histology_fine_tune_50pct"]
+    summary = json.loads((results / "ssl_histology_fine_tune_50pct" / "summary.json").read_text())
+    assert summary["table"] == "lungkit_selfsupervised_histology" and "HISTOLOGY" in summary["row"]
+    protocol = summary["protocol"]
+    assert protocol["data_source"] == "phantom" and "BY PATIENT" in protocol["split"]
+    assert protocol["label_rule"] == f"{HISTOLOGY_RULE}: {LABEL_RULE_TEXT[HISTOLOGY_RULE]}"
+    # the smoke phantom's 4 subjects leave one histology in test: nothing measurable, so wiring only
+    one_class = len(set(experiment.splits["test"][1].tolist())) < 2
+    assert summary["status"] == ("wiring_only" if one_class else "measured") == frame["status"].iloc[0]
+    assert (experiment.run_dir / "models" / "paper000" / "simclr_histology").is_dir()
+    markdown, _ = write_paper_report("paper000", collect_summaries(experiment.run_dir),
+                                     experiment.run_dir / "reports", experiment.run_dir)
+    line = next(line for line in markdown.read_text().splitlines() if "`ssl_histology_fine_tune_50pct`" in line)
+    assert "BY PATIENT" in line and "HISTOLOGY, not malignancy" in line
