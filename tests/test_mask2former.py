@@ -127,3 +127,24 @@ def test_saves_and_reloads_with_identical_predictions(tmp_path):
     reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert type(reloaded).__name__ == "MaskQuerySegmenter" and reloaded.build_config == model.build_config
     np.testing.assert_array_equal(reloaded.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
+@pytest.mark.parametrize("name", ["mask2former", "maskformer"])
+def test_small_scale_is_the_cpu_sized_model_its_departures_describe(name):
+    """The quick profile trains scale ``small``: the paper's decoder kind on a narrowed model, as
+    ``SMALL_SCALE_DEPARTURES`` (quoted in the recipes' notes) says, and small enough for a 2-core CPU."""
+    from lungkit.models import mask2former, maskformer
+
+    config = (mask2former if name == "mask2former" else maskformer).CONFIGS["small"]
+    assert config["backbone"] == "small_cnn" and config["backbone_widths"] == (32, 64, 128, 256)
+    assert (config["hidden"], config["conv_dim"], config["mask_dim"], config["num_queries"]) == (64, 64, 64, 16)
+    assert config["num_layers"] == 6
+    assert config["pixel_decoder"] == ("msdeform" if name == "mask2former" else "fpn")
+    if name == "mask2former":
+        assert config["deformable"]["num_layers"] == 2
+        for words in ("4-stage plain CNN", "2 layers", "width 64", "6 masked decoder layers", "16 queries"):
+            assert words in mask2former.SMALL_SCALE_DEPARTURES
+    model = build_model(name, scale="small", input_shape=(128, 128, 2))
+    assert model.count_params() < 2_500_000  # the paper's model has 44 M (Mask2Former) / 41 M (MaskFormer)
+    heads = model(np.zeros((1, 128, 128, 2), "float32"))
+    assert heads["mask_logits"].shape[-2:] == (32, 32) and heads["class_logits"].shape[2] == 16

@@ -12,7 +12,9 @@ backbone, FPN pixel decoder and model class are reused):
   losses in the original, here on 12,544 importance-sampled points by default like Mask2Former (``num_points=None``
   restores full masks at 1/4 scale).
 
-Everything else (inference, the kit contract, XLA off) is as in Mask2Former.
+Everything else (inference, the kit contract, XLA off) is as in Mask2Former, and so is the CPU-sized ``small``
+scale the quick profile trains (a 4-stage CNN backbone, width 64, 16 queries; the same 6 decoder layers): see
+:data:`lungkit.models.mask2former.SMALL_SCALE_DEPARTURES`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def build_maskformer(scale: str = "paper", input_shape=None, **overrides) -> Mas
     """Build MaskFormer.
 
     Args:
-        scale: ``tiny`` (tests: small CNN, 2 layers, 8 queries, 64 px), ``small`` (128 px) or ``paper``
+        scale: ``tiny`` (tests: small CNN, 2 layers, 8 queries, 64 px), ``small`` (CPU-sized, 128 px) or ``paper``
             (ResNet-50, 6 layers, 100 queries, 512 px).
         input_shape: (height, width, channels): sides multiples of 32; channels 2 (CT + PET), 1 (CT) or 3.
         **overrides: settings of ``CONFIGS[scale]`` (as Mask2Former's).
