@@ -188,9 +188,20 @@ _PETCT_NOTE = (
 #: Why the smoke and quick profiles use full-mask losses (a measured departure, named in the recipes' notes).
 _CPU_POINTS_NOTE = (
     "At the smoke and quick profiles the losses and the matching use full masks at 1/4 scale (num_points=None, the "
-    "official alternative to point sampling): measured on a 2-core CPU at the small scale (batch 8, 128 px, eager), "
+    "official alternative to point sampling): measured on a 2-core CPU with the paper-size model at 128 px (batch 8, "
+    "eager), "
     "the 12,544-point criterion took 26 s per step against 0.4 s with full masks (2.8 s with 1,024 points) and 7 s "
-    "for the forward pass; the paper profile keeps the 12,544 points."
+    "for the forward pass; the paper profile keeps the 12,544 points. "
+)
+
+#: Why the quick profile trains CPU-sized query models (scale small), with what it measured.
+_CPU_SCALE_NOTE = (
+    "At the quick profile the model is CPU-sized (scale small; lungkit.models.mask2former.SMALL_SCALE_DEPARTURES): "
+    "a 4-stage CNN backbone instead of ResNet-50, width 64 instead of 256, 16 queries; Mask2Former with 2 "
+    "deformable layers and 6 masked decoder layers, MaskFormer with its 6 plain ones. The paper-size model at 128 px "
+    "traced for 500 s (Mask2Former) / 191 s (MaskFormer) and took 30-58 s / 19 s per step on a 2-core CPU; the "
+    "small ones traced in about 80 s / 50 s and took 0.5 s / 0.2 s per step (2026-12-01), so notebooks 41 and 42 "
+    "train the profile's step budget like the other models (about 4 and 2 minutes end to end). "
 )
 
 RECIPES = {
@@ -224,7 +235,7 @@ RECIPES = {
             "queries, class 2 / BCE 5 / Dice 5 on 12,544 points, no-object 0.1) is assumed, with the official "
             "MSDeformAttn pixel decoder (6 layers; pixel_decoder='fpn' is the official lighter option). The official COCO solver (weight "
             "decay 0.05, backbone lr x0.1, gradient clipping 0.01, batch 16) is recorded in OFFICIAL_COCO_SOLVER; "
-            "the paper's is used. " + _PETCT_NOTE + _CPU_POINTS_NOTE
+            "the paper's is used. " + _PETCT_NOTE + _CPU_POINTS_NOTE + _CPU_SCALE_NOTE
         ),
         "profile_overrides": {
             profile: {"loss_kwargs": {**MASK2FORMER_LOSS, "num_points": None}} for profile in ("smoke", "quick")
@@ -245,6 +256,7 @@ RECIPES["maskformer"] = {
         "MaskFormer R50 as the Mask2Former repository's baseline: FPN pixel decoder, 6 plain decoder layers on C5, "
         "100 queries, focal 20 + Dice 1 + class 1 (no-object 0.1), matcher 1 / 20 / 1; losses on 12,544 "
         "importance-sampled points (the original used full masks). " + _PETCT_NOTE + _CPU_POINTS_NOTE
+        + _CPU_SCALE_NOTE
     ),
     "profile_overrides": {
         profile: {"loss_kwargs": {**MASKFORMER_LOSS, "num_points": None}} for profile in ("smoke", "quick")
@@ -285,7 +297,9 @@ BASELINES = {
             "notes": (
                 "lungkit's ablation (the paper prints no CT-only number): the Mask2Former recipe on the same "
                 "Lung-PET-CT-Dx kit dataset, split and seed with channel 1 (PET) left out, so that the difference "
-                "to the CT + PET row is the PET channel alone. " + RECIPES["mask2former"]["notes"].replace(_PETCT_NOTE, "")
+                "to the CT + PET row is the PET channel alone. Notebook 41 trains it at the paper profile, or at "
+                "any profile with train_ct_only_ablation=True (the quick main job leaves it out: one more "
+                "Mask2Former). " + RECIPES["mask2former"]["notes"].replace(_PETCT_NOTE, "")
             ),
         },
     },
