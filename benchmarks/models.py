@@ -322,6 +322,9 @@ def markdown(result: dict) -> str:
             + (f"{e['peak_rss_after_training_mib']:,.0f} MiB" if training else "n/a")
             + f" | {e['baseline_rss_mib']:,.0f} MiB |"
         )
+        if e.get("measured"):
+            notes.append(f"- {e['model']} ({e['size']}): measured later than the rest of this table, at commit "
+                         f"{str(e['measured'].get('commit'))[:10]} ({e['measured'].get('at')}; `--models`).")
         if e.get("inference_eager"):
             notes.append(
                 f"- {e['model']} ({e['size']}): the kit's eager call (`segment_with_boxes` calls the model directly) "

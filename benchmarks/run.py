@@ -3,14 +3,15 @@
 Usage::
 
     python -m benchmarks.run [--quick] [--sections conversion pipeline models peer training predict] [--out reports]
-                             [--work-dir benchmarks/_work] [--threads N]
+                             [--work-dir benchmarks/_work] [--threads N] [--models NAME [NAME ...]]
 
 (``make bench`` runs it with the defaults.) Sections run in the order conversion, models, pipeline, peer, training, predict; the
 pipeline's verdict needs the models' training throughput, so both are written together at the end. Every
 measurement that reports memory runs in its own child process. The JSON holds the machine, the library versions,
 the load average at the start and end of each section and every figure, including the raw samples. A run of some
 sections only replaces those in an existing ``benchmarks.json`` and keeps the others (each section records the
-commit and time it was measured at).
+commit and time it was measured at); ``--models`` measures only the named registry models and replaces just their
+rows of the models section (each such row records its own commit and time).
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _run_section(name: str, quick: bool, work_dir: Path, threads: int, scratch: Path) -> dict:
+def _run_section(name: str, quick: bool, work_dir: Path, threads: int, scratch: Path,
+                 models_only: list[str] | None = None) -> dict:
     if name == "conversion":
         from benchmarks import conversion
 
@@ -114,7 +116,7 @@ def _run_section(name: str, quick: bool, work_dir: Path, threads: int, scratch: 
     if name == "models":
         from benchmarks import models
 
-        return models.run(quick, threads, scratch)
+        return models.run(quick, threads, scratch, only=models_only)
     if name == "training":
         from benchmarks import training_feed
 
@@ -291,6 +293,24 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_model_rows(report: dict, previous: dict) -> None:
+    """After a ``--models`` run: the previous models section with the rows just measured in place of theirs.
+
+    Every new row records ``measured`` (commit and time), since the section's own record (``load``) is the
+    previous run's; a row of a model the previous section lacked is appended.
+    """
+    fresh = (report["sections"].get("models") or {}).get("entries")
+    before = previous.get("sections", {}).get("models") or {}
+    if fresh is None or not before.get("entries"):
+        return
+    stamp = {"commit": report["git_commit"], "at": report["finished_at"]}
+    fresh = [{**entry, "measured": stamp} for entry in fresh]
+    replaced = {(entry["model"], entry["size"]) for entry in fresh}
+    kept = [entry for entry in before["entries"] if (entry["model"], entry["size"]) not in replaced]
+    report["sections"]["models"] = {**before, "entries": kept + fresh}
+    report["load"]["models"] = {**previous.get("load", {}).get("models", {}), "rows_measured_later": stamp}
+
+
 def main(argv=None) -> int:
     """Command-line entry point; returns the process exit status (1 when a section failed outright)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
@@ -299,9 +319,18 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="reports", help="folder for benchmarks.md and benchmarks.json")
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="cache of phantom pickles (git-ignored)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="compute threads per process")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                        help="models section: measure only these registry models and replace their rows in the "
+                             "existing benchmarks.json (the other rows stay)")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="only rewrite benchmarks.md in --out from an existing benchmarks.json (no measuring)")
     arguments = parser.parse_args(argv)
+    if arguments.models:
+        from lungkit.models import available_models
+
+        unknown = sorted(set(arguments.models) - set(available_models()))
+        if unknown:
+            parser.error(f"--models: unknown registry model(s) {unknown}; known: {sorted(available_models())}")
     if arguments.render:
         report = json.loads(Path(arguments.render).read_text())
         write_text_atomic(render_markdown(report), Path(arguments.out) / "benchmarks.md")
@@ -330,7 +359,8 @@ def main(argv=None) -> int:
             print(f"[bench] {name} ...", flush=True)
             load_start, section_started = load_average(), time.perf_counter()
             try:
-                report["sections"][name] = _run_section(name, arguments.quick, work_dir, arguments.threads, scratch)
+                report["sections"][name] = _run_section(name, arguments.quick, work_dir, arguments.threads, scratch,
+                                                        arguments.models)
             except Exception as error:  # noqa: BLE001 - one broken section must not lose the others' figures
                 failed = True
                 report["sections"][name] = {"error": f"{type(error).__name__}: {error}"}
@@ -354,6 +384,8 @@ def main(argv=None) -> int:
                 report["load"][name] = previous.get("load", {}).get(name, {})
                 report["load"][name].setdefault("measured", {"commit": previous.get("git_commit", "?"),
                                                              "at": previous.get("finished_at", "?")})
+    if arguments.models and "models" in report["sections"] and previous_path.is_file():
+        merge_model_rows(report, json.loads(previous_path.read_text()))
     write_json_atomic(report, out / "benchmarks.json")
     write_text_atomic(render_markdown(report), out / "benchmarks.md")
     print(f"[bench] wrote {out / 'benchmarks.md'} and {out / 'benchmarks.json'} in {report['wall_s'] / 60:.1f} min")
