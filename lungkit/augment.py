@@ -200,8 +200,9 @@ def build_train_augmentation(image_size: int = 256, seed: int = 0, **settings) -
 
 
 def apply_augmentation(
-    compose: A.Compose, hu: np.ndarray, mask: np.ndarray, seed: int, lung_mask: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    compose: A.Compose, hu: np.ndarray, mask: np.ndarray, seed: int, lung_mask: np.ndarray | None = None,
+    pet: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Augment one slice and its masks jointly, reproducibly.
 
     Args:
@@ -210,12 +211,17 @@ def apply_augmentation(
         mask: tumour mask, H x W (or H x W x K label channels), values kept as they are (0/1 stays 0/1).
         seed: seed of this one call; the same (slice, seed) always gives the same output.
         lung_mask: optional lung mask, H x W, warped with the tumour mask.
+        pet: optional PET SUV slice on the CT's grid, H x W (paper 000's second channel): moved by exactly the CT's
+            geometry (flips, rotation, elastic warp, resize) with the masks' nearest-neighbour sampling, filled with
+            SUV 0 outside the slice, and never given the CT's HU brightness / contrast change. Nearest sampling moves
+            no SUV value to a new one; PET's 4-5 mm voxels are several CT pixels wide, so it costs no resolution.
 
     Returns:
         ``(hu, mask, lung_mask)``: float32 HU, masks in their input dtype; ``lung_mask`` is None when not given.
+        With ``pet``: ``(hu, mask, lung_mask, pet)``, PET float32.
 
     Raises:
-        ValueError: if shapes disagree or the slice is not finite.
+        ValueError: if shapes disagree or the slice (or the PET) is not finite.
     """
     hu = np.asarray(hu, dtype=np.float32)
     mask = np.asarray(mask)
@@ -233,13 +239,27 @@ def apply_augmentation(
     stacked_dtype = stacked.dtype
     # OpenCV warps uint8 and float masks, not bool or int64: carry labels as uint8 (so labels must be 0..255).
     work_mask = stacked.astype(np.uint8) if stacked_dtype != np.uint8 else stacked
+    targets = {}
+    if pet is not None:
+        pet = np.asarray(pet, dtype=np.float32)
+        if pet.shape != hu.shape:
+            raise ValueError(f"PET shape {pet.shape} differs from the slice's {hu.shape}")
+        if not np.all(np.isfinite(pet)):
+            raise ValueError("PET slice contains NaN or infinite SUV; cannot augment it")
+        # a mask-type target: the same geometry as the labels, nearest sampling, fill 0, no intensity transform
+        if "pet" not in compose.additional_targets:
+            compose.add_targets({"pet": "mask"})
+        targets["pet"] = np.ascontiguousarray(pet)
     seed_augmentation(compose, seed)
-    out = compose(image=hu, mask=np.ascontiguousarray(work_mask[..., 0] if work_mask.shape[-1] == 1 else work_mask))
+    out = compose(image=hu, mask=np.ascontiguousarray(work_mask[..., 0] if work_mask.shape[-1] == 1 else work_mask),
+                  **targets)
     out_mask = out["mask"].reshape(*out["image"].shape[:2], -1).astype(stacked_dtype)
     n_tumour = channels[0].shape[-1]
     tumour = out_mask[..., :n_tumour]
     tumour = tumour[..., 0] if mask.ndim == 2 else tumour
     lung = out_mask[..., n_tumour] if lung_mask is not None else None
+    if pet is not None:
+        return out["image"].astype(np.float32), tumour, lung, np.asarray(out["pet"], np.float32)
     return out["image"].astype(np.float32), tumour, lung
 
 
@@ -252,9 +272,11 @@ def tf_augment_fn(image_size: int = 256, seed: int = 0, **settings):
         **settings: see :func:`build_train_augmentation`.
 
     Returns:
-        ``augment(image, mask, element_seed=None) -> (image, mask)``. ``image``: float32 HU, (H, W) or (H, W, 1);
-        ``mask``: (H, W) or (H, W, K), any dtype, all K channels warped alike (stack the lung mask there when the
-        preprocessing needs it). Outputs keep rank and dtype, with H = W = ``image_size`` and static shapes set.
+        ``augment(image, mask, element_seed=None) -> (image, mask)``. ``image``: float32 HU, (H, W), (H, W, 1), or
+        (H, W, 2) with PET SUV in channel 1 (moved with the CT's geometry, never its intensity change; see
+        :func:`apply_augmentation`); ``mask``: (H, W) or (H, W, K), any dtype, all K channels warped alike (stack the
+        lung mask there when the preprocessing needs it). Outputs keep rank and dtype, with H = W = ``image_size``
+        and static shapes set.
         ``element_seed`` (an int64 scalar tensor, e.g. from ``tf.data.Dataset.random``) makes each call
         depend only on its inputs, which keeps a parallel map deterministic; without it calls draw seeds from a
         counter in call order, deterministic only when the map runs sequentially.
@@ -270,6 +292,10 @@ def tf_augment_fn(image_size: int = 256, seed: int = 0, **settings):
         if not hasattr(per_thread, "compose"):
             per_thread.compose = build_train_augmentation(image_size, seed, **settings)
         hu = image[..., 0] if image.ndim == 3 else image
+        if image.ndim == 3 and image.shape[-1] == 2:  # CT + PET
+            out_hu, out_mask, _, out_pet = apply_augmentation(per_thread.compose, hu, mask, call_seed,
+                                                              pet=image[..., 1])
+            return np.stack([out_hu, out_pet], axis=-1).astype(np.float32), out_mask.astype(mask.dtype)
         out_image, out_mask, _ = apply_augmentation(per_thread.compose, hu, mask, call_seed)
         out_image = out_image[..., None] if image.ndim == 3 else out_image
         return out_image.astype(np.float32), out_mask.astype(mask.dtype)
@@ -297,7 +323,7 @@ def tf_augment_fn(image_size: int = 256, seed: int = 0, **settings):
                 [tf.float32, mask.dtype],
                 stateful=False,
             )
-        out_image.set_shape([image_size, image_size] + ([1] if image.shape.rank == 3 else []))
+        out_image.set_shape([image_size, image_size] + ([image.shape[-1]] if image.shape.rank == 3 else []))
         out_mask.set_shape([image_size, image_size] + ([mask.shape[-1]] if mask.shape.rank == 3 else []))
         return out_image, out_mask
 

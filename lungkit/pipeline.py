@@ -98,7 +98,8 @@ def make_dataset(
             PET).
         batch_size: examples per batch (the last batch may be short).
         shuffle: shuffle the whole split; default True for train, False otherwise.
-        augment: paper 001's augmentation on the fly (train only).
+        augment: paper 001's augmentation on the fly (train only); a PET channel moves with the CT's geometry and
+            keeps its SUV (:func:`lungkit.augment.apply_augmentation`).
         seed: seed for shuffling and augmentation; None for unseeded (not reproducible) order.
         repeat: repeat forever (then pass ``steps_per_epoch`` to ``fit``).
         cache: True caches in memory, a string caches to that file. Without augmentation the finished examples
@@ -137,9 +138,6 @@ def make_dataset(
         if "pet_path" not in manifest:
             raise ValueError(f"{dataset_dir} has no PET channel (no pet_path column): 2 input channels need a CT + "
                              "PET kit dataset (lungkit.data.petct_kit.prepare_petct_dataset)")
-        if augment:
-            raise ValueError("on-the-fly augmentation warps the CT only; with a PET channel train on patches "
-                             "(flips and quarter turns of both channels) or without augment")
     if image_size is None:
         sizes = set(zip(manifest["height"].astype(int), manifest["width"].astype(int)))
         if len(sizes) != 1:

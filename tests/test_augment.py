@@ -244,3 +244,34 @@ def test_augmentation_preview_grid(source):
         assert figure.axes[0].get_title().endswith("original")
     finally:
         matplotlib.pyplot.close(figure)
+
+
+def test_pet_moves_with_the_ct_geometry_and_keeps_its_suv():
+    """Paper 000's second channel: the same flips, rotation and warp as the CT, no HU intensity change, SUV 0 fill."""
+    hu, mask = square_slice()
+    pet = mask.astype(np.float32) * 7.5 + 0.5  # SUV 8 on the tumour, 0.5 elsewhere
+    compose = aug.build_train_augmentation(128, seed=0, p_hflip=0.5, p_vflip=0.5, p_rotate=1.0, p_elastic=1.0,
+                                           p_brightness_contrast=1.0)
+    for seed in range(6):
+        out_hu, out_mask, _, out_pet = aug.apply_augmentation(compose, hu, mask, seed, pet=pet)
+        # nearest sampling and fill 0: only the input SUVs and the border fill; never a brightness-shifted value
+        assert set(np.unique(out_pet)) <= {0.0, 0.5, 8.0}
+        # the PET's hot spot is exactly the warped tumour mask: the same geometry, pixel for pixel
+        np.testing.assert_array_equal(out_pet == 8.0, out_mask == 1)
+        # the CT still gets its own changes (the same call without PET gives the same CT and mask)
+        alone_hu, alone_mask, _ = aug.apply_augmentation(compose, hu, mask, seed)
+        np.testing.assert_array_equal(alone_hu, out_hu)
+        np.testing.assert_array_equal(alone_mask, out_mask)
+    with pytest.raises(ValueError, match="PET shape"):
+        aug.apply_augmentation(compose, hu, mask, 0, pet=pet[:64])
+    with pytest.raises(ValueError, match="PET slice contains NaN"):
+        aug.apply_augmentation(compose, hu, mask, 0, pet=np.where(mask == 1, np.nan, pet))
+
+
+def test_tf_augment_fn_carries_a_pet_channel():
+    hu, mask = square_slice(64)
+    image = np.stack([hu, mask * 4.0 + 1.0], axis=-1).astype(np.float32)
+    augment = aug.tf_augment_fn(64, seed=3)
+    out_image, out_mask = augment(tf.constant(image), tf.constant(mask[..., None]), tf.constant(11, tf.int64))
+    assert out_image.shape == (64, 64, 2) and out_mask.shape == (64, 64, 1)
+    np.testing.assert_array_equal(out_image.numpy()[..., 1] == 5.0, out_mask.numpy()[..., 0] == 1)

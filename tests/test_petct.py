@@ -617,7 +617,14 @@ def test_two_channel_pipeline_feeds_ct_and_pet_suv(smoke_phantom, tmp_path):
             expected = (suv - suv.min()) / (suv.max() - suv.min())
             np.testing.assert_allclose(both[index, ..., 1], expected, atol=1e-5)
     assert (manifest["has_pet"] == 0).any() and (manifest["has_pet"] == 1).any()
-    with pytest.raises(ValueError, match="PET"):
-        from lungkit.pipeline import make_dataset
+    # the paper profile's on-the-fly augmentation moves both channels (lungkit.augment.apply_augmentation's pet)
+    from lungkit.pipeline import make_dataset
 
-        make_dataset(kit, "train", "minmax", None, channels=2, augment=True)
+    augmented = make_dataset(kit, "train", "minmax", None, channels=2, augment=True, batch_size=len(manifest),
+                             shuffle=False, include_ids=True)
+    images, masks, ids = next(iter(augmented))
+    images = images.numpy()
+    assert images.shape == both.shape and np.isfinite(images).all()
+    has_pet = rows.loc[[i.decode() for i in ids.numpy()], "has_pet"].to_numpy().astype(bool)
+    assert not images[~has_pet, ..., 1].any()  # a slice without PET stays without PET
+    assert all(images[k, ..., 1].max() == pytest.approx(1.0) for k in np.flatnonzero(has_pet))  # min-max after warping

@@ -183,6 +183,9 @@ _PETCT_NOTE = (
     "Input: 2 channels on the run's Lung-PET-CT-Dx kit dataset (lungkit.data.petct_kit; its DICOM phantom without "
     "data): CT min-max per slice, and PET SUVbw resampled onto the CT slice, min-max per slice (SUV 0 where a "
     "study has no PET); masks derived from the boxes (the dataset's mask method, flagged in the protocol). "
+    "Augmentation on the fly (paper profile): the kit's (flips, rotation up to 30 degrees, a gentle elastic warp, "
+    "HU brightness / contrast) stands in for the paper's unparameterised 'random rotations and cropping'; the PET "
+    "moves with the CT's geometry and keeps its SUV. "
 )
 
 #: Why the smoke and quick profiles use full-mask losses (a measured departure, named in the recipes' notes).
