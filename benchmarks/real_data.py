@@ -5,9 +5,9 @@ Usage::
     python -m benchmarks.real_data [--data-root ../shared/data] [--sources lidc msd] [--models unet ...]
                                    [--profile quick] [--seeds 0 1 2] [--out reports] [--work-dir benchmarks/_work/real]
 
-Trains every segmentation model of papers 001, 002 and 004 (their recipes, capped by the profile exactly as in the main
-job: the step budget, patches at the recipe's pixel scale, sliding-window inference) on real CT and scores it on
-other patients:
+Trains every segmentation model of papers 001, 002 and 004 and paper 000's Mask2Former (their recipes, capped by the
+profile exactly as in the main job: the step budget, patches at the recipe's pixel scale, sliding-window inference) on
+real CT and scores it on other patients (Mask2Former by its CT-only recipe: the real samples have no PET):
 
 - ``lidc``: ``lidc-png-sample`` (5 LIDC-IDRI patients, 8-bit display renderings calibrated per patient), leave-
   patients-out folds (:data:`LIDC_FOLDS`: every patient is a test patient exactly once); no validation patient is
@@ -37,8 +37,9 @@ import pandas as pd
 from benchmarks import DEFAULT_WORK_DIR, write_json_atomic, write_text_atomic
 
 _REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-#: Every segmentation model of papers 001, 002 (lungkit rows: the slides print no number) and 004, as (paper,
-#: result key).
+#: Every segmentation model of papers 001, 002 (lungkit rows: the slides print no number) and 004, and paper 000's
+#: Mask2Former, as (paper, result key). The real CT samples have no PET channel, so Mask2Former runs by the recipe of
+#: its CT-only ablation (the paper's solver and model, one input channel).
 MODELS = {
     "unet": ("paper004", "unet"),
     "attention_unet": ("paper004", "attention_unet"),
@@ -46,6 +47,7 @@ MODELS = {
     "unetr": ("paper001", "unetr"),
     "resnet50_unet": ("paper001", "resnet50_unet"),
     "mobilenetv2_unet": ("paper002", "mobilenetv2_unet"),
+    "mask2former": ("paper000", "mask2former_ct_only"),
 }
 #: Leave-patients-out folds of the LIDC sample: the test patients of each fold.
 LIDC_FOLDS = {
@@ -195,10 +197,12 @@ def _ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
 
 def render_markdown(report: dict) -> str:
     lines = ["# Real-data benchmark", "",
-             "Every segmentation model of papers 001, 002 and 004, trained by the kit at the named profile on real CT and "
+             "Every segmentation model of papers 001, 002 and 004 and paper 000's Mask2Former (its CT-only recipe: "
+             "these samples have no PET), trained by the kit at the named profile on real CT and "
              "scored on patients it never saw (`python -m benchmarks.real_data`). Per-image metrics pooled over the "
              "folds' test images, bootstrap 95% CI. Not the papers' data or protocols: a check that the kit learns "
-             "real CT.", ""]
+             "real CT. The steps column is each row's own: rows measured at different times may have had different "
+             "budgets.", ""]
     for source in ("lidc", "msd"):
         entries = [e for e in report.get("results", {}).values() if e["source"] == source]
         if not entries:
