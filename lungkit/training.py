@@ -840,6 +840,16 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def seed_run(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow before building a model; with ``deterministic`` (the profile's
+    ``deterministic``) also turn on op determinism (:func:`make_deterministic`). Every experiment seeds through
+    here, so a profile that promises bit-identical reruns keeps the promise for classifiers too."""
+    if deterministic:
+        make_deterministic(seed)
+    else:
+        keras.utils.set_random_seed(int(seed))
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns.

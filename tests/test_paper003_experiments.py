@@ -240,3 +240,24 @@ def test_unet_baseline_writes_a_lungkit_row_with_the_luna16_protocol(kit_dir, ru
     assert re.search(r"`unet_luna16` \(model `unet`\): dice \d\.\d{3}", section)
     with pytest.raises(ValueError, match="no trained baseline"):
         segmentation.LunaUNetBaseline("paper003", "box_ellipse_luna16", "smoke", run_dir, dataset_dir=windows)
+
+
+def test_augmented_crop_batches_repeat_exactly_with_the_same_seed():
+    """The crop classifiers' training feed (DenseNet, segment-then-classify, SimCLR's downstream) is reproducible:
+    its augmenter draws from stateful generators, so it must not run calls in parallel (their order would vary)."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    images = rng.random((24, 32, 32, 1)).astype(np.float32)
+    labels = (rng.random(24) > 0.5).astype(np.int64)
+
+    def one_epoch():
+        keras.utils.set_random_seed(0)
+        dataset = classification.make_crop_dataset(images, labels, 8, shuffle=True, augment=True, seed=3)
+        return [x for x, _ in dataset.as_numpy_iterator()]
+
+    first, second = one_epoch(), one_epoch()
+    assert len(first) == 3
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(np.sort(first[0].ravel()), np.sort(images[:8].ravel()))  # it did augment

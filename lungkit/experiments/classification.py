@@ -306,7 +306,9 @@ def make_crop_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, s
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if augment:
         augmenter = crop_augmenter(seed)
-        dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # one call at a time: the augmenter draws from stateful random generators, so parallel calls would take
+        # the draws in a different order each run (32 px crops: the parallelism bought nothing measurable)
+        dataset = dataset.map(lambda x, y: (augmenter(x), y))
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -453,9 +455,9 @@ class ClassifierExperiment:
         import tensorflow as tf
 
         from lungkit.models import build_model
-        from lungkit.training import configure_precision, make_loss, make_optimizer
+        from lungkit.training import configure_precision, make_loss, make_optimizer, seed_run
 
-        keras.utils.set_random_seed(self.seed)
+        seed_run(self.seed, self.settings.deterministic)
         strategy = tf.distribute.get_strategy()
         precision = configure_precision(strategy)
         overrides = {"num_classes": 1}

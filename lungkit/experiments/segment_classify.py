@@ -463,16 +463,14 @@ class SegmentThenClassify:
                 ImageNet encoder from ``mobilenet_weights`` when given, trained by its recipe's fine-tuning
                 schedule; from scratch in one phase otherwise, see :func:`lungkit.training.train_in_phases`).
         """
-        import keras
-
         from lungkit.models import build_model, encoder_weights_status
-        from lungkit.training import compile_model, train_in_phases
+        from lungkit.training import compile_model, seed_run, train_in_phases
 
         if model_key not in CLASSIFIER_KEYS:
             raise ValueError(f"model_key must be one of {CLASSIFIER_KEYS}, got {model_key!r}")
         train_ds, validation_ds, steps = self.datasets(view, model_key)
         recipe = self.recipes[model_key].with_step_budget(steps)
-        keras.utils.set_random_seed(self.seed)
+        seed_run(self.seed, self.settings.deterministic)
         overrides = {"weights": self.mobilenet_weights} if model_key == TRANSFER_KEY and self.mobilenet_weights else {}
         model = build_model(model_key, scale=recipe.model_scale or "paper",
                             input_shape=(self.crop_size, self.crop_size, 1), **overrides)

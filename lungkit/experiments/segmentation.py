@@ -240,14 +240,9 @@ class SegmentationExperiment:
     # -- model ----------------------------------------------------------------------------------------------------
     def build_model(self, **overrides):
         """The recipe's registry model at the profile's scale, compiled (seeded first, so weights repeat)."""
-        import keras
+        from lungkit.training import build_for_training, seed_run
 
-        from lungkit.training import build_for_training, make_deterministic
-
-        if self.settings.deterministic:
-            make_deterministic(self.seed)
-        else:
-            keras.utils.set_random_seed(self.seed)
+        seed_run(self.seed, self.settings.deterministic)
         steps = self.steps_per_epoch()
         # the step budget decides the epochs once the epoch length is known (small datasets get more epochs)
         self.recipe = self.recipe.with_step_budget(steps)

@@ -271,12 +271,14 @@ class SelfSupervisedClassifier:
         import keras
         import tensorflow as tf
 
+        from lungkit.training import seed_run
+
         # the histology task pretrains on other crops: its encoder must never be reused for the Lung-RADS task
         folder = self.run_dir / "models" / PAPER_ID / ("simclr_histology" if self.histology else "simclr")
         folder.mkdir(parents=True, exist_ok=True)
         weights = folder / (f"encoder_{self.pretraining_steps}steps_batch{self.pretraining_batch_size}_seed{self.seed}"
                             ".weights.h5")
-        keras.utils.set_random_seed(self.seed)
+        seed_run(self.seed, self.settings.deterministic)
         encoder = crop_encoder(self.crop_size, self.scale)
         if weights.is_file():
             encoder.load_weights(weights)
@@ -313,6 +315,7 @@ class SelfSupervisedClassifier:
         import keras
 
         from lungkit.experiments.classification import balanced_indices, make_crop_dataset
+        from lungkit.training import seed_run
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -321,7 +324,7 @@ class SelfSupervisedClassifier:
         crops, labels, ids = (self.splits or self.prepare_data())["train"]
         subset = label_subset(labels, fraction, self.seed)
         index = subset[balanced_indices(labels[subset], self.seed)]
-        keras.utils.set_random_seed(self.seed)
+        seed_run(self.seed, self.settings.deterministic)
         encoder = crop_encoder(self.crop_size, self.scale, name=f"encoder_{mode}")
         if mode != "from_scratch":
             encoder.set_weights(pretrained_encoder.get_weights())
