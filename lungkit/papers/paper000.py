@@ -126,7 +126,8 @@ TABLES = {
                     "printed digits at least 0.882).",
                     "The text's precision 94.87% (lines 49, 140) rounds to 0.949, not the printed 0.948.",
                     "lungkit's row feeds CT + PET (2 channels) on the Lung-PET-CT-Dx kit dataset, whose masks are "
-                    "derived from boxes; the CT-only ablation (result mask2former_ct_only) is listed below the table.",
+                    "derived from boxes; the CT-only ablation (result mask2former_ct_only; notebook 41 trains it at "
+                    "the paper profile or on request) is listed below the table when it has run.",
                 ],
             },
             {
