@@ -601,6 +601,21 @@ def _figure_name(paper_id: str, table_id: str) -> str:
     return f"{paper_id}_{table_id}_reported_vs_reproduced.png"
 
 
+def _copy_report_figures(paper_id: str, run_dir: Path, figures_dir: Path, produced_keys: set[str]) -> list[Path]:
+    """Copy the figures a paper's ``REPORT_FIGURES`` names from ``<run_dir>/figures`` into the reports, atomically, when
+    this run produced one of the results each figure shows (else the reports keep the figure they have)."""
+    from lungkit.data.export import write_bytes_atomic
+
+    copied = []
+    for name, spec in getattr(get_paper(paper_id), "REPORT_FIGURES", {}).items():
+        source = Path(run_dir) / "figures" / name
+        if source.is_file() and any(key.startswith(tuple(spec["results"])) for key in produced_keys):
+            target = figures_dir / name
+            write_bytes_atomic(target, source.read_bytes())
+            copied.append(target)
+    return copied
+
+
 def _gallery_name(paper_id: str, result_key: str) -> str:
     return f"{paper_id}_{result_key}_gallery.png"
 
@@ -744,6 +759,13 @@ def _paper_report_markdown(paper_id: str, summaries: list[dict], reports_dir: Pa
     if galleries:
         lines += ["## Predictions: best, median and worst test image per model", ""]
         lines += [f"![{path.stem}](figures/{path.name})" for path in galleries] + [""]
+
+    shown = [(name, spec) for name, spec in getattr(module, "REPORT_FIGURES", {}).items()
+             if (reports_dir / "figures" / name).is_file()]
+    if shown:
+        lines += ["## Figures from the notebooks", ""]
+        for name, spec in shown:
+            lines += [f"{spec['caption']}:", "", f"![{Path(name).stem}](figures/{name})", ""]
 
     if module.RECIPES or getattr(module, "ZERO_SHOT", {}):
         lines += ["## Recipes (the paper's settings as lungkit runs them)", ""] + _recipe_markdown(paper_id, module)
@@ -1150,6 +1172,7 @@ def write_all_reports(run_dir: str | os.PathLike, reports_dir: str | os.PathLike
                      f"profile {protocol.get('profile')}, {protocol.get('image_size')} px, run {summary['_run']}")
             figure = plot_prediction_gallery(*arrays, title=title)
             written.append(_save_figure(gallery_path, figure))
+        written.extend(_copy_report_figures(paper_id, run_dir, figures_dir, paper_produced_keys))
         written.extend(write_paper_report(paper_id, paper_summaries, reports_dir, run_dir=run_dir))
     if rewrite_leaderboard:
         written.extend(write_leaderboard(merged, reports_dir))

@@ -613,3 +613,28 @@ def test_a_lungkit_ablation_filed_under_table1_shows_its_readings_without_a_pape
     assert set(rows["Precision: paper"]) == {"not printed"} and "lesion, box IoU >= 0.5" not in rows.index
     md_path, _ = reports.write_paper_report("paper000", summaries, tmp_path / "reports")
     assert "`mask2former_ct_only` (model `mask2former`)" in md_path.read_text()  # listed below the table
+
+
+def test_a_notebooks_classifier_figures_reach_the_report_only_with_their_results(tmp_path):
+    """paper002.REPORT_FIGURES: the ROC figure notebook 52 saves is copied and shown when the run produced its
+    results; a run that produced none of them leaves it out (no stale figure beside new numbers)."""
+    run = tmp_path / "run"
+    write_summary(run, "paper002", "crop_cnn_image_predicted", task="classification", tables=["lungkit_classification"],
+                  metrics={"accuracy": stat(0.8), "roc_auc": stat(0.9)})
+    (run / "figures").mkdir(parents=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"roc"
+    (run / "figures" / "paper002_segment_then_classify_roc.png").write_bytes(png)
+    reports.write_all_reports(run, tmp_path / "reports")
+    copied = tmp_path / "reports" / "figures" / "paper002_segment_then_classify_roc.png"
+    assert copied.read_bytes() == png
+    md = (tmp_path / "reports" / "paper002.md").read_text()
+    assert "## Figures from the notebooks" in md and "](figures/paper002_segment_then_classify_roc.png)" in md
+    assert "ROC curves on the test tumour slices" in md
+    assert "segment_then_classify_confusion" not in md  # not saved by this run: not shown
+
+    other = tmp_path / "other"
+    write_summary(other, "paper002", "mobilenetv2_unet")
+    (other / "figures").mkdir(parents=True)
+    (other / "figures" / "paper002_segment_then_classify_roc.png").write_bytes(b"\x89PNG\r\n\x1a\nstale")
+    reports.write_all_reports(other, tmp_path / "reports2")
+    assert not (tmp_path / "reports2" / "figures" / "paper002_segment_then_classify_roc.png").exists()

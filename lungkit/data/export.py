@@ -58,6 +58,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     _atomic_write_bytes(text.encode("utf-8"), path)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes atomically (temp file + ``os.replace``), creating the parent folder if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(data, path)
+
+
 def _atomic_write_bytes(data: bytes, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

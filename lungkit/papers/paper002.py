@@ -113,6 +113,20 @@ _CLASSIFIER_SETTINGS = {
     "augment_on_the_fly": True,
 }
 
+#: Figures a notebook saves into ``<run_dir>/figures`` that the report shows (copied by lungkit.reports when the run
+#: produced one of ``results``: a result-key prefix).
+REPORT_FIGURES = {
+    "paper002_segment_then_classify_roc.png": {
+        "caption": ("ROC curves on the test tumour slices (notebook 52): the crop CNN's best view and the MobileNetV2 "
+                    "transfer model on predicted and ground-truth masks, and the size-only baseline"),
+        "results": ["crop_cnn_", "mobilenetv2_mask", "mobilenetv2_image", "size_baseline_"],
+    },
+    "paper002_segment_then_classify_confusion.png": {
+        "caption": "Confusion matrices of the crop CNN's views at threshold 0.5 on the test tumour slices (notebook 52)",
+        "results": ["crop_cnn_"],
+    },
+}
+
 BASELINES = {
     "mobilenetv2_unet": {
         "row": "MobileNetV2 U-Net, transfer learning (lungkit's run of the slides' plan; the slides print no number)",
