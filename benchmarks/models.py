@@ -16,9 +16,10 @@ Sizes:
   a random-initialised SAM ViT-B built with the ``sam_base_sa1b`` preset's architecture (same compute as the real
   model) at its 1024 px frame, batch 1, inference only (keras-hub SAM cannot be trained).
 
-Training compiles through :func:`lungkit.training.compile_model` (Adam, BCE - with logits for ResNet50-UNet -, the
-kit's Dice and pooled-IoU metrics), so a step costs what it costs in the notebooks. The DenseNet classifier gets
-Adam + sparse categorical cross-entropy. Precision and XLA come from
+Training compiles through :func:`lungkit.training.compile_model` (Adam, BCE - with logits for the models that
+return logits -, the kit's Dice and pooled-IoU metrics), so a step costs what it costs in the notebooks. The DenseNet
+classifier gets Adam + sparse categorical cross-entropy, paper 002's crop classifiers BCE on one label per crop, at
+their crop sizes. Precision and XLA come from
 :func:`lungkit.training.configure_precision`: float32 without XLA on a CPU, ``mixed_float16`` + XLA on a GPU.
 """
 
@@ -54,7 +55,18 @@ PAPER_INPUTS = {
     "mask2former": (512, 512, 2),
     "maskformer": (512, 512, 2),
     "vit_segmenter": (512, 512, 2),
+    # paper 002 (the slides print no size): the kit's recipes, 256 px slices and crops of the paper scale
+    "mobilenetv2_unet": (256, 256, 1),
+    "cnn_from_scratch": (256, 256, 1),
+    "crop_cnn_classifier": (64, 64, 1),
+    "mobilenetv2_classifier": (32, 32, 1),
 }
+#: Small-size inputs that are not SMALL_SIZE px: the crop classifiers train on 32 px crops at every profile.
+SMALL_INPUTS = {"crop_cnn_classifier": (32, 32, 1), "mobilenetv2_classifier": (32, 32, 1)}
+#: Binary classifiers of crops: one label per image, (N, 1) probabilities.
+CROP_CLASSIFIERS = {"crop_cnn_classifier", "mobilenetv2_classifier"}
+#: Segmenters that return logits (the others end in a sigmoid).
+LOGIT_OUTPUTS = {"resnet50_unet", "mobilenetv2_unet", "cnn_from_scratch"}
 #: Channels of the small-size input (3 for the ImageNet-style encoders and SAM).
 SMALL_CHANNELS = {"resnet50_unet": 3, "densenet121_classifier": 3, "sam": 3,
                   # paper 000's models take CT + PET, as the quick main job feeds them
@@ -160,6 +172,8 @@ def _child(spec: dict) -> dict:
     images = tf.constant(rng.normal(size=(batch, *shape)).astype(np.float32))
     if name == "densenet121_classifier":
         targets = tf.constant(rng.integers(0, 2, size=(batch,)).astype(np.int32))
+    elif name in CROP_CLASSIFIERS:
+        targets = tf.constant(rng.integers(0, 2, size=(batch, 1)).astype(np.float32))
     else:
         # sparse blobs like tumours: a few percent foreground
         targets = tf.constant((rng.uniform(size=(batch, shape[0], shape[1], 1)) > 0.97).astype(np.float32))
@@ -176,8 +190,12 @@ def _child(spec: dict) -> dict:
             jit_compile=precision.jit_compile,
         )
         result["loss"] = "sparse_categorical_crossentropy"
+    elif name in CROP_CLASSIFIERS:
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                      jit_compile=precision.jit_compile)
+        result["loss"] = "binary_crossentropy"
     else:
-        from_logits = name == "resnet50_unet"
+        from_logits = name in LOGIT_OUTPUTS
         loss = "set_prediction" if name in SET_PREDICTION else ("bce_logits" if from_logits else "bce")
         loss_kwargs = {}
         if name in SET_PREDICTION:
@@ -219,15 +237,19 @@ def plan(quick: bool) -> list[dict]:
     """
     from lungkit.models import available_models
 
+    unplanned = sorted(set(available_models()) - set(PAPER_INPUTS))
+    if unplanned:
+        raise KeyError(f"benchmarks.models.PAPER_INPUTS has no paper input shape for registry model(s) {unplanned}: "
+                       "add one (the paper's input size and channels)")
     entries = []
     for name in available_models():
-        channels = SMALL_CHANNELS.get(name, 1)
+        small_input = SMALL_INPUTS.get(name, (SMALL_SIZE, SMALL_SIZE, SMALL_CHANNELS.get(name, 1)))
         entries.append(
             {
                 "model": name,
                 "size": "small",
                 "scale": "tiny" if name == "sam" else "small",
-                "input_shape": [SMALL_SIZE, SMALL_SIZE, channels],
+                "input_shape": list(small_input),
                 "batch_size": SMALL_BATCH,
                 "steps": 2 if quick else 3,
                 "repeats": 2 if quick else 3,

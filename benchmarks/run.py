@@ -363,6 +363,10 @@ def main(argv=None) -> int:
                                                         arguments.models)
             except Exception as error:  # noqa: BLE001 - one broken section must not lose the others' figures
                 failed = True
+                print(f"[bench] {name} failed: {type(error).__name__}: {error}", flush=True)
+                if arguments.models and name == "models":
+                    # a --models run measures a few rows: its failure must not replace the section it left alone
+                    continue
                 report["sections"][name] = {"error": f"{type(error).__name__}: {error}"}
             section_wall = time.perf_counter() - section_started
             report["load"][name] = {"start": load_start, "end": load_average(), "wall_s": section_wall}
@@ -375,7 +379,8 @@ def main(argv=None) -> int:
         report["load"][name]["measured"] = {"commit": report["git_commit"], "at": report["finished_at"]}
     out = Path(arguments.out)
     previous_path = out / "benchmarks.json"
-    if set(arguments.sections) != set(SECTIONS) and previous_path.is_file():
+    models_measured = "models" in report["sections"]
+    if (set(arguments.sections) != set(SECTIONS) or arguments.models) and previous_path.is_file():
         # a partial run must not erase the sections it did not measure
         previous = json.loads(previous_path.read_text())
         for name, result in previous.get("sections", {}).items():
@@ -384,7 +389,7 @@ def main(argv=None) -> int:
                 report["load"][name] = previous.get("load", {}).get(name, {})
                 report["load"][name].setdefault("measured", {"commit": previous.get("git_commit", "?"),
                                                              "at": previous.get("finished_at", "?")})
-    if arguments.models and "models" in report["sections"] and previous_path.is_file():
+    if arguments.models and models_measured and previous_path.is_file():
         merge_model_rows(report, json.loads(previous_path.read_text()))
     write_json_atomic(report, out / "benchmarks.json")
     write_text_atomic(render_markdown(report), out / "benchmarks.md")

@@ -6,7 +6,8 @@ from benchmarks.run import merge_model_rows
 
 
 def _entry(model, size, rate):
-    return {"model": model, "size": size, "training": {"images_per_s": {"median": rate}}}
+    return {"model": model, "size": size, "scale": size, "input_shape": [128, 128, 1],
+            "training": {"images_per_s": {"median": rate}}}
 
 
 def test_models_run_replaces_only_its_rows_and_stamps_them():
@@ -29,3 +30,37 @@ def test_models_run_replaces_only_its_rows_and_stamps_them():
     assert "measured" not in rows[("mask2former", "paper")]
     assert report["load"]["models"]["measured"] == {"commit": "old", "at": "then"}
     assert report["load"]["models"]["rows_measured_later"] == {"commit": "new", "at": "now"}
+
+
+def test_model_plan_covers_every_registry_model_at_both_sizes():
+    # a model registered without a paper input shape once made the full models section fail outright
+    from benchmarks.models import plan
+    from lungkit.models import available_models
+
+    entries = plan(quick=False)
+    assert {(e["model"], e["size"]) for e in entries} == {
+        (name, size) for name in available_models() for size in ("small", "paper")}
+    assert all(len(e["input_shape"]) == 3 and e["timeout_s"] > 0 for e in entries)
+
+
+def test_failed_models_run_keeps_the_section_it_did_not_measure(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from benchmarks import run as bench_run
+
+    # the committed report is the realistic "previous run"
+    committed = Path(bench_run.__file__).resolve().parent.parent / "reports" / "benchmarks.json"
+    previous = json.loads(committed.read_text())
+    (tmp_path / "benchmarks.json").write_text(json.dumps(previous))
+
+    def broken_section(*args, **kwargs):
+        raise KeyError("no paper input")
+
+    monkeypatch.setattr(bench_run, "_run_section", broken_section)
+    status = bench_run.main(["--sections", "models", "--models", "unet", "--out", str(tmp_path),
+                             "--work-dir", str(tmp_path / "work")])
+    assert status == 1
+    kept = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert kept["sections"]["models"] == previous["sections"]["models"]
+    assert "no paper input" not in (tmp_path / "benchmarks.md").read_text()
