@@ -299,8 +299,9 @@ def run(quick: bool, threads: int, scratch_dir: Path, only: list[str] | None = N
 
 
 def fastest_training(result: dict) -> dict | None:
-    """The entry with the highest training images/s: ``{"model", "scale", "image_size", "images_per_s"}``."""
-    trained = [e for e in result.get("entries", []) if "training" in e]
+    """The entry with the highest training images/s among the models the slice pipeline feeds (the crop classifiers
+    read small crops, another feed): ``{"model", "scale", "image_size", "images_per_s"}``."""
+    trained = [e for e in result.get("entries", []) if "training" in e and e["model"] not in CROP_CLASSIFIERS]
     if not trained:
         return None
     best = max(trained, key=lambda e: e["training"]["images_per_s"]["median"])
@@ -346,6 +347,7 @@ def markdown(result: dict) -> str:
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     notes = []
+    measured_later: dict[tuple[str, str], list[str]] = {}
     for e in result["entries"]:
         shape = "x".join(str(v) for v in e["input_shape"])
         if "error" in e:
@@ -362,13 +364,15 @@ def markdown(result: dict) -> str:
             + f" | {e['baseline_rss_mib']:,.0f} MiB |"
         )
         if e.get("measured"):
-            notes.append(f"- {e['model']} ({e['size']}): measured later than the rest of this table, at commit "
-                         f"{str(e['measured'].get('commit'))[:10]} ({e['measured'].get('at')}; `--models`).")
+            stamp = (str(e["measured"].get("commit"))[:10], str(e["measured"].get("at")))
+            measured_later.setdefault(stamp, []).append(f"{e['model']} ({e['size']})")
         if e.get("inference_eager"):
             notes.append(
                 f"- {e['model']} ({e['size']}): the kit's eager call (`segment_with_boxes` calls the model directly) "
                 f"runs at {_rate(e['inference_eager'])} images/s vs {_rate(e['inference'])} in a `tf.function`."
             )
+    notes += [f"- Measured later than the rest of this table, at commit {commit} ({at}; `--models`): "
+              f"{', '.join(rows)}." for (commit, at), rows in measured_later.items()]
     gpu_rows = [e for e in result["entries"] if e.get("gpu")]
     if gpu_rows:
         lines += ["", "GPU peak allocation (MiB):", "", "| model | size | inference | training |", "| --- | --- | ---: | ---: |"]

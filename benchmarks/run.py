@@ -178,12 +178,19 @@ def summary_lines(sections: dict, fastest: dict | None) -> list[str]:
             f"fastest training step ({fastest['model']}, {fastest['scale']}): "
             + ("not the bottleneck on this CPU." if best >= fastest["images_per_s"] else "could be the bottleneck.")
         )
-    entries = [e for e in (sections.get("models") or {}).get("entries", []) if "training" in e and e["size"] == "small"]
+    models_section = sections.get("models") or {}
+    entries = [e for e in models_section.get("entries", []) if "training" in e and e["size"] == "small"]
     if entries:
+        side = models_section.get("small_size", 128)
         rates = sorted(entries, key=lambda e: -e["training"]["images_per_s"]["median"])
+        at_side = [e for e in rates if e["input_shape"][0] == side]
+        other = [e for e in rates if e["input_shape"][0] != side]
         bullets.append(
-            "- Models (small, 128 px, batch 8, training img/s): "
-            + ", ".join(f"{e['model']} {e['training']['images_per_s']['median']:.1f}" for e in rates)
+            f"- Models (small, {side} px, batch {models_section.get('small_batch', 8)}, training img/s): "
+            + ", ".join(f"{e['model']} {e['training']['images_per_s']['median']:.1f}" for e in at_side)
+            + (("; at their own input sizes: " + ", ".join(
+                f"{e['model']} {e['training']['images_per_s']['median']:.1f} ({e['input_shape'][0]} px)"
+                for e in other)) if other else "")
             + "."
         )
     peer = sections.get("peer") or {}
@@ -205,11 +212,16 @@ def summary_lines(sections: dict, fastest: dict | None) -> list[str]:
 
 def _earlier_sections_note(report: dict) -> str:
     """A sentence naming the sections kept from earlier runs (their machine and versions may differ)."""
-    earlier = [name for name, info in report.get("load", {}).items()
+    load = report.get("load", {})
+    earlier = [name for name, info in load.items()
                if info.get("measured", {}).get("commit", report["git_commit"]) != report["git_commit"]]
     if not earlier:
         return ""
-    return (f" This run measured {', '.join(n for n in report['load'] if n not in earlier)}; the sections "
+    measured = [n for n in load if n not in earlier]
+    # a --models run measured some rows of a section that is otherwise kept
+    measured += [f"some rows of {n} (marked below its table)" for n in earlier
+                 if load[n].get("rows_measured_later", {}).get("commit") == report["git_commit"]]
+    return (f" This run measured {', '.join(measured) or 'nothing new'}; the sections "
             f"{', '.join(earlier)} are kept from earlier runs (commit and time in the load table; the machine and "
             "versions below are this run's).")
 
