@@ -13,6 +13,8 @@ Three layers, each usable alone:
 - :func:`predict_hu_slices`: HU slices of any size -> probabilities of the same size, by exactly the steps training
   used (:class:`InferenceSettings`, read from a model card by :func:`lungkit.model_card.inference_settings`):
   resize to the training slice size, the named preprocessing, one pass or sliding window, resize back.
+- :func:`sliding_window_query_predict`: the same windows for a query model (Mask2Former, MaskFormer), giving its
+  blended probabilities and its own instances (the official instance inference per window, merged across windows).
 
 Test-time flips (``flips=True``) average the prediction of the slice with those of its left-right and up-down
 mirror images (each mirrored back); off by default, as in every result the kit reports.
@@ -89,18 +91,8 @@ def sliding_window_predict(
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
     n, height, width, _ = images.shape
-    if window is None:
-        fixed = model.input_shape[1] if model.input_shape[1] == model.input_shape[2] else None
-        window = fixed or min(height, width)
-    if window == height == width:
-        windows = [(0, 0)]
-    else:
-        windows = [(y, x) for y in window_starts(height, window, overlap) for x in window_starts(width, window, overlap)]
-    weights = gaussian_importance(window) if len(windows) > 1 else np.ones((window, window), np.float32)
+    window, windows, weights, normaliser = _window_layout(model, height, width, window, overlap)
     summed = np.zeros((n, height, width), np.float32)
-    normaliser = np.zeros((height, width), np.float32)
-    for y, x in windows:
-        normaliser[y : y + window, x : x + window] += weights
     tiles = [(i, y, x) for i in range(n) for y, x in windows]
     for start in range(0, len(tiles), batch_size):
         chunk = tiles[start : start + batch_size]
@@ -109,6 +101,133 @@ def sliding_window_predict(
         for (i, y, x), probability in zip(chunk, output):
             summed[i, y : y + window, x : x + window] += probability * weights
     return summed / normaliser[None]
+
+
+def _window_layout(model, height: int, width: int, window: int | None, overlap: float):
+    """The windows tiling an ``height x width`` slice: ``(window, [(y, x), ...], weights, normaliser)``, the
+    Gaussian weights of one window and their sum over the slice (what blended predictions are divided by)."""
+    if window is None:
+        fixed = model.input_shape[1] if model.input_shape[1] == model.input_shape[2] else None
+        window = fixed or min(height, width)
+    if window == height == width:
+        windows = [(0, 0)]
+    else:
+        windows = [(y, x) for y in window_starts(height, window, overlap) for x in window_starts(width, window, overlap)]
+    weights = gaussian_importance(window) if len(windows) > 1 else np.ones((window, window), np.float32)
+    normaliser = np.zeros((height, width), np.float32)
+    for y, x in windows:
+        normaliser[y : y + window, x : x + window] += weights
+    return window, windows, weights, normaliser
+
+
+#: (query, class) pairs a query model's window gives before the score threshold.
+DEFAULT_INSTANCE_TOP_K = 10
+#: Instances of a query model kept for lesion matching: score (class probability x mean mask probability) above.
+DEFAULT_INSTANCE_SCORE = 0.5
+#: Two window instances are one lesion when they share at least this fraction of the smaller one's pixels.
+DEFAULT_DUPLICATE_FRACTION = 0.5
+
+
+def merge_window_instances(instances: list[dict], duplicate_fraction: float = DEFAULT_DUPLICATE_FRACTION) -> list[dict]:
+    """One slice's instances from overlapping windows -> one instance per lesion.
+
+    A tumour inside two overlapping windows comes back twice, whole in one and often cut by the other's border, so
+    IoU misses the duplicate; the share of the smaller mask does not. Best score first, an instance that shares at
+    least ``duplicate_fraction`` of the smaller one's pixels with a kept instance is merged into it (union of the
+    masks, the kept score), as the probability maps of the windows are blended.
+
+    Args:
+        instances: ``{"mask": bool (H, W), "score": float, ...}`` in slice coordinates.
+        duplicate_fraction: in (0, 1].
+
+    Returns:
+        The merged instances, best score first.
+    """
+    if not 0.0 < duplicate_fraction <= 1.0:
+        raise ValueError(f"duplicate_fraction must be in (0, 1], got {duplicate_fraction}")
+    kept: list[dict] = []
+    for instance in sorted(instances, key=lambda item: -item["score"]):
+        mask = np.asarray(instance["mask"], bool)
+        area = int(mask.sum())
+        if not area:
+            continue
+        for other in kept:
+            shared = int(np.logical_and(mask, other["mask"]).sum())
+            if shared >= duplicate_fraction * min(area, int(other["mask"].sum())):
+                other["mask"] = np.logical_or(other["mask"], mask)
+                break
+        else:
+            kept.append({**instance, "mask": mask.copy()})
+    return kept
+
+
+def sliding_window_query_predict(
+    model,
+    images: np.ndarray,
+    window: int | None = None,
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = 8,
+    top_k: int = DEFAULT_INSTANCE_TOP_K,
+    score_threshold: float = DEFAULT_INSTANCE_SCORE,
+    duplicate_fraction: float = DEFAULT_DUPLICATE_FRACTION,
+) -> tuple[np.ndarray, list[list[dict]]]:
+    """A query model's (Mask2Former, MaskFormer) probabilities and instances for whole slices, from one pass.
+
+    Each window's heads give both readings: the semantic map (blended exactly as :func:`sliding_window_predict`
+    blends) and the official instance inference (:func:`lungkit.models.query_decoder.instance_predictions`: top-k
+    (query, class) pairs, mask = logit > 0, score = class probability x mean mask probability), kept above
+    ``score_threshold``, pasted into the slice and merged across windows (:func:`merge_window_instances`).
+
+    Args:
+        model: a :class:`lungkit.models.mask2former.MaskQuerySegmenter` (its call returns the heads).
+        images: model-ready inputs ``(N, H, W, C)``.
+        window: the window side; read from the model when None.
+        overlap: fraction of a window shared with its neighbour.
+        batch_size: windows per forward pass.
+        top_k: (query, class) pairs per window before the score threshold.
+        score_threshold: instances scoring at or below it are dropped (the semantic map is unaffected).
+        duplicate_fraction: see :func:`merge_window_instances`.
+
+    Returns:
+        ``(probabilities (N, H, W) float32, instances)``: per slice a list of ``{"mask": bool (H, W), "score",
+        "class", "query"}``, best first.
+
+    Raises:
+        ValueError: for a non-4-D input or slices smaller than the window.
+    """
+    import tensorflow as tf
+
+    from lungkit.models.query_decoder import instance_predictions
+
+    # a graph call: eager calls of the whole model cost several times a traced one on a CPU
+    forward = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+    n, height, width, _ = images.shape
+    window, windows, weights, normaliser = _window_layout(model, height, width, window, overlap)
+    summed = np.zeros((n, height, width), np.float32)
+    found: list[list[dict]] = [[] for _ in range(n)]
+    tiles = [(i, y, x) for i in range(n) for y, x in windows]
+    for start in range(0, len(tiles), batch_size):
+        chunk = tiles[start : start + batch_size]
+        heads = forward(tf.constant(np.stack([images[i, y : y + window, x : x + window] for i, y, x in chunk])))
+        probabilities = np.asarray(model.probabilities(heads), np.float32)[..., 0]
+        per_window = instance_predictions(heads["class_logits"][-1], heads["mask_logits"][-1], (window, window),
+                                          top_k=top_k, score_threshold=score_threshold)
+        for (i, y, x), probability, instances in zip(chunk, probabilities, per_window):
+            summed[i, y : y + window, x : x + window] += probability * weights
+            for instance in instances:
+                mask = np.zeros((height, width), bool)
+                mask[y : y + window, x : x + window] = instance["mask"]
+                found[i].append({**instance, "mask": mask})
+    merged = [merge_window_instances(slice_instances, duplicate_fraction) for slice_instances in found]
+    return summed / normaliser[None], merged
+
+
+def is_query_model(model) -> bool:
+    """True for the set-prediction models whose call returns class and mask heads (Mask2Former, MaskFormer)."""
+    return callable(getattr(model, "probabilities", None)) and hasattr(model, "query_decoder")
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:

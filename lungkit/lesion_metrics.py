@@ -117,12 +117,41 @@ def f1_readings(precisions, recalls, f1s) -> dict[str, float]:
 F1_OF_MEANS = "f1_of_mean_precision_recall"
 
 
+def instance_lesion_metrics(instances, masks, box_derived: bool = False,
+                            iou_threshold: float = LESION_IOU_THRESHOLD) -> dict[str, float]:
+    """Lesion-level P / R / F1 of a query model's own instances (its official instance inference, e.g.
+    :func:`lungkit.inference.sliding_window_query_predict`) instead of the components of its semantic map.
+
+    Args:
+        instances: per image a list of ``{"mask": bool (H, W), ...}``.
+        masks: the ground truth, (N, H, W).
+        box_derived: also match by box IoU (``instance_lesion_box_*``).
+        iou_threshold: a predicted instance and a tumour match at IoU >= this.
+
+    Returns:
+        ``instance_lesion_precision``, ``_recall``, ``_f1`` (pooled over images), and ``instance_lesion_box_*`` when
+        ``box_derived``.
+
+    Raises:
+        ValueError: when there is not one list of instances per image.
+    """
+    if len(instances) != len(masks):
+        raise ValueError(f"{len(instances)} lists of instances for {len(masks)} images")
+    result = {}
+    for prefix, use_boxes in [("instance_lesion", False)] + ([("instance_lesion_box", True)] if box_derived else []):
+        counts = sum((match_lesions([item["mask"] for item in predicted], target, iou_threshold, use_boxes=use_boxes)
+                      for predicted, target in zip(instances, masks)), LesionCounts())
+        result.update({f"{prefix}_{key}": value for key, value in counts.scores().items()})
+    return result
+
+
 def table1_metrics(predicted_masks, masks, per_image, box_derived: bool = False,
-                   iou_threshold: float = LESION_IOU_THRESHOLD) -> dict[str, float]:
+                   iou_threshold: float = LESION_IOU_THRESHOLD, instances=None) -> dict[str, float]:
     """The readings of paper 000's Table 1 that a per-image table lacks, as dataset-level numbers (no CI).
 
     Predicted lesions are the connected components of each scored binary prediction (for the query models too:
-    their ``predict`` gives the semantic map, whose components are scored like a per-pixel model's).
+    their ``predict`` gives the semantic map, whose components are scored like a per-pixel model's); a query
+    model's own instances are scored separately when given.
 
     Args:
         predicted_masks: the scored binary predictions, (N, H, W).
@@ -130,10 +159,11 @@ def table1_metrics(predicted_masks, masks, per_image, box_derived: bool = False,
         per_image: the per-image table (columns ``precision``, ``recall``, ``f1``).
         box_derived: the ground truth was derived from boxes: also match by box IoU (``lesion_box_*``).
         iou_threshold: a predicted lesion and a tumour match at IoU >= this.
+        instances: a query model's own instances per image (:func:`instance_lesion_metrics`), or None.
 
     Returns:
         ``lesion_precision``, ``lesion_recall``, ``lesion_f1`` (mask IoU, pooled over images), ``lesion_box_*``
-        when ``box_derived``, and ``f1_of_mean_precision_recall`` (2PR/(P+R) of the per-image means, the other F1
+        when ``box_derived``, ``instance_lesion_*`` when ``instances`` are given, and ``f1_of_mean_precision_recall`` (2PR/(P+R) of the per-image means, the other F1
         a paper can print from per-image scores; :func:`f1_readings`). NaN where undefined.
     """
     predicted_components = [components(prediction) for prediction in predicted_masks]
@@ -143,6 +173,7 @@ def table1_metrics(predicted_masks, masks, per_image, box_derived: bool = False,
         counts = sum((match_lesions(predicted, target, iou_threshold, use_boxes=use_boxes)
                       for predicted, target in zip(predicted_components, masks)), LesionCounts())
         result.update({f"{prefix}_{key}": value for key, value in counts.scores().items()})
+    result.update(instance_lesion_metrics(instances, masks, box_derived, iou_threshold) if instances is not None else {})
     result[F1_OF_MEANS] = f1_readings(per_image["precision"], per_image["recall"], per_image["f1"])[
         "harmonic_of_mean_precision_and_recall"]
     return result

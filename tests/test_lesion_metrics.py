@@ -77,3 +77,30 @@ def test_table1_metrics_by_hand():
     thin_result = table1_metrics(np.stack([thin, predicted[1]]), target, per_image, box_derived=False)
     assert thin_result["lesion_precision"] == pytest.approx(1 / 3)
     assert not any(key.startswith("lesion_box") for key in thin_result)
+
+
+def test_query_instances_scored_as_their_own_lesions():
+    """A query model's instances are matched as they are: two instances on one tumour give one TP and one FP,
+    where the components of their union would give one TP."""
+    from lungkit.lesion_metrics import instance_lesion_metrics, table1_metrics
+
+    target = np.stack([square(0, 0, 4) | square(10, 10, 4), square(2, 2, 6)])
+    instances = [
+        [{"mask": square(0, 0, 4)}, {"mask": square(0, 0, 3)}, {"mask": square(10, 11, 4)}],  # IoU 1, 9/16, 12/20
+        [],  # nothing found: one FN
+    ]
+    result = instance_lesion_metrics(instances, target)
+    # TP 2 (one per tumour of image 0), FP 1 (the second hit on the first tumour), FN 1 (image 1)
+    assert result["instance_lesion_precision"] == pytest.approx(2 / 3)
+    assert result["instance_lesion_recall"] == pytest.approx(2 / 3)
+    assert not any("box" in key for key in result)
+    with_boxes = instance_lesion_metrics(instances, target, box_derived=True)
+    assert with_boxes["instance_lesion_box_f1"] == pytest.approx(2 / 3)
+    per_image = {"precision": [1.0, 0.0], "recall": [1.0, 0.0], "f1": [1.0, 0.0]}
+    predicted = np.stack([square(0, 0, 4) | square(10, 11, 4), np.zeros((20, 20), bool)])
+    combined = table1_metrics(predicted, target, per_image, instances=instances)
+    assert combined["lesion_precision"] == pytest.approx(1.0)  # components: two, both hits
+    assert combined["instance_lesion_precision"] == pytest.approx(2 / 3)
+    assert "instance_lesion_f1" not in table1_metrics(predicted, target, per_image)
+    with pytest.raises(ValueError, match="1 lists of instances for 2 images"):
+        instance_lesion_metrics(instances[:1], target)

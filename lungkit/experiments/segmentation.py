@@ -374,6 +374,13 @@ class SegmentationExperiment:
         """
         from lungkit.data.prepare import read_dataset_info
         from lungkit.evaluation import data_fingerprint, evaluate_segmentation, summarize, write_results
+        from lungkit.inference import (
+            DEFAULT_DUPLICATE_FRACTION,
+            DEFAULT_INSTANCE_SCORE,
+            DEFAULT_INSTANCE_TOP_K,
+            is_query_model,
+            sliding_window_query_predict,
+        )
         from lungkit.metrics import intensity_robustness_std
         from lungkit.pipeline import load_split_arrays
         from lungkit.postprocess import refine_batch
@@ -388,13 +395,24 @@ class SegmentationExperiment:
         hu, masks = hu[..., 0], masks[..., 0]
         display = np.clip((hu + 1000.0) / 1400.0, 0.0, 1.0)  # lung window [-1000, 400] for figures and the CRF
 
+        if lesion_level is None:
+            lesion_level = self._tables_have_readings()
+        instances = None
         if needs_lung_mask(self.recipe.preprocessing) or self.recipe.input_channels == 2:
             images, _, _ = load_split_arrays(
                 dataset_dir, "test", self.recipe.preprocessing, size, self.recipe.input_channels
             )
-            probabilities = self.predict_images(model, images)
             # the perturbation path feeds HU only; lung-masked inputs need the lung mask too, CT + PET the PET
             robustness = False
+        else:
+            images = None
+        if lesion_level and is_query_model(model):
+            # one pass gives the semantic map and the model's own instances (scored as their own lesion reading)
+            probabilities, instances = sliding_window_query_predict(
+                model, images if images is not None else self.model_inputs(hu), window=self.recipe.patch_size,
+                batch_size=self.recipe.batch_size)
+        elif images is not None:
+            probabilities = self.predict_images(model, images)
         else:
             predict = self._predict_fn(model)
             probabilities = predict(hu)
@@ -426,17 +444,21 @@ class SegmentationExperiment:
 
             extra["intensity_robustness_std"] = intensity_robustness_std(predict_for_robustness, hu, masks).std
         info = read_dataset_info(dataset_dir)
-        if lesion_level is None:
-            lesion_level = self._tables_have_readings()
         if lesion_level:
             from lungkit.lesion_metrics import table1_metrics
 
             # box-derived ground truth (Lung-PET-CT-Dx's boxes, dataset.json's mask_method) is also matched by box
-            extra.update(table1_metrics(predicted_masks, masks, per_image, box_derived=bool(info.get("mask_method"))))
+            extra.update(table1_metrics(predicted_masks, masks, per_image, box_derived=bool(info.get("mask_method")),
+                                        instances=instances))
         data_extra = self._protocol_extra(dataset_dir)
         summary = summarize(per_image, extra_metrics=extra, seed=self.seed)
 
         fit = getattr(self, "fit", None)
+        instance_protocol = {} if instances is None else {"instance_inference": (
+            f"the model's own instances for the instance lesion reading: per window the top {DEFAULT_INSTANCE_TOP_K} "
+            "(query, class) pairs, mask = logit > 0, score = class probability x mean mask probability, kept above "
+            f"{DEFAULT_INSTANCE_SCORE:g}, merged across windows when they share >= {DEFAULT_DUPLICATE_FRACTION:g} of "
+            "the smaller mask")}
         protocol = {
             **self.recipe.protocol(),
             "data_source": info.get("data_source", "unknown"),
@@ -446,6 +468,7 @@ class SegmentationExperiment:
             "epochs_recipe": self.paper_recipe.epochs,
             "postprocess": method_used,
             "lung_restriction": lung_restriction,
+            **instance_protocol,
             "postprocess_paper": self.postprocess,
             "data_fingerprint": data_fingerprint(dataset_dir),
             "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,

@@ -113,6 +113,24 @@ TABLES = {
                 "metrics": _precision_recall_f1("lesion_box_", "pooled"),
                 "only_when_measured": True,
             },
+            {
+                "name": "lesion, query instances, IoU >= 0.5",
+                "definition": (
+                    "as the lesion reading, but the predicted lesions are the query model's own instances (the "
+                    "official Mask2Former instance inference: per window the top 10 (query, class) pairs, mask = "
+                    "logit > 0, score = class probability x mean mask probability), kept when the score is above "
+                    "0.5 and merged across overlapping windows when two share half of the smaller mask: shown only "
+                    "for the query models (Mask2Former, MaskFormer)"
+                ),
+                "metrics": _precision_recall_f1("instance_lesion_", "pooled"),
+                "only_when_measured": True,
+            },
+            {
+                "name": "lesion, query instances, box IoU >= 0.5",
+                "definition": "the query instances matched by box IoU, for ground truth derived from boxes",
+                "metrics": _precision_recall_f1("instance_lesion_box_", "pooled"),
+                "only_when_measured": True,
+            },
         ],
         "rows": [
             {
