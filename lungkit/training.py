@@ -859,7 +859,8 @@ class TrainResult:
             ``pooled_iou``, their ``val_`` versions, ``learning_rate``, ``images_per_second``, ``epoch_seconds``.
         best_checkpoint: the best model on the monitor (``.keras``, or ``.weights.h5`` with
             ``save_weights_only``); None when no epoch completed.
-        wall_time_s: seconds spent in this call.
+        wall_time_s: seconds spent in this call; for a reused run (``reused``), the figure recorded by the call that
+            trained it (protocols report training time, not the seconds it took to reload).
         images_per_second: per-epoch training throughput (the history column as a list).
         resumed_from_epoch: completed epochs restored from ``run_dir/backup`` (0 = fresh start).
         epochs_completed: epochs in ``history``.
@@ -1188,7 +1189,7 @@ def train(
         return TrainResult(
             history=history,
             best_checkpoint=checkpoint_path if checkpoint_path.exists() else None,
-            wall_time_s=time.perf_counter() - start,
+            wall_time_s=float(done.get("wall_time_s", time.perf_counter() - start)),
             images_per_second=history.get("images_per_second", pd.Series(dtype=float)).tolist(),
             resumed_from_epoch=int(len(history)),
             epochs_completed=int(len(history)),

@@ -323,6 +323,7 @@ def test_resume_after_a_crash_continues_from_the_last_completed_epoch(tmp_path):
     again = train(build_for_training(recipe, scale="tiny"), recipe, dataset, dataset, run_dir, verbose=0,
                   extra_callbacks=[recorder])
     assert again.reused and recorder.epochs == []
+    assert again.wall_time_s == pytest.approx(result.wall_time_s)  # the training's time, not the reload's
     assert list(again.history["epoch"]) == [0, 1, 2]
     # ... unless the recipe changed
     with pytest.raises(ValueError, match="different recipe"):
