@@ -208,6 +208,7 @@ def sliding_window_query_predict(
     window, windows, weights, normaliser = _window_layout(model, height, width, window, overlap)
     summed = np.zeros((n, height, width), np.float32)
     found: list[list[dict]] = [[] for _ in range(n)]
+    merged_upto = 0
     tiles = [(i, y, x) for i in range(n) for y, x in windows]
     for start in range(0, len(tiles), batch_size):
         chunk = tiles[start : start + batch_size]
@@ -221,8 +222,12 @@ def sliding_window_query_predict(
                 mask = np.zeros((height, width), bool)
                 mask[y : y + window, x : x + window] = instance["mask"]
                 found[i].append({**instance, "mask": mask})
-    merged = [merge_window_instances(slice_instances, duplicate_fraction) for slice_instances in found]
-    return summed / normaliser[None], merged
+        # merge each slice as soon as its last window is in: only one slice's window instances are held at a time
+        next_slice = tiles[start + batch_size][0] if start + batch_size < len(tiles) else n
+        for i in range(merged_upto, next_slice):
+            found[i] = merge_window_instances(found[i], duplicate_fraction)
+        merged_upto = max(merged_upto, next_slice)
+    return summed / normaliser[None], found
 
 
 def is_query_model(model) -> bool:

@@ -52,6 +52,12 @@ def test_query_predict_blends_like_the_semantic_path_and_returns_slice_instances
     for item in found:
         assert item["mask"].shape == (96, 96) and item["mask"].dtype == bool and item["mask"].any()
         assert 0.0 < item["score"] <= 1.0
+    # every slice was merged (batches of 3 windows straddle the two slices): no two kept instances are duplicates
+    for slice_instances in instances:
+        for a in range(len(slice_instances)):
+            for b in range(a + 1, len(slice_instances)):
+                first, second = slice_instances[a]["mask"], slice_instances[b]["mask"]
+                assert (first & second).sum() < 0.5 * min(first.sum(), second.sum())
     # a threshold above every score leaves no instance, and never changes the probabilities
     strict, none = sliding_window_query_predict(model, images, window=64, score_threshold=1.0)
     np.testing.assert_allclose(strict, expected, atol=1e-5)

@@ -366,7 +366,9 @@ class SegmentationExperiment:
                 restriction. Recorded in the protocol.
             lesion_level: also score lesion-level precision, recall and F1 and the F1 of the mean P and R
                 (:func:`lungkit.lesion_metrics.table1_metrics`; box IoU too when the dataset's masks come from
-                boxes); None: when a table this result fills has ``readings`` (paper 000's Table 1).
+                boxes); None: when a table this result fills has ``readings`` (paper 000's Table 1). For a query model
+                (Mask2Former, MaskFormer) its own instances are scored too, from the pass that gives its probability
+                map (:func:`lungkit.inference.sliding_window_query_predict`).
 
         Returns:
             An :class:`EvaluationResult`. The model is saved with its card in :attr:`model_dir`
