@@ -134,7 +134,8 @@ def merge_window_instances(instances: list[dict], duplicate_fraction: float = DE
     A tumour inside two overlapping windows comes back twice, whole in one and often cut by the other's border, so
     IoU misses the duplicate; the share of the smaller mask does not. Best score first, an instance that shares at
     least ``duplicate_fraction`` of the smaller one's pixels with a kept instance is merged into it (union of the
-    masks, the kept score), as the probability maps of the windows are blended.
+    masks, the kept score), as the probability maps of the windows are blended; merging repeats until no two kept
+    instances are duplicates (a union can grow onto an instance kept before it).
 
     Args:
         instances: ``{"mask": bool (H, W), "score": float, ...}`` in slice coordinates.
@@ -145,19 +146,30 @@ def merge_window_instances(instances: list[dict], duplicate_fraction: float = DE
     """
     if not 0.0 < duplicate_fraction <= 1.0:
         raise ValueError(f"duplicate_fraction must be in (0, 1], got {duplicate_fraction}")
+    def duplicates(first: np.ndarray, second: np.ndarray) -> bool:
+        shared = int(np.logical_and(first, second).sum())
+        return shared >= duplicate_fraction * min(int(first.sum()), int(second.sum()))
+
     kept: list[dict] = []
     for instance in sorted(instances, key=lambda item: -item["score"]):
         mask = np.asarray(instance["mask"], bool)
-        area = int(mask.sum())
-        if not area:
+        if not mask.any():
             continue
         for other in kept:
-            shared = int(np.logical_and(mask, other["mask"]).sum())
-            if shared >= duplicate_fraction * min(area, int(other["mask"].sum())):
+            if duplicates(mask, other["mask"]):
                 other["mask"] = np.logical_or(other["mask"], mask)
                 break
         else:
             kept.append({**instance, "mask": mask.copy()})
+    # a union can grow onto an instance kept before it: merge again until no two kept instances are duplicates
+    merged_any = True
+    while merged_any:
+        merged_any = False
+        for a, b in ((a, b) for a in range(len(kept)) for b in range(a + 1, len(kept))):
+            if duplicates(kept[a]["mask"], kept[b]["mask"]):
+                kept[a]["mask"] = np.logical_or(kept[a]["mask"], kept.pop(b)["mask"])
+                merged_any = True
+                break
     return kept
 
 

@@ -3,6 +3,7 @@ across windows."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -34,11 +35,20 @@ def test_a_tumour_cut_by_a_window_border_is_merged_into_its_whole_instance():
     assert np.array_equal(merged[1]["mask"], box(17, 10, 3, 8))
     assert not np.shares_memory(merged[0]["mask"], cut["mask"])  # the input instances are left as they were
     assert merge_window_instances([{"mask": np.zeros((4, 4), bool), "score": 1.0}]) == []
+    # a union that grows onto an instance kept before it is merged with it too
+    left = {"mask": box(0, 0, 10, 6), "score": 0.9}      # 60 px
+    right = {"mask": box(0, 8, 10, 6), "score": 0.8}     # 60 px, apart from the left one
+    bridge = {"mask": box(0, 3, 10, 8), "score": 0.7}    # 80 px, 30 shared with the left: half the smaller, joins it
+    bridge_on_right = {"mask": box(0, 5, 10, 9), "score": 0.6}  # joins the grown left one (60 of its 90 px) ...
+    merged = merge_window_instances([left, right, bridge_on_right, bridge])
+    # ... which then covers the right one, kept in the first pass: the second pass merges the two
+    assert len(merged) == 1 and np.array_equal(merged[0]["mask"], box(0, 0, 10, 14))
     with pytest.raises(ValueError, match="duplicate_fraction"):
         merge_window_instances([whole], duplicate_fraction=0.0)
 
 
 def test_query_predict_blends_like_the_semantic_path_and_returns_slice_instances():
+    keras.utils.set_random_seed(0)
     model = build_model("mask2former", scale="tiny", input_shape=(64, 64, 2))
     assert is_query_model(model) and not is_query_model(build_model("unet", scale="tiny"))
     images, _ = disc_slices(2, 96, channels=2, seed=1)  # 96 px slices, 64 px windows: four per slice
