@@ -88,36 +88,65 @@ def sliding_window_predict(
         ValueError: for a non-4-D input or slices smaller than the window.
     """
     images = np.asarray(images, np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    n, height, width, _ = images.shape
-    window, windows, weights, normaliser = _window_layout(model, height, width, window, overlap)
-    summed = np.zeros((n, height, width), np.float32)
-    tiles = [(i, y, x) for i in range(n) for y, x in windows]
-    for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start : start + batch_size]
-        batch = np.stack([images[i, y : y + window, x : x + window] for i, y, x in chunk])
-        output = _forward(model, batch, from_logits, flips)[..., 0]
-        for (i, y, x), probability in zip(chunk, output):
-            summed[i, y : y + window, x : x + window] += probability * weights
-    return summed / normaliser[None]
+    tiling = _Tiling.of(model, images, window, overlap)
+    summed = np.zeros(images.shape[:3], np.float32)
+    for chunk, batch in tiling.batches(images, batch_size):
+        tiling.add(summed, chunk, _forward(model, batch, from_logits, flips)[..., 0])
+    return tiling.blended(summed)
 
 
-def _window_layout(model, height: int, width: int, window: int | None, overlap: float):
-    """The windows tiling an ``height x width`` slice: ``(window, [(y, x), ...], weights, normaliser)``, the
-    Gaussian weights of one window and their sum over the slice (what blended predictions are divided by)."""
-    if window is None:
-        fixed = model.input_shape[1] if model.input_shape[1] == model.input_shape[2] else None
-        window = fixed or min(height, width)
-    if window == height == width:
-        windows = [(0, 0)]
-    else:
-        windows = [(y, x) for y in window_starts(height, window, overlap) for x in window_starts(width, window, overlap)]
-    weights = gaussian_importance(window) if len(windows) > 1 else np.ones((window, window), np.float32)
-    normaliser = np.zeros((height, width), np.float32)
-    for y, x in windows:
-        normaliser[y : y + window, x : x + window] += weights
-    return window, windows, weights, normaliser
+class _Tiling:
+    """The windows tiling a stack of slices and their Gaussian blending, shared by the sliding-window passes.
+
+    ``tiles`` are ``(slice, y, x)`` in slice order; ``weights`` is one window's Gaussian map and ``normaliser`` its
+    sum over a slice (what blended predictions are divided by).
+    """
+
+    def __init__(self, n: int, height: int, width: int, window: int, overlap: float):
+        if window == height == width:
+            windows = [(0, 0)]
+        else:
+            windows = [(y, x) for y in window_starts(height, window, overlap)
+                       for x in window_starts(width, window, overlap)]
+        self.window = window
+        self.windows_per_slice = len(windows)
+        self.tiles = [(i, y, x) for i in range(n) for y, x in windows]
+        self.weights = gaussian_importance(window) if len(windows) > 1 else np.ones((window, window), np.float32)
+        self.normaliser = np.zeros((height, width), np.float32)
+        for y, x in windows:
+            self.normaliser[y : y + window, x : x + window] += self.weights
+
+    @classmethod
+    def of(cls, model, images: np.ndarray, window: int | None, overlap: float) -> "_Tiling":
+        """The tiling of model-ready ``images`` (N, H, W, C); ``window`` None: the model's fixed square input side,
+        else the slice's shorter side (one pass).
+
+        Raises:
+            ValueError: for a non-4-D input, or as :func:`window_starts`.
+        """
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+        n, height, width, _ = images.shape
+        if window is None:
+            fixed = model.input_shape[1] if model.input_shape[1] == model.input_shape[2] else None
+            window = fixed or min(height, width)
+        return cls(n, height, width, window, overlap)
+
+    def batches(self, images: np.ndarray, batch_size: int):
+        """``(chunk, batch)`` pairs: up to ``batch_size`` tiles and their stacked windows, in tile order."""
+        side = self.window
+        for start in range(0, len(self.tiles), batch_size):
+            chunk = self.tiles[start : start + batch_size]
+            yield chunk, np.stack([images[i, y : y + side, x : x + side] for i, y, x in chunk])
+
+    def add(self, summed: np.ndarray, chunk, probabilities) -> None:
+        """Add a batch's window probabilities (B, window, window), Gaussian-weighted, into ``summed`` (N, H, W)."""
+        side = self.window
+        for (i, y, x), probability in zip(chunk, probabilities):
+            summed[i, y : y + side, x : x + side] += probability * self.weights
+
+    def blended(self, summed: np.ndarray) -> np.ndarray:
+        return summed / self.normaliser[None]
 
 
 #: (query, class) pairs a query model's window gives before the score threshold.
@@ -214,32 +243,29 @@ def sliding_window_query_predict(
     # a graph call: eager calls of the whole model cost several times a traced one on a CPU
     forward = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
     images = np.asarray(images, np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
+    tiling = _Tiling.of(model, images, window, overlap)
     n, height, width, _ = images.shape
-    window, windows, weights, normaliser = _window_layout(model, height, width, window, overlap)
+    side = tiling.window
     summed = np.zeros((n, height, width), np.float32)
     found: list[list[dict]] = [[] for _ in range(n)]
-    merged_upto = 0
-    tiles = [(i, y, x) for i in range(n) for y, x in windows]
-    for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start : start + batch_size]
-        heads = forward(tf.constant(np.stack([images[i, y : y + window, x : x + window] for i, y, x in chunk])))
-        probabilities = np.asarray(model.probabilities(heads), np.float32)[..., 0]
-        per_window = instance_predictions(heads["class_logits"][-1], heads["mask_logits"][-1], (window, window),
+    merged_upto, tiles_done = 0, 0
+    for chunk, batch in tiling.batches(images, batch_size):
+        heads = forward(tf.constant(batch))
+        tiling.add(summed, chunk, np.asarray(model.probabilities(heads), np.float32)[..., 0])
+        per_window = instance_predictions(heads["class_logits"][-1], heads["mask_logits"][-1], (side, side),
                                           top_k=top_k, score_threshold=score_threshold)
-        for (i, y, x), probability, instances in zip(chunk, probabilities, per_window):
-            summed[i, y : y + window, x : x + window] += probability * weights
+        for (i, y, x), instances in zip(chunk, per_window):
             for instance in instances:
                 mask = np.zeros((height, width), bool)
-                mask[y : y + window, x : x + window] = instance["mask"]
+                mask[y : y + side, x : x + side] = instance["mask"]
                 found[i].append({**instance, "mask": mask})
         # merge each slice as soon as its last window is in: only one slice's window instances are held at a time
-        next_slice = tiles[start + batch_size][0] if start + batch_size < len(tiles) else n
-        for i in range(merged_upto, next_slice):
+        tiles_done += len(chunk)
+        complete = tiles_done // tiling.windows_per_slice  # slices whose every window is in
+        for i in range(merged_upto, complete):
             found[i] = merge_window_instances(found[i], duplicate_fraction)
-        merged_upto = max(merged_upto, next_slice)
-    return summed / normaliser[None], found
+        merged_upto = complete
+    return tiling.blended(summed), found
 
 
 def is_query_model(model) -> bool:
