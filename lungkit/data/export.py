@@ -53,9 +53,7 @@ def staging_dir(out_dir: str | Path) -> Path:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write UTF-8 text atomically (temp file + ``os.replace``), creating the parent folder if needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(text.encode("utf-8"), path)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -85,14 +85,19 @@ MASK_SOURCES = ("ground_truth", "predicted")
 SIZE_BASELINE = "size_baseline"
 
 
+def _require_rule(rule: str) -> None:
+    """Raise ValueError for a rule :data:`LABEL_RULES` does not name."""
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label rule {rule!r}; rules: {sorted(LABEL_RULES)}")
+
+
 def is_histology_rule(rule: str) -> bool:
     """Whether a label rule maps Lung-PET-CT-Dx histology letters (else Lung-RADS classes).
 
     Raises:
         ValueError: for an unknown rule.
     """
-    if rule not in LABEL_RULES:
-        raise ValueError(f"unknown label rule {rule!r}; rules: {sorted(LABEL_RULES)}")
+    _require_rule(rule)
     return LABEL_RULE_KINDS[rule] == "histology"
 
 
@@ -113,8 +118,7 @@ def lungrads_labels(lungrads, rule: str = DEFAULT_LABEL_RULE) -> np.ndarray:
         ValueError: unknown rule, or a value the rule does not map (e.g. a Lung-RADS rule on histology letters):
             the message names the rule, what it maps and what it found.
     """
-    if rule not in LABEL_RULES:
-        raise ValueError(f"unknown label rule {rule!r}; rules: {sorted(LABEL_RULES)}")
+    _require_rule(rule)
     mapping = LABEL_RULES[rule]
     unknown = sorted(set(lungrads) - set(mapping))
     if unknown:
@@ -326,9 +330,7 @@ class SegmentThenClassify:
 
         if self.segmentation_key not in SEGMENTATION_KEYS:
             raise ValueError(f"segmentation_key must be one of {SEGMENTATION_KEYS}, got {self.segmentation_key!r}")
-        if self.label_rule not in LABEL_RULES:
-            raise ValueError(f"unknown label rule {self.label_rule!r}; rules: {sorted(LABEL_RULES)}")
-        if is_histology_rule(self.label_rule):
+        if is_histology_rule(self.label_rule):  # raises for an unknown rule
             # this experiment classifies Lung-RADS crops; histology is paper 000's self-supervised task
             raise ValueError(f"label rule {self.label_rule!r} is a histology rule (Lung-PET-CT-Dx); segment-then-"
                              f"classify runs on the Lung-RADS kit dataset: use {DEFAULT_LABEL_RULE!r} or another "
