@@ -280,10 +280,6 @@ ZERO_SHOT = {
     },
 }
 
-# lungkit-added rows: not in the paper, so nothing is quoted for them and they are neither TABLES rows nor RECIPES
-# (every recipe reproduces a printed row). They sit beside Table 2's zero-shot row "Ours" (LUNA16): a model trained
-# on the same LUNA16 nodule slices, and what the annotation alone scores. Their results are written to
-# results/paper003/<key>/ and the report lists them under "lungkit results with no row in the paper's tables".
 #: Figures a notebook saves into ``<run_dir>/figures`` that the report shows (see paper002.REPORT_FIGURES).
 REPORT_FIGURES = {
     "paper003_classifier_confusion.png": {
@@ -292,6 +288,10 @@ REPORT_FIGURES = {
     },
 }
 
+# lungkit-added rows: not in the paper, so nothing is quoted for them and they are neither TABLES rows nor RECIPES
+# (every recipe reproduces a printed row). They sit beside Table 2's zero-shot row "Ours" (LUNA16): a model trained
+# on the same LUNA16 nodule slices, and what the annotation alone scores. Their results are written to
+# results/paper003/<key>/ and the report lists them under "lungkit results with no row in the paper's tables".
 BASELINES = {
     "unet_luna16": {
         "row": "U-Net trained on LUNA16 nodule windows (lungkit baseline, not in the paper)",
