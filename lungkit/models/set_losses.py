@@ -179,7 +179,10 @@ class SetCriterion:
         importance_sample_ratio: see :func:`uncertain_point_coords`.
         max_instances: target slots per image.
         target_mode: ``"instances"`` or ``"semantic"`` (see the module docstring).
-        seed: int seed of the point draws (a ``keras.random.SeedGenerator`` is made from it), None for fresh draws.
+        seed: int seed of the point draws. None: a seed drawn from Python's random state when the criterion is made
+            (after :func:`lungkit.training.seed_run` that draw repeats), never later: a draw at the first training
+            step would depend on whatever consumed Python's random state in between, and did (two seeded
+            Mask2Former trainings diverged from the first epoch).
 
     Raises:
         ValueError: an unknown ``mask_loss`` or ``target_mode``, or a negative weight.
@@ -224,7 +227,10 @@ class SetCriterion:
         self.max_instances = int(max_instances)
         self.target_mode = target_mode
         self.seed = seed
-        self._seed_generator = None
+        from keras import random
+
+        # made here, not at the first call: see ``seed``
+        self._seed_generator = random.SeedGenerator(seed)
 
     def get_config(self) -> dict:
         """The constructor's arguments (what a result's protocol records)."""
@@ -236,12 +242,6 @@ class SetCriterion:
         return {key: getattr(self, key) for key in keys}
 
     def _seed(self):
-        if self.seed is None:
-            return None
-        if self._seed_generator is None:
-            from keras import random
-
-            self._seed_generator = random.SeedGenerator(self.seed)
         return self._seed_generator
 
     @property
