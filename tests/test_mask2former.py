@@ -68,6 +68,25 @@ def test_ct_only_variant_and_bad_inputs():
         build_mask2former("tiny", pixel_decoder="deformable")
 
 
+def test_query_tables_start_independent_and_repeat_after_a_seed():
+    """The query features and positions are two N(0, 1) tables (two nn.Embedding in the official code): they start
+    different, and a seed alone decides them (not the first import's Python random state)."""
+    from lungkit.training import seed_run
+
+    def tables():
+        seed_run(3, deterministic=False)
+        model = build_model("mask2former", "tiny", input_shape=(64, 64, 2))
+        return {w.path.split("/")[-1]: w.numpy() for w in model.weights
+                if w.path.endswith(("query_features", "query_positions", "level_embedding"))}
+
+    first, second = tables(), tables()
+    assert set(first) == {"query_features", "query_positions", "level_embedding"}
+    assert not np.array_equal(first["query_features"], first["query_positions"])
+    assert 0.8 < float(first["query_features"].std()) < 1.2  # N(0, 1), not Keras' default N(0, 0.05)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
 def test_tiny_with_the_deformable_pixel_decoder():
     model = build_mask2former("tiny", pixel_decoder="msdeform")
     heads = model(np.zeros((1, 64, 64, 2), np.float32))

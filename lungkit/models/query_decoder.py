@@ -23,9 +23,14 @@ from keras import layers, ops
 
 from lungkit.models.positions import sine_position_encoding
 
-# PyTorch's nn.Embedding draws N(0, 1) (Keras' "random_normal" would be N(0, 0.05)); the official queries and level
-# embeddings are nn.Embedding tables.
-EMBEDDING_INITIALIZER = keras.initializers.RandomNormal(stddev=1.0)
+def embedding_initializer() -> keras.initializers.Initializer:
+    """N(0, 1), as PyTorch's nn.Embedding draws (Keras' "random_normal" would be N(0, 0.05)): the official queries and
+    level embeddings are nn.Embedding tables.
+
+    A new initializer per table, made when the table is: one shared instance made at import had one seed, so the
+    query features and the query positions (same shape) started identical, and its seed came from whatever Python
+    random state the first import saw, so two seeded builds in one process differed."""
+    return keras.initializers.RandomNormal(stddev=1.0)
 
 
 def attend_mask_from_prediction(mask_logits, height: int, width: int):
@@ -202,13 +207,13 @@ class QueryTransformerDecoder(layers.Layer):
             self.input_projections.append(projection)
         if self.masked:
             self.query_features = self.add_weight(
-                shape=(self.num_queries, self.hidden), initializer=EMBEDDING_INITIALIZER, name="query_features"
+                shape=(self.num_queries, self.hidden), initializer=embedding_initializer(), name="query_features"
             )
             self.level_embedding = self.add_weight(
-                shape=(self.num_levels, self.hidden), initializer=EMBEDDING_INITIALIZER, name="level_embedding"
+                shape=(self.num_levels, self.hidden), initializer=embedding_initializer(), name="level_embedding"
             )
         self.query_positions = self.add_weight(
-            shape=(self.num_queries, self.hidden), initializer=EMBEDDING_INITIALIZER, name="query_positions"
+            shape=(self.num_queries, self.hidden), initializer=embedding_initializer(), name="query_positions"
         )
         query_shape = (None, self.num_queries, self.hidden)
         for layer in self.decoder_layers:
