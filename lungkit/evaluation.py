@@ -495,17 +495,31 @@ def evaluate_classification(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+#: The paths whose uncommitted changes make a result's commit ``<commit>-dirty``: the code, not the reports a run
+#: rewrites (a second run after the first rewrote ``reports/`` still ran the committed code).
+CODE_PATHS = ("lungkit", "benchmarks", "notebooks", "pyproject.toml")
+
+
 def git_commit(repo_dir: str | Path | None = None) -> str:
-    """Short commit of the lungkit checkout (``git rev-parse --short HEAD``), or ``'unknown'`` outside a repo."""
+    """Short commit of the lungkit checkout (``git rev-parse --short HEAD``), with ``-dirty`` when tracked files under
+    :data:`CODE_PATHS` differ from it (the number was not made by that commit alone), or ``'unknown'`` outside a repo.
+    """
     repo_dir = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent
     try:
         result = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=repo_dir, capture_output=True, text=True, timeout=10
         )
+        commit = result.stdout.strip()
+        if result.returncode != 0 or not commit:
+            return "unknown"
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--",
+             *(f":(top){path}" for path in CODE_PATHS)],
+            cwd=repo_dir, capture_output=True, text=True, timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else "unknown"
+    return f"{commit}-dirty" if changes.returncode == 0 and changes.stdout.strip() else commit
 
 
 def _json_ready(value):

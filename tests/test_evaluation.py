@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -272,3 +273,29 @@ def test_provenance_helpers(tmp_path):
     assert E.git_commit(tmp_path) == "unknown"
     with pytest.raises(FileNotFoundError):
         E.data_fingerprint(tmp_path)
+
+
+def test_git_commit_marks_uncommitted_code_only(tmp_path):
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "lungkit").mkdir()
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "lungkit" / "code.py").write_text("x = 1\n")
+    (tmp_path / "reports" / "table.md").write_text("old\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    clean = E.git_commit(tmp_path)
+    assert clean != "unknown" and not clean.endswith("-dirty")
+    (tmp_path / "reports" / "table.md").write_text("rewritten by a run\n")  # a report is not code
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert E.git_commit(tmp_path) == clean
+    (tmp_path / "lungkit" / "code.py").write_text("x = 2\n")
+    assert E.git_commit(tmp_path) == f"{clean}-dirty"
