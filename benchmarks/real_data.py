@@ -3,7 +3,8 @@
 Usage::
 
     python -m benchmarks.real_data [--data-root ../shared/data] [--sources lidc msd] [--models unet ...]
-                                   [--profile quick] [--seeds 0 1 2] [--out reports] [--work-dir benchmarks/_work/real]
+                                   [--profile quick] [--max-steps N] [--seeds 0 1 2] [--out reports]
+                                   [--work-dir benchmarks/_work/real]
 
 Trains every segmentation model of papers 001, 002 and 004 and paper 000's Mask2Former (their recipes, capped by the
 profile exactly as in the main job: the step budget, patches at the recipe's pixel scale, sliding-window inference) on
@@ -19,7 +20,9 @@ real CT and scores it on other patients (Mask2Former by its CT-only recipe: the 
 Writes ``<out>/real_data.json`` (every result, merged by source / fold / model, so a partial run never erases
 others) and ``<out>/real_data.md``: per model the per-image Dice, IoU and recall with bootstrap 95% CIs pooled over
 the folds' test images, per test patient and per nodule size, training steps and wall time, beside the plain U-Net
-reference bar of issue 13. Not a test: nothing asserts a number; CI never runs it.
+reference bar of issue 13. ``--max-steps N`` is a longer- (or shorter-) budget trial: N optimizer steps instead of the
+profile's budget, without the profile's wall-clock cap, reported in rows of its own labelled with the budget (the
+protocol records the change). Not a test: nothing asserts a number; CI never runs it.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ TRIED = ("the profile's step budget whatever the dataset's size (the steps are i
          "HU window applies; checkpoints chosen on validation patches (on training patches when no patient can be "
          "spared); Gaussian sliding-window inference over the whole "
          "slice; each paper's own loss and optimiser; the lung restriction of predictions (scored in its own column). "
-         "Not tried here: longer budgets (the paper profile), ensembling over folds or seeds, test-time flips.")
+         "Not tried here: ensembling over folds or seeds, test-time flips; longer budgets only where a row names "
+         "its step budget (`--max-steps`).")
 SIZE_BINS_PX = (0.0, 10.0, 20.0, np.inf)
 #: Margin of the optional lung restriction scored beside each result (pixels at the slices' scale).
 LUNG_MARGIN_PX = 10
@@ -143,8 +147,12 @@ def prepare_msd(data_root: Path, work_dir: Path, seed: int) -> Path:
     )
 
 
-def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool) -> dict:
-    """Train and score one model on one dataset; returns the entry for the JSON (per-image rows included)."""
+def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool,
+            max_steps: int | None = None) -> dict:
+    """Train and score one model on one dataset; returns the entry for the JSON (per-image rows included).
+
+    ``max_steps`` replaces the profile's step budget (and lifts its wall-clock cap); the recipe records the change
+    beside the profile's own departures, so the protocol shows it."""
     from lungkit.experiments.segmentation import SegmentationExperiment
 
     paper_id, result_key = MODELS[model_name]
@@ -153,6 +161,12 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
         # 48 px patches: the model sees each whole patch, upsampled to its input side
         size = experiment.recipe.patch_size
         experiment.recipe = dataclasses.replace(experiment.recipe, image_size=size)
+    if max_steps is not None:
+        recipe = experiment.recipe
+        overridden = {**recipe.overridden, "max_steps": {"recipe": recipe.max_steps, "used": int(max_steps)},
+                      "max_train_seconds": {"recipe": recipe.max_train_seconds, "used": None}}
+        experiment.recipe = dataclasses.replace(recipe, max_steps=int(max_steps), max_train_seconds=None,
+                                                overridden=overridden)
     start = time.perf_counter()
     model = experiment.build_model()
     experiment.train(model, verbose=0)
@@ -178,7 +192,9 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
     protocol = result.summary["protocol"]
     return {
         "model": model_name,
+        "commit": protocol.get("git_commit"),
         "paper": paper_id,
+        "max_steps": None if max_steps is None else int(max_steps),
         "steps": protocol.get("steps_trained"),
         "wall_time_s": round(time.perf_counter() - start, 1),
         "stopped_by_wall_clock": protocol.get("stopped_by_wall_clock"),
@@ -213,10 +229,21 @@ def render_markdown(report: dict) -> str:
                   "| per test patient (Dice) | by nodule size (px, Dice) | steps | train+eval s | folds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         best = None
-        for model in MODELS:
-            model_rows = [e for e in entries if e["model"] == model]
+        # one row per model and budget: the quick profile's first, then other profiles and step-budget trials
+        def budget_of(entry):
+            return entry["profile"], entry.get("max_steps")
+
+        budgets = sorted({budget_of(e) for e in entries},
+                         key=lambda b: (b != ("quick", None), b[0], b[1] is not None, b[1] or 0))
+        profiles = {profile for profile, _ in budgets}
+        for model, budget in [(model, budget) for model in MODELS for budget in budgets]:
+            model_rows = [e for e in entries if e["model"] == model and budget_of(e) == budget]
             if not model_rows:
                 continue
+            profile, steps = budget
+            named = ([profile] if len(profiles) > 1 and profile != "quick" else []) + (
+                [f"{steps:,} steps"] if steps is not None else [])
+            label = f"{model} ({', '.join(named)})" if named else model
             seeds = sorted({int(e["seed"]) for e in model_rows})
             # the CI cells: the first seed's folds; other seeds give the spread over seeds
             rows = [e for e in model_rows if int(e["seed"]) == seeds[0]]
@@ -228,7 +255,7 @@ def render_markdown(report: dict) -> str:
             restricted = (f"{frame['dice_lung_restricted'].mean():.3f}" if "dice_lung_restricted" in frame
                           else "not scored")
             if best is None or frame["dice"].mean() > best[1]:
-                best = (model, float(frame["dice"].mean()))
+                best = (label, float(frame["dice"].mean()))
             per_seed = [np.mean([r["dice"] for e in model_rows if int(e["seed"]) == seed for r in e["per_image"]])
                         for seed in seeds]
             over_seeds = (f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1):.3f} (seeds "
@@ -243,7 +270,7 @@ def render_markdown(report: dict) -> str:
             steps = "/".join(str(e["steps"]) for e in rows)
             seconds = sum(e["wall_time_s"] for e in rows)
             folds = ", ".join(sorted(e["fold"] for e in rows))
-            lines.append(f"| {model} | {' | '.join(cells)} | {restricted} | {over_seeds} | {patients} | {size_text} | {steps} | "
+            lines.append(f"| {label} | {' | '.join(cells)} | {restricted} | {over_seeds} | {patients} | {size_text} | {steps} | "
                          f"{seconds:.0f} | {folds} |")
         missing = [model for model in MODELS if not any(e["model"] == model for e in entries)]
         if missing:
@@ -258,9 +285,17 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"Lung-restricted: the same predictions kept inside each slice's lungs found from HU (air below "
                   f"-400 HU not touching the border, holes filled, closed and grown by {LUNG_MARGIN_PX} px; "
                   "`lungkit.postprocess.restrict_to_lungs`), thresholded at 0.5.", ""]
-        lines += ["", f"Protocol: profile {first['profile']}, CI cells from the first seed; {first['sampling']}; "
+        lines += ["", f"Protocol: profile {first['profile']} (a row naming steps trained that many instead of the "
+                  "profile's budget, without its wall-clock cap), CI cells from the first seed; "
+                  f"{first['sampling']}; "
                   f"split: {first['split']}.", ""]
-    lines += [f"Run: commit {report.get('commit', '?')}, {report.get('machine', '')}.", ""]
+    # each result's own commit; results measured before the benchmark kept one per result have none
+    by_commit = {}
+    for key, entry in report.get("results", {}).items():
+        by_commit.setdefault(entry.get("commit") or "not recorded (measured before each result kept its commit)", []).append(key)
+    lines += ["Measured at: " + "; ".join(f"{commit}: {', '.join(sorted(keys))}"
+                                          for commit, keys in sorted(by_commit.items())) + ".",
+              "", f"Last run: commit {report.get('commit', '?')}, {report.get('machine', '')}.", ""]
     return "\n".join(lines)
 
 
@@ -271,6 +306,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--folds", nargs="+", default=list(LIDC_FOLDS), choices=list(LIDC_FOLDS))
     parser.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="optimizer steps instead of the profile's budget (a budget trial, reported in its own rows)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train every model once per seed; the report adds the mean and spread over seeds")
     parser.add_argument("--out", default=str(_REPOSITORY_ROOT / "reports"))
@@ -280,8 +317,12 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-missing", action="store_true",
                         help="exit 0 with a message when the samples are absent (make bench)")
     args = parser.parse_args(argv)
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be a positive number of optimizer steps, got {args.max_steps}")
     data_root, work_dir, out = Path(args.data_root), Path(args.work_dir), Path(args.out)
     if args.render_only:
+        if not (out / "real_data.json").is_file():
+            parser.error(f"--render-only: {out / 'real_data.json'} does not exist (run the benchmark first)")
         write_text_atomic(render_markdown(json.loads((out / "real_data.json").read_text())), out / "real_data.md")
         return 0
     missing = [name for name in ("lidc-png-sample", "msd-lung-patches") if not (data_root / name).is_dir()]
@@ -312,10 +353,11 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for source, fold, dataset_dir, whole_patch in jobs:
             for model in args.models:
-                key = f"{source}/{fold}/{model}/{args.profile}/seed{seed}"
+                budget = args.profile if args.max_steps is None else f"{args.profile}-{args.max_steps}steps"
+                key = f"{source}/{fold}/{model}/{budget}/seed{seed}"
                 print(f"[real_data] {key}", flush=True)
-                run_dir = work_dir / "runs" / source / fold.replace(">", "") / args.profile / f"seed{seed}"
-                entry = run_one(model, dataset_dir, run_dir, args.profile, seed, whole_patch)
+                run_dir = work_dir / "runs" / source / fold.replace(">", "") / budget / f"seed{seed}"
+                entry = run_one(model, dataset_dir, run_dir, args.profile, seed, whole_patch, args.max_steps)
                 report["results"][key] = {**entry, "source": source, "fold": fold, "profile": args.profile,
                                           "seed": seed}
                 # written after every model, so a killed benchmark keeps what it finished

@@ -74,3 +74,13 @@ def test_the_real_data_benchmark_runs_and_keeps_earlier_results(tmp_path):
     assert "(seeds 0, 1)" in markdown
     assert real_data.main(["--out", str(tmp_path / "out"), "--render-only"]) == 0
     assert (tmp_path / "out" / "real_data.md").read_text() == markdown
+    # a step-budget trial gets its own key and row; the profile's row stays as it was
+    assert real_data.main([*arguments, "--sources", "msd", "--max-steps", "3"]) == 0
+    report = json.loads((tmp_path / "out" / "real_data.json").read_text())
+    trial = report["results"]["msd/train->test/unet/smoke-3steps/seed0"]
+    assert trial["max_steps"] == 3 and trial["steps"] >= 3
+    assert report["results"]["msd/train->test/unet/smoke/seed0"]["max_steps"] is None
+    markdown = (tmp_path / "out" / "real_data.md").read_text()
+    assert "| unet (3 steps) |" in markdown and "| unet |" in markdown
+    with pytest.raises(SystemExit):
+        real_data.main([*arguments, "--max-steps", "0"])
