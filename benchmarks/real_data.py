@@ -242,7 +242,7 @@ def render_markdown(report: dict) -> str:
                 continue
             profile, steps = budget
             named = ([profile] if len(profiles) > 1 and profile != "quick" else []) + (
-                [f"{steps:,} steps"] if steps is not None else [])
+                [f"{steps:,}-step budget"] if steps is not None else [])
             label = f"{model} ({', '.join(named)})" if named else model
             seeds = sorted({int(e["seed"]) for e in model_rows})
             # the CI cells: the first seed's folds; other seeds give the spread over seeds
@@ -270,8 +270,8 @@ def render_markdown(report: dict) -> str:
             steps = "/".join(str(e["steps"]) for e in rows)
             seconds = sum(e["wall_time_s"] for e in rows)
             folds = ", ".join(sorted(e["fold"] for e in rows))
-            lines.append(f"| {label} | {' | '.join(cells)} | {restricted} | {over_seeds} | {patients} | {size_text} | {steps} | "
-                         f"{seconds:.0f} | {folds} |")
+            lines.append(f"| {label} | {' | '.join(cells)} | {restricted} | {over_seeds} | {patients} | {size_text} "
+                         f"| {steps} | {seconds:.0f} | {folds} |")
         missing = [model for model in MODELS if not any(e["model"] == model for e in entries)]
         if missing:
             lines += ["", f"Not run on {source} yet (no result in real_data.json): {', '.join(missing)}."]
@@ -285,14 +285,16 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"Lung-restricted: the same predictions kept inside each slice's lungs found from HU (air below "
                   f"-400 HU not touching the border, holes filled, closed and grown by {LUNG_MARGIN_PX} px; "
                   "`lungkit.postprocess.restrict_to_lungs`), thresholded at 0.5.", ""]
-        lines += ["", f"Protocol: profile {first['profile']} (a row naming steps trained that many instead of the "
-                  "profile's budget, without its wall-clock cap), CI cells from the first seed; "
+        lines += ["", f"Protocol: profile {first['profile']} (a row naming a step budget had it instead of the "
+                  "profile's, without the wall-clock cap; the recipe's early stopping may end it sooner, the steps "
+                  "column has what ran), CI cells from the first seed; "
                   f"{first['sampling']}; "
                   f"split: {first['split']}.", ""]
     # each result's own commit; results measured before the benchmark kept one per result have none
     by_commit = {}
     for key, entry in report.get("results", {}).items():
-        by_commit.setdefault(entry.get("commit") or "not recorded (measured before each result kept its commit)", []).append(key)
+        commit = entry.get("commit") or "not recorded (measured before each result kept its commit)"
+        by_commit.setdefault(commit, []).append(key)
     lines += ["Measured at: " + "; ".join(f"{commit}: {', '.join(sorted(keys))}"
                                           for commit, keys in sorted(by_commit.items())) + ".",
               "", f"Last run: commit {report.get('commit', '?')}, {report.get('machine', '')}.", ""]
@@ -307,7 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", nargs="+", default=list(LIDC_FOLDS), choices=list(LIDC_FOLDS))
     parser.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="optimizer steps instead of the profile's budget (a budget trial, reported in its own rows)")
+                        help="optimizer steps instead of the profile's budget (a budget trial, in rows of its own)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train every model once per seed; the report adds the mean and spread over seeds")
     parser.add_argument("--out", default=str(_REPOSITORY_ROOT / "reports"))

@@ -81,6 +81,6 @@ def test_the_real_data_benchmark_runs_and_keeps_earlier_results(tmp_path):
     assert trial["max_steps"] == 3 and trial["steps"] >= 3
     assert report["results"]["msd/train->test/unet/smoke/seed0"]["max_steps"] is None
     markdown = (tmp_path / "out" / "real_data.md").read_text()
-    assert "| unet (3 steps) |" in markdown and "| unet |" in markdown
+    assert "| unet (3-step budget) |" in markdown and "| unet |" in markdown
     with pytest.raises(SystemExit):
         real_data.main([*arguments, "--max-steps", "0"])
