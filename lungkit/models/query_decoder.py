@@ -23,6 +23,7 @@ from keras import layers, ops
 
 from lungkit.models.positions import sine_position_encoding
 
+
 def embedding_initializer() -> keras.initializers.Initializer:
     """N(0, 1), as PyTorch's nn.Embedding draws (Keras' "random_normal" would be N(0, 0.05)): the official queries and
     level embeddings are nn.Embedding tables.

@@ -181,8 +181,8 @@ class SetCriterion:
         target_mode: ``"instances"`` or ``"semantic"`` (see the module docstring).
         seed: int seed of the point draws. None: a seed drawn from Python's random state when the criterion is made
             (after :func:`lungkit.training.seed_run` that draw repeats), never later: a draw at the first training
-            step would depend on whatever consumed Python's random state in between, and did (two seeded
-            Mask2Former trainings diverged from the first epoch).
+            step would depend on whatever consumed Python's random state in between (a test shows the first-step
+            loss moving with it under the old rule).
 
     Raises:
         ValueError: an unknown ``mask_loss`` or ``target_mode``, or a negative weight.
