@@ -241,9 +241,6 @@ class SetCriterion:
         )
         return {key: getattr(self, key) for key in keys}
 
-    def _seed(self):
-        return self._seed_generator
-
     @property
     def class_weights(self) -> np.ndarray:
         """(C + 1,) cross-entropy weights: 1 per real class, ``no_object_weight`` for no object."""
@@ -269,7 +266,7 @@ class SetCriterion:
             point_targets = ops.reshape(_resize_targets(targets, height, width), (batch, ops.shape(targets)[1], -1))
         else:
             # the same uniform points for every query and target of an image, as the official matcher
-            points = uniform_points(batch, self.num_points, seed=self._seed())
+            points = uniform_points(batch, self.num_points, seed=self._seed_generator)
             point_logits = point_sample(ops.stop_gradient(mask_logits), points)
             point_targets = point_sample(targets, points)
         point_logits = ops.stop_gradient(ops.cast(point_logits, "float32"))
@@ -318,7 +315,8 @@ class SetCriterion:
             flat_logits = ops.reshape(matched_logits, (-1, 1, ops.shape(mask_logits)[2], ops.shape(mask_logits)[3]))
             flat_targets = ops.reshape(targets, (-1, 1, ops.shape(targets)[2], ops.shape(targets)[3]))
             points = uncertain_point_coords(
-                flat_logits, self.num_points, self.oversample_ratio, self.importance_sample_ratio, seed=self._seed()
+                flat_logits, self.num_points, self.oversample_ratio, self.importance_sample_ratio,
+                seed=self._seed_generator,
             )
             point_logits = ops.reshape(point_sample(flat_logits, points), (batch, slots, -1))
             point_targets = ops.reshape(point_sample(flat_targets, points), (batch, slots, -1))
