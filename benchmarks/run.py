@@ -92,17 +92,6 @@ def versions() -> dict:
     return found
 
 
-def _git_commit() -> str:
-    try:
-        completed = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        return completed.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _run_section(name: str, quick: bool, work_dir: Path, threads: int, scratch: Path,
                  models_only: list[str] | None = None) -> dict:
     if name == "conversion":
@@ -353,13 +342,15 @@ def main(argv=None) -> int:
     work_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir))
     started = time.perf_counter()
+    from lungkit.evaluation import git_commit  # the commit every protocol records, -dirty with uncommitted code
+
     report = {
         "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": arguments.quick,
         "threads": arguments.threads,
         "machine": machine_description(),
         "versions": versions(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(Path(__file__).resolve().parent.parent),
         "load": {},
         "sections": {},
     }
