@@ -225,6 +225,30 @@ def make_dataset(
 
 #: nnU-Net forces a third of its training patches to contain foreground.
 DEFAULT_FOREGROUND_FRACTION = 1.0 / 3.0
+#: The rotation, zoom and intensity transforms of nnU-Net's 2-D training (its ``get_training_transforms``), each as
+#: (probability per patch, range). Rotation is limited to +-30 degrees (paper 001's range) because quarter turns
+#: already cover the rest of the circle. Intensities act on the model-ready patch: multiplicative brightness, contrast
+#: about the patch mean (clipped to the patch's range), gamma on the patch rescaled to [0, 1], and Gaussian noise with
+#: a standard deviation drawn as a fraction of the patch's own (nnU-Net draws it in z-score units; relative to the
+#: patch it means the same for min-max inputs).
+NNUNET_AUGMENTATION = {
+    "rotation_degrees": (0.2, (-30.0, 30.0)),
+    "zoom": (0.2, (0.7, 1.4)),
+    "brightness": (0.15, (0.75, 1.25)),
+    "contrast": (0.15, (0.75, 1.25)),
+    "gamma": (0.3, (0.7, 1.5)),
+    "noise_fraction": (0.1, (0.0, 0.1)),
+}
+#: A plan's values that leave a patch unchanged.
+_IDENTITY = {"rotation_degrees": 0.0, "zoom": 1.0, "brightness": 1.0, "contrast": 1.0, "gamma": 1.0,
+             "noise_fraction": 0.0}
+
+
+def describe_nnunet_augmentation() -> str:
+    """The transforms of :data:`NNUNET_AUGMENTATION` in words, for protocols."""
+    return ("rotations (p 0.2, +-30 degrees) and zooms (p 0.2, x0.7-1.4) cut from the whole slice, brightness (p 0.15, "
+            "x0.75-1.25), contrast (p 0.15, x0.75-1.25), gamma (p 0.3, 0.7-1.5) and Gaussian noise (p 0.1, sd up to "
+            "0.1 of the patch's) as nnU-Net's 2-D training")
 
 
 class PatchSampler:
@@ -234,7 +258,9 @@ class PatchSampler:
     ``foreground_fraction`` of them to contain tumour (a random tumour pixel lands at a random place inside the
     patch, at least 1/8 of the side from its border), the rest anywhere. Without that, a nodule of 0.1 % of the
     pixels is seen so rarely that models learn to predict nothing. Optional flips and quarter turns (square
-    patches only) are the spatial augmentation nnU-Net never goes without.
+    patches only) are the spatial augmentation nnU-Net never goes without; ``rotations_zooms_intensity`` adds the
+    rest of nnU-Net's 2-D transforms (:data:`NNUNET_AUGMENTATION`), applied by :func:`make_patch_dataset` (the numpy
+    :meth:`sample` cuts the plan's window, turn and flip only).
 
     Args:
         images: ``(N, H, W, C)`` float32 model-ready slices (preprocessed over the whole slice).
@@ -242,6 +268,8 @@ class PatchSampler:
         patch_size: side of the patches; at most the slice side.
         foreground_fraction: share of patches forced to contain tumour (slices without tumour are skipped for them).
         flips_and_turns: random horizontal / vertical flips and quarter turns.
+        rotations_zooms_intensity: draw nnU-Net's rotations, zooms and intensity changes into the plan too (off: the
+            plan holds identity values and the draw of windows, turns and flips is the same as without them).
         seed: seed of the draw; the same seed gives the same sequence of patches.
 
     Raises:
@@ -249,7 +277,7 @@ class PatchSampler:
     """
 
     def __init__(self, images, masks, patch_size: int, foreground_fraction: float = DEFAULT_FOREGROUND_FRACTION,
-                 flips_and_turns: bool = True, seed: int = 0):
+                 flips_and_turns: bool = True, rotations_zooms_intensity: bool = False, seed: int = 0):
         images = np.asarray(images, np.float32)
         masks = np.asarray(masks)
         if masks.ndim == 4:
@@ -264,7 +292,10 @@ class PatchSampler:
         self.patch_size = int(patch_size)
         self.foreground_fraction = float(foreground_fraction)
         self.flips_and_turns = bool(flips_and_turns)
+        self.rotations_zooms_intensity = bool(rotations_zooms_intensity)
         self.rng = np.random.default_rng(seed)
+        # a stream of its own, so switching the extras on or off leaves the windows, turns and flips as they were
+        self.augmentation_rng = np.random.default_rng([int(seed), 1])
         self.foreground = [np.argwhere(m > 0) for m in self.masks]
         self.with_tumour = np.flatnonzero([len(f) > 0 for f in self.foreground])
 
@@ -288,8 +319,9 @@ class PatchSampler:
 
     def plan(self, count: int) -> dict[str, np.ndarray]:
         """The next ``count`` patches as a plan: slice ``index``, top-left corner ``y0``/``x0``, quarter ``turns``
-        and ``flip`` (int32 arrays). Drawing the plan is cheap numpy; cutting the patches can then run inside
-        tf.data (see :func:`make_patch_dataset`) instead of a Python generator."""
+        and ``flip`` (int32 arrays), and the float32 parameters of :data:`NNUNET_AUGMENTATION` (identity values
+        unless ``rotations_zooms_intensity``) with an int32 ``noise_seed``. Drawing the plan is cheap numpy; cutting
+        the patches can then run inside tf.data (see :func:`make_patch_dataset`) instead of a Python generator."""
         rows = []
         for _ in range(int(count)):
             if len(self.with_tumour) and self.rng.random() < self.foreground_fraction:
@@ -303,11 +335,22 @@ class PatchSampler:
                 turns, flip = int(self.rng.integers(4)), int(self.rng.random() < 0.5)
             rows.append((index, y0, x0, turns, flip))
         columns = np.asarray(rows, np.int32).reshape(-1, 5)
-        return {name: columns[:, k] for k, name in enumerate(("index", "y0", "x0", "turns", "flip"))}
+        plan = {name: columns[:, k] for k, name in enumerate(("index", "y0", "x0", "turns", "flip"))}
+        count = len(rows)
+        for name, (probability, (low, high)) in NNUNET_AUGMENTATION.items():
+            values = np.full(count, _IDENTITY[name], np.float32)
+            if self.rotations_zooms_intensity:
+                applied = self.augmentation_rng.random(count) < probability
+                drawn = self.augmentation_rng.uniform(low, high, count).astype(np.float32)
+                values = np.where(applied, drawn, values).astype(np.float32)
+            plan[name] = values
+        plan["noise_seed"] = (self.augmentation_rng.integers(0, 2**31 - 1, count, dtype=np.int64).astype(np.int32)
+                              if self.rotations_zooms_intensity else np.zeros(count, np.int32))
+        return plan
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One ``(patch (P, P, C), mask (P, P, 1))`` pair (the next row of :meth:`plan`, cut in numpy)."""
-        row = {name: int(values[0]) for name, values in self.plan(1).items()}
+        row = {name: values[0] for name, values in self.plan(1).items()}
         window = (slice(row["y0"], row["y0"] + self.patch_size), slice(row["x0"], row["x0"] + self.patch_size))
         patch, mask = self.images[row["index"]][window], self.masks[row["index"]][window]
         patch, mask = np.rot90(patch, row["turns"]), np.rot90(mask, row["turns"])
@@ -348,18 +391,73 @@ def make_patch_dataset(sampler: PatchSampler, batch_size: int, batches: int) -> 
     images = tf.convert_to_tensor(sampler.images)
     masks = tf.convert_to_tensor(sampler.masks[..., None])
 
-    def cut(row):
+    def window(row):
         begin = tf.stack([row["index"], row["y0"], row["x0"], 0])
-        patch = tf.slice(images, begin, [1, size, size, -1])[0]
-        mask = tf.slice(masks, begin, [1, size, size, 1])[0]
+        return tf.slice(images, begin, [1, size, size, -1])[0], tf.slice(masks, begin, [1, size, size, 1])[0]
+
+    def cut(row):
+        rotated_or_zoomed = tf.logical_or(tf.not_equal(row["rotation_degrees"], 0.0), tf.not_equal(row["zoom"], 1.0))
+        patch, mask = tf.cond(rotated_or_zoomed, lambda: _rotated_zoomed_window(images, masks, row, size),
+                              lambda: window(row))
         patch, mask = tf.image.rot90(patch, row["turns"]), tf.image.rot90(mask, row["turns"])
         flip = tf.cast(row["flip"], tf.bool)
         patch = tf.cond(flip, lambda: tf.reverse(patch, [1]), lambda: patch)
         mask = tf.cond(flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+        patch = _intensity_transforms(patch, row)
         return tf.ensure_shape(patch, (size, size, images.shape[-1])), tf.ensure_shape(mask, (size, size, 1))
 
     dataset = tf.data.Dataset.from_tensor_slices(plan).map(cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(int(batch_size)).repeat().prefetch(2)
+
+
+def _rotated_zoomed_window(images: tf.Tensor, masks: tf.Tensor, row: dict, size: int):
+    """The plan's window rotated by ``rotation_degrees`` and zoomed by ``zoom`` about its centre, sampled from the
+    whole slice (so a rotated corner shows the slice's own pixels, not padding; beyond the slice's border the edge
+    pixel repeats). Image bilinear; mask bilinear then thresholded at 0.5, so it stays 0/1."""
+    angle = row["rotation_degrees"] * (np.pi / 180.0)
+    step = 1.0 / row["zoom"]  # input pixels per output pixel: a zoom above 1 enlarges the content
+    centre = (size - 1) / 2.0
+    cos, sin = step * tf.cos(angle), step * tf.sin(angle)
+    centre_x = tf.cast(row["x0"], tf.float32) + centre
+    centre_y = tf.cast(row["y0"], tf.float32) + centre
+    # output (x, y) -> input (cos*(x-c) - sin*(y-c) + cx, sin*(x-c) + cos*(y-c) + cy), as ImageProjectiveTransform
+    # wants it: [a0, a1, a2, b0, b1, b2, 0, 0] with x_in = a0 x + a1 y + a2, y_in = b0 x + b1 y + b2
+    transform = tf.stack([cos, -sin, centre_x - cos * centre + sin * centre,
+                          sin, cos, centre_y - sin * centre - cos * centre, 0.0, 0.0])[None]
+
+    def warp(stack):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=stack, transforms=transform, output_shape=tf.constant([size, size]), fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="NEAREST")[0]
+
+    index = row["index"]
+    patch = warp(images[index][None])
+    mask = tf.cast(warp(masks[index][None]) >= 0.5, tf.float32)
+    return patch, mask
+
+
+def _intensity_transforms(patch: tf.Tensor, row: dict) -> tf.Tensor:
+    """The plan's brightness, contrast, gamma and noise on a model-ready patch; a transform at its identity value is
+    skipped, so an unaugmented patch stays bit-identical."""
+    low = tf.reduce_min(patch, axis=[0, 1], keepdims=True) * row["brightness"]
+    high = tf.reduce_max(patch, axis=[0, 1], keepdims=True) * row["brightness"]
+    low, high = tf.minimum(low, high), tf.maximum(low, high)
+    span = tf.maximum(high - low, 1e-6)
+
+    def contrast(x):
+        mean = tf.reduce_mean(x, axis=[0, 1], keepdims=True)
+        return tf.clip_by_value((x - mean) * row["contrast"] + mean, low, high)
+
+    def noise(x):
+        spread = tf.math.reduce_std(x, axis=[0, 1], keepdims=True) * row["noise_fraction"]  # per channel
+        return x + tf.random.stateless_normal(tf.shape(x), seed=tf.stack([row["noise_seed"], 0])) * spread
+
+    patch = tf.cond(tf.not_equal(row["brightness"], 1.0), lambda: patch * row["brightness"], lambda: patch)
+    patch = tf.cond(tf.not_equal(row["contrast"], 1.0), lambda: contrast(patch), lambda: patch)
+    patch = tf.cond(tf.not_equal(row["gamma"], 1.0),
+                    lambda: tf.pow(tf.clip_by_value((patch - low) / span, 0.0, 1.0), row["gamma"]) * span + low,
+                    lambda: patch)
+    return tf.cond(tf.not_equal(row["noise_fraction"], 0.0), lambda: noise(patch), lambda: patch)
 
 
 def load_split_arrays(

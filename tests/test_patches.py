@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lungkit.inference import gaussian_importance, sliding_window_predict, window_starts
-from lungkit.pipeline import PatchSampler, make_patch_dataset
+from lungkit.pipeline import NNUNET_AUGMENTATION, PatchSampler, make_patch_dataset
 
 
 def _slices(n=6, side=48, seed=0):
@@ -46,6 +46,79 @@ def test_the_tf_data_cutter_gives_the_numpy_patches_of_the_same_plan():
     batch_images, batch_masks = next(iter(make_patch_dataset(PatchSampler(images, masks, 16, seed=5), 8, 1)))
     np.testing.assert_array_equal(batch_images.numpy(), np.stack([p for p, _ in pairs]))
     np.testing.assert_array_equal(batch_masks.numpy(), np.stack([m for _, m in pairs]))
+
+
+def test_the_extra_augmentation_has_its_own_stream_and_nnunets_probabilities():
+    images, masks = _slices()
+    plain = PatchSampler(images, masks, 16, seed=2).plan(2000)
+    extra = PatchSampler(images, masks, 16, rotations_zooms_intensity=True, seed=2).plan(2000)
+    # switching the extras on leaves the windows, turns and flips as they were
+    for name in ("index", "y0", "x0", "turns", "flip"):
+        np.testing.assert_array_equal(plain[name], extra[name])
+    identity = {"rotation_degrees": 0.0, "zoom": 1.0, "brightness": 1.0, "contrast": 1.0, "gamma": 1.0,
+                "noise_fraction": 0.0}
+    for name, value in identity.items():
+        assert (plain[name] == value).all(), name
+        probability, (low, high) = NNUNET_AUGMENTATION[name]
+        applied = extra[name] != value
+        assert abs(applied.mean() - probability) < 0.04, (name, applied.mean())
+        assert (extra[name][applied] >= low).all() and (extra[name][applied] <= high).all(), name
+
+
+def _one_row(images, masks, **values):
+    """The first row of a plain plan with some augmentation values set, as tf.data's cutter sees a row."""
+    row = {name: column[:1] for name, column in PatchSampler(images, masks, 16, seed=0).plan(1).items()}
+    row.update({"turns": np.zeros(1, np.int32), "flip": np.zeros(1, np.int32)})
+    row.update({name: np.full(1, value, np.float32) for name, value in values.items()})
+    return row
+
+
+def _cut(images, masks, row):
+    import tensorflow as tf
+
+    from lungkit import pipeline
+
+    sampler = PatchSampler(images, masks, 16, seed=0)
+    sampler.plan = lambda count: row
+    patch, mask = next(iter(pipeline.make_patch_dataset(sampler, 1, 1)))
+    assert isinstance(patch, tf.Tensor)
+    return patch.numpy()[0], mask.numpy()[0], row["index"][0], row["y0"][0], row["x0"][0]
+
+
+def test_rotations_and_zooms_are_cut_from_the_whole_slice_and_keep_masks_binary():
+    images, masks = _slices(side=64)
+    masks[1] = 0
+    masks[1, 20:40, 20:40] = 1
+    rotated = _one_row(images, masks, rotation_degrees=90.0)
+    rotated.update(index=np.ones(1, np.int32), y0=np.full(1, 22, np.int32), x0=np.full(1, 22, np.int32))
+    patch, mask, i, y, x = _cut(images, masks, rotated)
+    window = images[i, y : y + 16, x : x + 16, 0]
+    # a quarter turn about the window's centre is exactly a rot90 of the window (either sense)
+    assert np.allclose(patch[..., 0], np.rot90(window, 1), atol=1e-4) or np.allclose(
+        patch[..., 0], np.rot90(window, -1), atol=1e-4)
+    zoomed = dict(rotated, rotation_degrees=np.zeros(1, np.float32), zoom=np.full(1, 2.0, np.float32),
+                  y0=np.full(1, 14, np.int32), x0=np.full(1, 14, np.int32))
+    patch, mask, *_ = _cut(images, masks, zoomed)
+    # zoom 2 shows the window's central 8 x 8 pixels (rows / columns 17.75 to 25.25 of the slice, half a pixel apart):
+    # the tumour square starts at 20, so output rows and columns from 4 on hold it (interpolated mask >= 0.5)
+    assert set(np.unique(mask)) <= {0.0, 1.0}
+    assert mask[4:, 4:].all() and not mask[:4].any() and not mask[:, :4].any()
+
+
+def test_intensity_transforms_act_only_when_drawn():
+    images, masks = _slices()
+    plain_patch, *_ = _cut(images, masks, _one_row(images, masks))
+    bright_patch, *_ = _cut(images, masks, _one_row(images, masks, brightness=1.2))
+    np.testing.assert_allclose(bright_patch, plain_patch * 1.2, rtol=1e-6)
+    noisy = _one_row(images, masks, noise_fraction=0.1)
+    noisy["noise_seed"] = np.full(1, 7, np.int32)
+    noisy_patch, *_ = _cut(images, masks, noisy)
+    again, *_ = _cut(images, masks, noisy)
+    np.testing.assert_array_equal(noisy_patch, again)  # seeded noise: the same plan gives the same patch
+    assert 0.05 < np.std(noisy_patch - plain_patch) / np.std(plain_patch) < 0.15
+    gamma_patch, *_ = _cut(images, masks, _one_row(images, masks, gamma=1.5))
+    assert np.isclose(gamma_patch.min(), plain_patch.min()) and np.isclose(gamma_patch.max(), plain_patch.max())
+    assert not np.allclose(gamma_patch, plain_patch)
 
 
 def test_the_planned_dataset_repeats_instead_of_running_dry():
