@@ -24,6 +24,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+#: Augmentations of training patches (:class:`Profile`'s ``patch_augmentation``). ``nnunet`` measured on real CT, U-Net
+#: at quick, patients never seen: LIDC fold A, three seeds, per-image Dice 0.53 on average against 0.41 with flips and
+#: turns alone; MSD patches, two seeds, 0.52 against 0.55 (within the spread over seeds).
+PATCH_AUGMENTATIONS = ("flips_turns", "nnunet")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -50,6 +55,9 @@ class Profile:
             :class:`lungkit.pipeline.PatchSampler`) instead of whole slices resized to ``max_image_size``.
         max_slice_size: cap on the slice side patches are cut from (keeps ``smoke`` cheap); None keeps the
             recipe's scale.
+        patch_augmentation: how training patches are augmented under ``patch_training``: ``flips_turns`` (random
+            flips and quarter turns) or ``nnunet`` (those plus nnU-Net's rotations, zooms, brightness, contrast, gamma
+            and noise, :data:`lungkit.pipeline.NNUNET_AUGMENTATION`).
         deterministic: TensorFlow op determinism on (bit-identical reruns on the same machine and software; its
             cost is in the benchmarks).
         batch_size: None keeps the recipe's batch size.
@@ -72,6 +80,7 @@ class Profile:
     max_train_seconds: float | None = None
     patch_training: bool = False
     max_slice_size: int | None = None
+    patch_augmentation: str = "flips_turns"
     deterministic: bool = False
 
     @property
@@ -100,6 +109,7 @@ PROFILES = {
         batch_size=4,
         phantom_volumes=3,
         patch_training=True,
+        patch_augmentation="nnunet",
         max_slice_size=128,
         deterministic=True,
     ),
@@ -119,6 +129,7 @@ PROFILES = {
         phantom_volumes=24,
         max_train_seconds=900.0,
         patch_training=True,
+        patch_augmentation="nnunet",
         deterministic=True,
     ),
     "paper": Profile(

@@ -160,6 +160,9 @@ class Recipe:
             None: the model sees whole slices resized to ``image_size``.
         max_steps: set by :meth:`for_profile`: the profile's budget of optimizer steps (None: the recipe's epochs).
         max_train_seconds: set by :meth:`for_profile`: the profile's wall-clock safety cap per training run.
+        patch_augmentation: set by :meth:`for_profile` under patch training: the profile's augmentation of the
+            patches (``flips_turns`` or ``nnunet``, see :data:`lungkit.profiles.PATCH_AUGMENTATIONS`); None without
+            patches.
         overridden: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every key the
             profile's override changed.
 
@@ -199,6 +202,7 @@ class Recipe:
     patch_size: int | None = None
     max_steps: int | None = None
     max_train_seconds: float | None = None
+    patch_augmentation: str | None = None
 
     @property
     def input_size(self) -> int:
@@ -214,7 +218,11 @@ class Recipe:
 
         from lungkit.models import available_models
 
+        from lungkit.profiles import PATCH_AUGMENTATIONS
+
         expect(self.model in available_models(), "model", f"one of {available_models()}")
+        expect(self.patch_augmentation is None or self.patch_augmentation in PATCH_AUGMENTATIONS,
+               "patch_augmentation", f"None or one of {PATCH_AUGMENTATIONS}")
         expect(_is_int(self.image_size) and self.image_size > 0, "image_size", "a positive int")
         expect(self.input_channels in (1, 2, 3) and _is_int(self.input_channels), "input_channels",
                "1, 2 (CT + PET) or 3")
@@ -417,6 +425,7 @@ class Recipe:
             capped=capped,
             overridden=overridden,
             patch_size=patch_size,
+            patch_augmentation=profile.patch_augmentation if patches else None,
             **budget,
         )
 
@@ -491,6 +500,7 @@ class Recipe:
             "max_steps_per_epoch": self.max_steps_per_epoch,
             "max_steps": self.max_steps,
             "patch_size": self.patch_size,
+            "patch_augmentation": self.patch_augmentation,
             "loss": self.describe_loss(),
             "optimizer": self.describe_optimizer(),
             "early_stopping_patience": self.early_stopping_patience,

@@ -4,6 +4,8 @@ probability prediction."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -145,6 +147,17 @@ def test_patch_training_keeps_the_recipe_scale_and_caps_the_patch():
     paper = recipe.for_profile("paper")
     assert paper.patch_size is None and paper.input_size == 256
     assert quick.protocol()["patch_size"] == 128 and quick.protocol()["max_steps"] == get_profile("quick").max_steps
+
+
+def test_patch_augmentation_follows_the_profile_and_is_part_of_the_recipe():
+    recipe = recipe_with(image_size=256)
+    quick = recipe.for_profile("quick")
+    assert quick.patch_augmentation == get_profile("quick").patch_augmentation == "nnunet"
+    assert quick.protocol()["patch_augmentation"] == "nnunet"  # a run trained otherwise is not reused for it
+    assert recipe.for_profile("quick", patches=False).patch_augmentation is None
+    assert recipe.for_profile("paper").patch_augmentation is None
+    with pytest.raises(ValueError, match="patch_augmentation"):
+        dataclasses.replace(quick, patch_augmentation="elastic")
 
 
 def test_step_budget_gives_small_datasets_as_many_updates():

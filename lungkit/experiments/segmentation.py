@@ -176,7 +176,8 @@ class SegmentationExperiment:
 
         Under patch training (the recipe has a ``patch_size``): slices stay at ``image_size`` and are preprocessed
         whole; training draws endless patches (:class:`lungkit.pipeline.PatchSampler`, a third near tumour, flips
-        and quarter turns); validation is a fixed set of patches of the validation slices. Otherwise whole slices
+        and quarter turns, and nnU-Net's rotations, zooms and intensity changes when the profile's
+        ``patch_augmentation`` is ``nnunet``); validation is a fixed set of patches of the validation slices. Otherwise whole slices
         resized to ``image_size``.
         """
         from lungkit.pipeline import make_dataset
@@ -206,7 +207,8 @@ class SegmentationExperiment:
                                      self.recipe.input_channels)
 
         images, masks, _ = arrays("train")
-        sampler = PatchSampler(images, masks, self.recipe.patch_size, seed=self.seed)
+        sampler = PatchSampler(images, masks, self.recipe.patch_size, seed=self.seed,
+                               rotations_zooms_intensity=self.recipe.patch_augmentation == "nnunet")
         train = make_patch_dataset(sampler, self.recipe.batch_size, self.recipe.epochs * self.steps_per_epoch())
         self.validation_note = ""
         if (read_manifest(dataset_dir)["split"] == "val").any():
@@ -285,26 +287,29 @@ class SegmentationExperiment:
             images = np.repeat(images, 3, axis=-1)
         return images
 
-    def _predict_fn(self, model):
+    def _predict_fn(self, model, flips: bool = False):
         """HU slices (N, H, W) -> probabilities (N, H, W)."""
 
         def predict(hu_batch: np.ndarray) -> np.ndarray:
-            return self.predict_images(model, self.model_inputs(hu_batch))
+            return self.predict_images(model, self.model_inputs(hu_batch), flips=flips)
 
         return predict
 
-    def predict_images(self, model, images: np.ndarray, overlap: float | None = None) -> np.ndarray:
+    def predict_images(self, model, images: np.ndarray, overlap: float | None = None,
+                       flips: bool = False) -> np.ndarray:
         """Model-ready slices (N, H, W, C) -> probabilities (N, H, W): by sliding window of the patch size under
-        patch training (Gaussian-weighted, half-overlapping windows), else one pass."""
+        patch training (Gaussian-weighted, half-overlapping windows), else one pass; ``flips``: test-time flips
+        (each window's prediction averaged with those of its left-right and up-down mirrors, three passes)."""
         from lungkit.inference import DEFAULT_OVERLAP, predict_probabilities, sliding_window_predict
 
         if self.recipe.patch_size:
             return sliding_window_predict(
                 model, images, window=self.recipe.patch_size, batch_size=self.recipe.batch_size,
                 overlap=DEFAULT_OVERLAP if overlap is None else overlap, from_logits=self.recipe.from_logits,
+                flips=flips,
             )
         return predict_probabilities(
-            model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits
+            model, images, batch_size=self.recipe.batch_size, from_logits=self.recipe.from_logits, flips=flips
         )[..., 0]
 
     def sampling_description(self) -> str:
@@ -314,8 +319,13 @@ class SegmentationExperiment:
         capped = self.recipe.capped.get("image_size")
         scale = (f"capped from the recipe's {capped['recipe']} px by the profile" if capped
                  else "the recipe's pixel scale")
+        from lungkit.pipeline import describe_nnunet_augmentation
+
+        augmentation = "random flips and quarter turns"
+        if self.recipe.patch_augmentation == "nnunet":
+            augmentation += ", " + describe_nnunet_augmentation()
         text = (f"patches of {self.recipe.patch_size} px from slices at {self.recipe.image_size} px ({scale}), "
-                "1/3 forced to contain tumour, random flips and quarter turns; whole-slice inference by "
+                f"1/3 forced to contain tumour, {augmentation}; whole-slice inference by "
                 "Gaussian-weighted sliding window (overlap 0.5)")
         if self.recipe.augment_on_the_fly:
             text += "; the recipe's on-the-fly augmentation is not applied to patches"
@@ -353,7 +363,8 @@ class SegmentationExperiment:
         return any(module.TABLES.get(row["table"], {}).get("readings") for row in self.rows)
 
     def evaluate(self, model, robustness: bool | None = None, notes: str = "",
-                 lung_margin_px: int | None = None, lesion_level: bool | None = None) -> EvaluationResult:
+                 lung_margin_px: int | None = None, lesion_level: bool | None = None,
+                 test_time_flips: bool = False) -> EvaluationResult:
         """Score the test split and write ``per_image.csv``, ``summary.json`` and ``predictions.npz``.
 
         Args:
@@ -369,6 +380,9 @@ class SegmentationExperiment:
                 boxes); None: when a table this result fills has ``readings`` (paper 000's Table 1). For a query model
                 (Mask2Former, MaskFormer) its own instances are scored too, from the pass that gives its probability
                 map (:func:`lungkit.inference.sliding_window_query_predict`).
+            test_time_flips: average each prediction with those of its left-right and up-down mirrors (three
+                passes; the papers do not, so off by default). Recorded in the protocol. A query model's own instances
+                and paper 004's robustness passes are not flipped.
 
         Returns:
             An :class:`EvaluationResult`. The model is saved with its card in :attr:`model_dir`
@@ -414,10 +428,9 @@ class SegmentationExperiment:
                 model, images if images is not None else self.model_inputs(hu), window=self.recipe.patch_size,
                 batch_size=self.recipe.batch_size)
         elif images is not None:
-            probabilities = self.predict_images(model, images)
+            probabilities = self.predict_images(model, images, flips=test_time_flips)
         else:
-            predict = self._predict_fn(model)
-            probabilities = predict(hu)
+            probabilities = self._predict_fn(model, flips=test_time_flips)(hu)
         lung_restriction = "none"
         if lung_margin_px is not None:
             from lungkit.postprocess import restrict_to_lungs
@@ -470,6 +483,8 @@ class SegmentationExperiment:
             "epochs_recipe": self.paper_recipe.epochs,
             "postprocess": method_used,
             "lung_restriction": lung_restriction,
+            "test_time_flips": ("on: each prediction averaged with those of its left-right and up-down mirrors"
+                                if test_time_flips and instances is None else "off"),
             **instance_protocol,
             "postprocess_paper": self.postprocess,
             "data_fingerprint": data_fingerprint(dataset_dir),
