@@ -65,9 +65,13 @@ def test_the_real_data_benchmark_runs_and_keeps_earlier_results(tmp_path):
     lidc = report["results"]["lidc/C/unet/smoke/seed0"]
     assert {row["patient"] for row in lidc["per_image"]} == {"LIDC-IDRI-29"}  # the fold's test patient only
     assert "leave-patients-out fold C" in lidc["split"]
+    # the same predictions scored with test-time flips, in a column of their own
+    assert all(0.0 <= row["dice_test_time_flips"] <= 1.0 for row in lidc["per_image"])
+    assert "nnU-Net" in lidc["sampling"]  # the profile's patch augmentation is in the protocol
     markdown = (tmp_path / "out" / "real_data.md").read_text()
     assert "## lidc" in markdown and "## msd" in markdown and "| unet |" in markdown
     assert "one seed (0)" in markdown and "Best model: unet" in markdown
+    assert "Dice, test-time flips" in markdown and "With test-time flips" in markdown
     # a second seed adds the spread over seeds; re-rendering from the JSON alone gives the same page
     assert real_data.main([*arguments, "--sources", "msd", "--seeds", "1"]) == 0
     markdown = (tmp_path / "out" / "real_data.md").read_text()
