@@ -198,6 +198,8 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
     return {
         "model": model_name,
         "commit": protocol.get("git_commit"),
+        # training is reused from a finished run folder (training.train warns when its commit differs)
+        "trained_at_commit": protocol.get("training_commit"),
         "paper": paper_id,
         "max_steps": None if max_steps is None else int(max_steps),
         "steps": protocol.get("steps_trained"),

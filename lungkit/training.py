@@ -879,6 +879,8 @@ class TrainResult:
         environment: strategy, replicas, dtype policy, XLA.
         run_dir: the run directory.
         stopped_by_wall_clock: the profile's ``max_train_seconds`` ended the run.
+        trained_at_commit: the lungkit commit that trained it (:func:`lungkit.evaluation.git_commit`; for a reused
+            run the one its summary recorded, None when it recorded none).
     """
 
     history: pd.DataFrame
@@ -892,6 +894,7 @@ class TrainResult:
     environment: dict
     run_dir: Path
     stopped_by_wall_clock: bool = False
+    trained_at_commit: str | None = None
 
     def summary(self) -> dict:
         """JSON-ready summary (no history rows)."""
@@ -904,6 +907,7 @@ class TrainResult:
             "stopped_early": self.stopped_early,
             "stopped_by_wall_clock": self.stopped_by_wall_clock,
             "environment": self.environment,
+            "git_commit": self.trained_at_commit,
         }
 
 
@@ -1102,6 +1106,7 @@ def train_in_phases(
         environment=environment,
         run_dir=run_dir,
         stopped_by_wall_clock=any(r.stopped_by_wall_clock for r in results),
+        trained_at_commit=" + ".join(dict.fromkeys(str(r.trained_at_commit) for r in results)),
     )
 
 
@@ -1128,7 +1133,9 @@ def train(
     Resume: if ``run_dir/backup`` holds a backup, weights, optimizer state and epoch counter are restored and
     training continues with the next epoch; the CSV log is appended to and the best checkpoint is only replaced
     by a better epoch. If ``training_summary.json`` says the run completed with the same recipe, the best
-    checkpoint is loaded and returned without training (``reused=True``).
+    checkpoint is loaded and returned without training (``reused=True``); the recipe does not change when model or
+    training code does, so a run trained at another commit than the current one is reused with a warning naming both
+    (delete the folder, or ``overwrite=True``, to train again).
 
     Args:
         model: compiled model (see :func:`compile_model` / :func:`build_for_training`).
@@ -1154,6 +1161,8 @@ def train(
         ValueError: uncompiled model, model built under another strategy, missing validation data, infinite
             dataset without step counts, or a completed run in ``run_dir`` with a different recipe.
     """
+    from lungkit.evaluation import git_commit
+
     start = time.perf_counter()
     run_dir = Path(run_dir)
     if not getattr(model, "compiled", False):
@@ -1196,6 +1205,10 @@ def train(
         if checkpoint_path.exists():
             _load_checkpoint(model, checkpoint_path)
         history = _read_history(history_path)
+        trained_at, now = done.get("git_commit"), git_commit()
+        if trained_at != now:
+            warnings.warn(f"{run_dir}: reusing a completed run trained at commit {trained_at or '(not recorded)'}; "
+                          f"the code is now at {now}. Delete that folder (or pass overwrite=True) to train again.")
         return TrainResult(
             history=history,
             best_checkpoint=checkpoint_path if checkpoint_path.exists() else None,
@@ -1207,6 +1220,7 @@ def train(
             reused=True,
             environment=environment,
             run_dir=run_dir,
+            trained_at_commit=trained_at,
         )
 
     resumed_from_epoch = _backed_up_epoch(backup_dir) if backup_dir.exists() else 0
@@ -1306,6 +1320,7 @@ def train(
         environment=environment,
         run_dir=run_dir,
         stopped_by_wall_clock=bool(wall_clock is not None and wall_clock.stopped),
+        trained_at_commit=git_commit(),
     )
     _write_json_atomic(summary_path, {"recipe": recipe.protocol(), "completed": True, **result.summary()})
     return result

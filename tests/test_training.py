@@ -338,6 +338,14 @@ def test_resume_after_a_crash_continues_from_the_last_completed_epoch(tmp_path):
     assert again.reused and recorder.epochs == []
     assert again.wall_time_s == pytest.approx(result.wall_time_s)  # the training's time, not the reload's
     assert list(again.history["epoch"]) == [0, 1, 2]
+    assert again.trained_at_commit == result.trained_at_commit
+    # a run trained by other code is still reused (the recipe is the same), but not silently
+    summary_path = run_dir / "training_summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "git_commit": "0000000"}))
+    with pytest.warns(UserWarning, match="trained at commit 0000000; the code is now at"):
+        older = train(build_for_training(recipe, scale="tiny"), recipe, dataset, dataset, run_dir, verbose=0)
+    assert older.reused and older.trained_at_commit == "0000000"
     # ... unless the recipe changed
     with pytest.raises(ValueError, match="different recipe"):
         train(build_for_training(recipe_with(epochs=4), scale="tiny"), recipe_with(epochs=4), dataset, dataset,

@@ -489,6 +489,9 @@ class SegmentationExperiment:
             "postprocess_paper": self.postprocess,
             "data_fingerprint": data_fingerprint(dataset_dir),
             "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,
+            # a reused training may come from older code: the commit that trained it, beside git_commit (scoring's)
+            "training_commit": fit.trained_at_commit if fit is not None else None,
+            "training_reused": bool(fit.reused) if fit is not None else None,
             "environment": fit.environment if fit is not None else None,
             "pretrained_encoder": getattr(self, "pretrained", None),
             "steps_trained": int(fit.epochs_completed) * self.steps_per_epoch() if fit is not None else None,
