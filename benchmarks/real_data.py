@@ -270,10 +270,14 @@ def render_markdown(report: dict) -> str:
                     best_flipped = (label, mean)
             if best is None or frame["dice"].mean() > best[1]:
                 best = (label, float(frame["dice"].mean()))
-            per_seed = [np.mean([r["dice"] for e in model_rows if int(e["seed"]) == seed for r in e["per_image"]])
-                        for seed in seeds]
+            # the spread over seeds only on the folds every seed ran (seed 0 may have more folds than the others)
+            common = set.intersection(*({e["fold"] for e in model_rows if int(e["seed"]) == seed} for seed in seeds))
+            per_seed = [np.mean([r["dice"] for e in model_rows if int(e["seed"]) == seed and e["fold"] in common
+                                 for r in e["per_image"]]) for seed in seeds]
+            on_folds = (f", fold {', '.join(sorted(common))}"
+                        if common != {e["fold"] for e in rows} else "")
             over_seeds = (f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1):.3f} (seeds "
-                          f"{', '.join(map(str, seeds))})" if len(seeds) > 1 else f"one seed ({seeds[0]})")
+                          f"{', '.join(map(str, seeds))}{on_folds})" if len(seeds) > 1 else f"one seed ({seeds[0]})")
             by_patient = frame.groupby("patient")["dice"].mean()
             patients = ", ".join(f"{p.replace('LIDC-IDRI-', '')}: {v:.2f}" for p, v in by_patient.items())
             sizes = pd.cut(frame.get("equivalent_diameter_px", pd.Series(np.nan, index=frame.index)),
