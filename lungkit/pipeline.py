@@ -246,9 +246,19 @@ _IDENTITY = {"rotation_degrees": 0.0, "zoom": 1.0, "brightness": 1.0, "contrast"
 
 def describe_nnunet_augmentation() -> str:
     """The transforms of :data:`NNUNET_AUGMENTATION` in words, for protocols."""
-    return ("rotations (p 0.2, +-30 degrees) and zooms (p 0.2, x0.7-1.4) cut from the whole slice, brightness (p 0.15, "
-            "x0.75-1.25), contrast (p 0.15, x0.75-1.25), gamma (p 0.3, 0.7-1.5) and Gaussian noise (p 0.1, sd up to "
-            "0.1 of the patch's) as nnU-Net's 2-D training")
+    def share(name):
+        return f"p {NNUNET_AUGMENTATION[name][0]:g}"
+
+    def span(name, prefix=""):
+        low, high = NNUNET_AUGMENTATION[name][1]
+        return f"{prefix}{low:g}-{high:g}"
+
+    rotation = NNUNET_AUGMENTATION["rotation_degrees"][1][1]
+    return (f"rotations ({share('rotation_degrees')}, +-{rotation:g} degrees) and zooms ({share('zoom')}, "
+            f"{span('zoom', 'x')}) cut from the whole slice, brightness ({share('brightness')}, "
+            f"{span('brightness', 'x')}), contrast ({share('contrast')}, {span('contrast', 'x')}), gamma "
+            f"({share('gamma')}, {span('gamma')}) and Gaussian noise ({share('noise_fraction')}, sd up to "
+            f"{NNUNET_AUGMENTATION['noise_fraction'][1][1]:g} of the patch's) as nnU-Net's 2-D training")
 
 
 class PatchSampler:
