@@ -110,6 +110,13 @@ _PROTOCOL_FIELDS = (
     ("wall_time_s", "wall time (s)"),
 )
 
+#: Protocol fields named in the line only when a result records them (not every task trains this way).
+_TRAINING_FIELDS = (
+    ("steps_trained", "optimizer steps"),
+    ("sampling", "sampling"),
+    ("test_time_flips", "test-time flips"),
+)
+
 PHANTOM_CAVEAT = (
     "**Synthetic data.** Results marked `data phantom` were computed on lungkit's synthetic phantom, not on the "
     "paper's data. They show that the pipeline runs end to end and that the model learns; they say nothing about "
@@ -286,6 +293,11 @@ def protocol_line(summary: dict) -> str:
     for key, label in _PROTOCOL_FIELDS:
         value = protocol.get(key, "")
         parts.append(f"{label} {'not recorded' if value == '' else 'none' if value is None else value}")
+    # how training saw the data, where the result records it (segmentation under a step budget: the epochs alone
+    # hide patch training and its augmentation, which the recipe's notes, written for the paper, do not mention)
+    for key, label in _TRAINING_FIELDS:
+        if protocol.get(key) not in (None, ""):
+            parts.append(f"{label} {protocol[key]}")
     if summary.get("_run"):
         parts.append(f"run {summary['_run']}")
     if summary.get("n_images") is not None:

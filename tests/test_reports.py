@@ -145,6 +145,15 @@ def test_protocol_line_names_a_profile_departure_from_the_recipe(tmp_path):
     assert "departs from the paper's recipe: learning_rate 0.005 -> 0.0005" in line
 
 
+def test_protocol_line_says_how_training_saw_the_data_when_recorded(tmp_path):
+    summary = json.loads(write_summary(tmp_path, "paper004", "unet").read_text())
+    assert "optimizer steps" not in reports.protocol_line(summary)  # not recorded: not claimed
+    summary["protocol"].update(steps_trained=200, sampling="patches of 128 px from slices at 256 px, flips",
+                               test_time_flips="off")
+    line = reports.protocol_line(summary)
+    assert "optimizer steps 200; sampling patches of 128 px from slices at 256 px, flips; test-time flips off" in line
+
+
 def test_reference_rows_and_rows_lungkit_lacks(tmp_path):
     others = reports.paper_table_frame("paper001", "table4", [])
     assert set(others["status"]) == {reports.STATUS_REFERENCE}
