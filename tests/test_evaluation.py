@@ -299,3 +299,28 @@ def test_git_commit_marks_uncommitted_code_only(tmp_path):
     assert E.git_commit(tmp_path) == clean
     (tmp_path / "lungkit" / "code.py").write_text("x = 2\n")
     assert E.git_commit(tmp_path) == f"{clean}-dirty"
+
+
+def test_data_fingerprint_does_not_depend_on_where_the_sources_were(tmp_path):
+    # LUNA16 / DICOM conversions keep absolute source paths in the manifest; the same data converted in another run
+    # folder must name the same data
+    def manifest(folder, root, label="A"):
+        folder.mkdir(parents=True)
+        (folder / "manifest.csv").write_text(
+            "id,split,label1,source_file\n"
+            f"a,train,{label},{root}/subset0/one.mhd\n"
+            f"b,test,{label},{root}/subset1/two.mhd\n")
+        return folder
+
+    here = manifest(tmp_path / "run1" / "kit", "/runs/run1/luna16")
+    there = manifest(tmp_path / "run2" / "kit", "/elsewhere/data/luna16")
+    assert E.data_fingerprint(here) == E.data_fingerprint(there)
+    assert E.data_fingerprint(here) != E.data_fingerprint(manifest(tmp_path / "run3" / "kit", "/x", label="B"))
+    # one source file for every row: relative to its folder
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "manifest.csv").write_text("id,split,source_file\na,train,/data/one.mhd\nb,test,/data/one.mhd\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.csv").write_text("id,split,source_file\na,train,/mnt/x/one.mhd\nb,test,/mnt/x/one.mhd\n")
+    assert E.data_fingerprint(single) == E.data_fingerprint(other)

@@ -21,6 +21,7 @@ Why PNG: students can open any slice in an image viewer, the format is lossless,
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +128,18 @@ def read_manifest(dataset_dir: str | Path, split: str | None = None) -> pd.DataF
     return manifest
 
 
+#: Manifest columns that may hold absolute paths of the files a dataset was converted from (LUNA16 volumes, DICOM
+#: slices, annotation XML): the fingerprint reads them relative to their common folder.
+SOURCE_PATH_COLUMNS = ("source_file", "annotation_file")
+
+
 def manifest_fingerprint(dataset: str | Path) -> str:
     """First 12 hex digits of the sha256 of a kit dataset's ``manifest.csv``: names the exact data and split
     behind a result (every protocol line carries it).
+
+    Absolute source paths (:data:`SOURCE_PATH_COLUMNS`) are hashed relative to their common folder, so the same data
+    converted in another run folder or on another machine gets the same fingerprint; a manifest without absolute
+    paths is hashed byte for byte.
 
     Args:
         dataset: the dataset folder or the manifest file itself.
@@ -142,8 +152,17 @@ def manifest_fingerprint(dataset: str | Path) -> str:
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {MANIFEST_NAME} to fingerprint")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    raw = path.read_bytes()
+    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
+    relocated = False
+    for column in (c for c in SOURCE_PATH_COLUMNS if c in manifest.columns):
+        absolute = sorted({value for value in manifest[column] if value and Path(value).is_absolute()})
+        if not absolute:
+            continue
+        root = Path(os.path.commonpath(absolute)) if len(absolute) > 1 else Path(absolute[0]).parent
+        manifest[column] = [Path(value).relative_to(root).as_posix() if value in absolute else value
+                            for value in manifest[column]]
+        relocated = True
+    if relocated:
+        raw = manifest.to_csv(index=False).encode("utf-8")
+    return hashlib.sha256(raw).hexdigest()[:12]
