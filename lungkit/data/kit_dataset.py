@@ -21,6 +21,7 @@ Why PNG: students can open any slice in an image viewer, the format is lossless,
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -153,16 +154,20 @@ def manifest_fingerprint(dataset: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no {MANIFEST_NAME} to fingerprint")
     raw = path.read_bytes()
-    manifest = pd.read_csv(path, dtype=str, keep_default_na=False)
-    relocated = False
-    for column in (c for c in SOURCE_PATH_COLUMNS if c in manifest.columns):
-        absolute = sorted({value for value in manifest[column] if value and Path(value).is_absolute()})
-        if not absolute:
-            continue
-        root = Path(os.path.commonpath(absolute)) if len(absolute) > 1 else Path(absolute[0]).parent
-        manifest[column] = [Path(value).relative_to(root).as_posix() if value in absolute else value
-                            for value in manifest[column]]
-        relocated = True
-    if relocated:
-        raw = manifest.to_csv(index=False).encode("utf-8")
+    header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+    columns = [column for column in SOURCE_PATH_COLUMNS if column in header]
+    if columns:  # parse only manifests that can hold source paths
+        manifest = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
+        relocated = False
+        for column in columns:
+            absolute = {value for value in manifest[column] if value and Path(value).is_absolute()}
+            if not absolute:
+                continue
+            root = (Path(os.path.commonpath(sorted(absolute))) if len(absolute) > 1
+                    else Path(next(iter(absolute))).parent)
+            manifest[column] = [Path(value).relative_to(root).as_posix() if value in absolute else value
+                                for value in manifest[column]]
+            relocated = True
+        if relocated:
+            raw = manifest.to_csv(index=False).encode("utf-8")
     return hashlib.sha256(raw).hexdigest()[:12]
