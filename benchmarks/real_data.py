@@ -75,6 +75,32 @@ TRIED = ("the profile's step budget whatever the dataset's size (the steps are i
          "inference over the whole slice; each paper's own loss and optimiser; the lung restriction of predictions and "
          "test-time flips (each scored in its own column). Not tried here: ensembling over folds or seeds; longer "
          "budgets only where a row names its step budget (`--max-steps`).")
+#: Scratch trials (one seed, outside the table: a recipe changed by hand, then reverted) on the models that found
+#: nothing or fell short, printed under the source's table so the report says what else was tried and what it gave.
+SCRATCH_TRIALS = {
+    "lidc": [
+        "Swin-UNet, fold A (2026-12-02, at aedbd11): the Swin-UNet authors' solver (SGD 0.05, momentum 0.9, "
+        "0.4 BCE + 0.6 Dice) collapsed to a constant 0.025; Dice + BCE at Adam 5e-4 and 2e-4 gave 0.00 (false "
+        "positives elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them",
+        "Mask2Former, fold A (2026-12-02, at 3608c5c): background as a class (the official semantic setting: the "
+        "tumour map against a background map, arg-max, instead of one class against 0.5) 0.00, its maps crossing "
+        "0.5 off the nodules (on MSD 0.47 against the row's 0.51); AdamW 1e-3 instead of the paper's 1e-4 collapsed "
+        "to a constant 0.13; at 1e-4 for 600 steps (the 600-step row, 0.001) the training patches' pooled IoU "
+        "stayed 0 from the third epoch on. Earlier (at aedbd11): two thirds or all training patches on a nodule "
+        "instead of one third raised the maps' maxima from 0.33-0.45 to 0.41-0.57, Dice still 0.00",
+        "UNETR, fold A: the UNETR authors' AdamW 1e-4 0.03, the paper's SGD 0.1 0.02 (the row: Adam 5e-4, a recorded "
+        "quick departure)",
+    ],
+    "msd": ["Mask2Former with background as a class: 0.47 against the row's 0.51 (2026-12-02, at 3608c5c)"],
+}
+#: Test patients whose column a reader would ask about, with what their images show (seen, not measured).
+OBSERVED = {
+    "lidc": {
+        "LIDC-IDRI-2": ("0.00-0.01 for every model run on it (2026-12-02): its nodule is juxtapleural, against the "
+                        "posterior chest wall, and its slices appear magnified against the other four patients' (the "
+                        "frame cuts through the body)"),
+    },
+}
 SIZE_BINS_PX = (0.0, 10.0, 20.0, np.inf)
 #: Margin of the optional lung restriction scored beside each result (pixels at the slices' scale).
 LUNG_MARGIN_PX = 10
@@ -305,6 +331,13 @@ def render_markdown(report: dict) -> str:
                           + ("target reached." if flipped_gap <= 0 else f"{flipped_gap:.3f} short of the target.")]
             if gap > 0:
                 lines += ["", "What the kit does to learn real CT (all of it ran here): " + TRIED]
+                if SCRATCH_TRIALS.get(source):
+                    lines += ["", "Also tried, by hand, one seed each and not adopted: "
+                              + "; ".join(SCRATCH_TRIALS[source]) + "."]
+            tested = {row["patient"] for entry in entries for row in entry["per_image"]}
+            for patient, seen in OBSERVED.get(source, {}).items():
+                if patient in tested:
+                    lines += ["", f"Patient {patient}: {seen}."]
         first = entries[0]
         lines += ["", f"Lung-restricted: the same predictions kept inside each slice's lungs found from HU (air below "
                   f"-400 HU not touching the border, holes filled, closed and grown by {LUNG_MARGIN_PX} px; "

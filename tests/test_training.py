@@ -483,7 +483,8 @@ def test_two_seeded_trainings_give_identical_weights(tmp_path, paper, result_key
 
     def start(run: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-c", _SEEDED_TRAINING, str(tmp_path / run), paper, result_key, str(tmp_path / f"{run}.npy")],
+            [sys.executable, "-c", _SEEDED_TRAINING, str(tmp_path / run), paper, result_key,
+             str(tmp_path / f"{run}.npy")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
             cwd=str(Path(__file__).resolve().parents[1]),
         )
