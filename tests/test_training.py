@@ -453,57 +453,40 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
 _SEEDED_TRAINING = """
 import sys, numpy as np
 from lungkit.experiments.segmentation import SegmentationExperiment
-run_dir, paper, result_key, weights_path = sys.argv[1:5]
-experiment = SegmentationExperiment(paper, result_key, "smoke", run_dir, seed=3)
-model = experiment.build_model()
-experiment.train(model, verbose=0)
+paper, result_key = sys.argv[2:4]
+weights = []
+for run in ("a", "b"):
+    experiment = SegmentationExperiment(paper, result_key, "smoke", sys.argv[1] + "/" + run, seed=3)
+    model = experiment.build_model()
+    experiment.train(model, verbose=0)
+    weights.append(np.concatenate([np.ravel(w) for w in model.get_weights()]))
 assert experiment.fit.epochs_completed >= 1
-np.save(weights_path, np.concatenate([np.ravel(w) for w in model.get_weights()]))
+print("IDENTICAL" if np.array_equal(weights[0], weights[1]) else "DIFFERENT", float(np.abs(weights[0]).sum()))
 """
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "paper, result_key, inter_op_threads, at_once",
+    "paper, result_key, inter_op_threads",
     [
-        ("paper004", "unet", None, False),
+        ("paper004", "unet", None),
         # Mask2Former's gradients vary between identical calls when TensorFlow runs independent ops concurrently
         # (measured at quick: 1 call in 3 differed in 76-102 of 240 gradients, the loss identical); with one
-        # inter-op thread they repeat (the README's Reproducibility paragraph has the cost). Its smoke training is
-        # mostly tracing on that one thread, so its two trainings run at once (71 s instead of 90 on 2 cores; the
-        # U-Net's pair gains nothing that way: 22 s against 16).
-        ("paper000", "mask2former", "1", True),
+        # inter-op thread they repeat (the README's Reproducibility paragraph has the cost)
+        ("paper000", "mask2former", "1"),
     ],
 )
-def test_two_seeded_trainings_give_identical_weights(tmp_path, paper, result_key, inter_op_threads, at_once):
-    # each training in a child process of its own: op determinism, once on, stays on for the whole process
+def test_two_seeded_trainings_give_identical_weights(tmp_path, paper, result_key, inter_op_threads):
+    # a child process: op determinism, once on, stays on for the whole process
+    import subprocess
+    import sys
+
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     if inter_op_threads is not None:
         environment["TF_NUM_INTEROP_THREADS"] = inter_op_threads
-
-    def start(run: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-c", _SEEDED_TRAINING, str(tmp_path / run), paper, result_key,
-             str(tmp_path / f"{run}.npy")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-            cwd=str(Path(__file__).resolve().parents[1]),
-        )
-
-    def finish(run: str, child: subprocess.Popen) -> None:
-        try:
-            _, stderr = child.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            raise
-        assert child.returncode == 0, f"training {run}: {stderr[-3000:]}"
-
-    if at_once:
-        children = {run: start(run) for run in ("a", "b")}
-        for run, child in children.items():
-            finish(run, child)
-    else:
-        for run in ("a", "b"):
-            finish(run, start(run))
-    first, second = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
-    assert first.shape == second.shape and np.abs(first).sum() > 0
-    assert np.array_equal(first, second), f"{np.count_nonzero(first != second)} of {first.size} weights differ"
+    done = subprocess.run([sys.executable, "-c", _SEEDED_TRAINING, str(tmp_path), paper, result_key],
+                          capture_output=True, text=True,
+                          timeout=600, env=environment, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict, weight_sum = done.stdout.split()[-2:]
+    assert verdict == "IDENTICAL" and float(weight_sum) > 0
