@@ -86,8 +86,9 @@ SCRATCH_TRIALS = {
         "tumour map against a background map, arg-max, instead of one class against 0.5) 0.00, its maps crossing "
         "0.5 off the nodules (on MSD 0.47 against the row's 0.51); AdamW 1e-3 instead of the paper's 1e-4 collapsed "
         "to a constant 0.13; at 1e-4 for 600 steps (the 600-step row, 0.001) the training patches' pooled IoU "
-        "was 0.003 in the third of 15 epochs and 0 from the fourth on. Earlier (at aedbd11): two thirds or all training patches on a nodule "
-        "instead of one third raised the maps' maxima from 0.33-0.45 to 0.41-0.57, Dice still 0.00",
+        "was 0.003 in the third of 15 epochs and 0 from the fourth on. Earlier (at aedbd11): two thirds or all "
+        "training patches on a nodule instead of one third raised the maps' maxima from 0.33-0.45 to 0.41-0.57, "
+        "Dice still 0.00",
         "UNETR, fold A: the UNETR authors' AdamW 1e-4 0.03, the paper's SGD 0.1 0.02 (the row: Adam 5e-4, a recorded "
         "quick departure)",
     ],
