@@ -12,6 +12,9 @@ DATA_DIR ?=
 RUN_DIR ?=
 SEED ?= 0
 EXTRAS ?= dev,crf
+# Test processes: two keep a 2-core machine busy while one waits on a notebook kernel or traces a graph.
+# TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
 .PHONY: setup reproduce test bench clean-runs
@@ -31,7 +34,7 @@ reproduce: setup
 		$(if $(RUN_DIR),--run-dir $(RUN_DIR))
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -44,3 +44,17 @@ def petct_sample() -> Path:
 @pytest.fixture
 def pyradiomics_sample() -> Path:
     return shared_sample("pyradiomics-lung")
+
+
+# The notebooks' smoke runs are the longest file of the suite and must run in order in one process (they share one
+# run folder). `make test` runs the suite in two processes, one file per process at a time (pytest-xdist's
+# `--dist loadfile --no-loadscope-reorder`); collecting them first starts them at once, so the other process works
+# through every other file meanwhile instead of leaving the notebooks for last.
+LONGEST_FIRST = ("tests/test_notebooks.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    def runs_first(item) -> bool:
+        return item.nodeid.split("::", 1)[0] in LONGEST_FIRST
+
+    items.sort(key=lambda item: not runs_first(item))  # stable: the order inside each group is kept
