@@ -1023,6 +1023,14 @@ def fine_tuning_phases(recipe: Recipe, pretrained: bool = True) -> list[Training
     return [TrainingPhase("frozen", frozen, tuning["frozen_layer"]), TrainingPhase("unfrozen", unfrozen, None)]
 
 
+def joined_commits(commits: list[str | None]) -> str | None:
+    """The commits that trained a run's phases, once each, in order: ``"abc + def"``; a phase that recorded none shows
+    as ``(not recorded)``, and None when no phase recorded one."""
+    if all(commit is None for commit in commits):
+        return None
+    return " + ".join(dict.fromkeys(commit or "(not recorded)" for commit in commits))
+
+
 def train_in_phases(
     model: keras.Model,
     recipe: Recipe,
@@ -1106,7 +1114,7 @@ def train_in_phases(
         environment=environment,
         run_dir=run_dir,
         stopped_by_wall_clock=any(r.stopped_by_wall_clock for r in results),
-        trained_at_commit=" + ".join(dict.fromkeys(str(r.trained_at_commit) for r in results)),
+        trained_at_commit=joined_commits([r.trained_at_commit for r in results]),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from lungkit.training import Recipe, fine_tuning_phases, train_in_phases  # noqa: E402
+from lungkit.training import Recipe, fine_tuning_phases, joined_commits, train_in_phases  # noqa: E402
 
 SCHEDULE = {"frozen_layer": "encoder", "frozen_fraction": 0.25, "unfrozen_learning_rate": 1e-3}
 BASE_RECIPE = {
@@ -119,6 +119,14 @@ def test_two_phase_run_freezes_then_unfreezes(tmp_path):
     again = train_in_phases(toy_model(), recipe, data, data, tmp_path / "model", pretrained=True, verbose=0,
                             tensorboard=False)
     assert again.reused and again.epochs_completed == 4
+
+
+def test_the_commits_of_a_phased_run_are_named_once_and_never_as_none():
+    assert joined_commits(["abc1234", "abc1234"]) == "abc1234"
+    assert joined_commits(["abc1234", "def5678"]) == "abc1234 + def5678"
+    # a phase reused from a summary that recorded no commit: said in words, not "None + abc1234"
+    assert joined_commits([None, "abc1234"]) == "(not recorded) + abc1234"
+    assert joined_commits([None, None]) is None
 
 
 def test_unknown_frozen_layer_is_named(tmp_path):
