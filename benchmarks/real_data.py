@@ -95,8 +95,8 @@ SCRATCH_TRIALS = {
     "msd": [
         "Mask2Former with background as a class: 0.47 against the row's 0.51 (2026-12-02, at 3608c5c)",
         "an ensemble of the 1,000-step Attention U-Net's three seeds (2026-12-02, at 3372331): their "
-        "probabilities averaged, thresholded at 0.5, without the dense CRF the row applies, 0.69 against 0.60, 0.66 "
-        "and 0.66 for each seed's probabilities alone; the seeds themselves scatter (0.68, 0.57, 0.67 after the CRF: "
+        "probabilities averaged, thresholded at 0.5, without the dense CRF the row applies, 0.69 against 0.66, 0.60 "
+        "and 0.66 for seeds 0, 1 and 2 alone; the seeds themselves scatter (0.68, 0.57, 0.67 after the CRF: "
         "the row's spread over seeds), so a seed ensemble steadies the number more than it raises it",
     ],
 }
