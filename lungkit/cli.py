@@ -30,6 +30,11 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     reproduce.add_argument("--runs-root", default="runs", help="each run gets runs/<run-id>/ (default: runs)")
     reproduce.add_argument("--reports-dir", default=None, help="where the tables go (default: <repo>/reports)")
     reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="notebooks run at once (default 1): each starts once the notebooks its metadata 'needs' ran ok; results "
+             "do not change, only wall times (make reproduce uses 2)",
+    )
     # nargs="+": a bare --only must not mean "every notebook" (nargs="*" would give [] and run them all)
     reproduce.add_argument(
         "--only", nargs="+", default=None, metavar="PREFIX",
@@ -116,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, SourceError) as error:
                 reproduce.error(f"--data-dir {args.data_dir}: {error}")
         try:
-            runner.discover_notebooks(notebooks_dir, args.only)
+            if args.jobs < 1:
+                raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+            runner.notebook_needs(runner.discover_notebooks(notebooks_dir, args.only))
             run_dir, is_new = runner.resolve_run_dir(args.runs_root, args.profile, args.data_dir, args.seed,
                                                      args.run_dir, args.resume)
         except (ValueError, FileNotFoundError) as error:
             reproduce.error(str(error))
         return runner.main_reproduce(args.profile, args.data_dir, args.runs_root, args.reports_dir, args.seed,
-                                     args.only, run_dir=None if is_new else run_dir, notebooks_dir=notebooks_dir)
+                                     args.only, run_dir=None if is_new else run_dir, notebooks_dir=notebooks_dir,
+                                     jobs=args.jobs)
     if args.command == "notebooks":
         for notebook in runner.discover_notebooks(notebooks_dir):
             print(notebook.name)

@@ -5,6 +5,12 @@ Every notebook in ``notebooks/`` has a cell tagged ``parameters`` with at least 
 prefixes are the story's order), each into ``<run_dir>/notebooks/<name>.ipynb`` with its outputs, and stops at the
 first failure with an error that names the notebook, the cell and the exception, and points at the executed copy.
 
+Notebooks can run side by side (``jobs=2``, ``make reproduce``'s default): a notebook names in its metadata the
+notebooks whose outputs it reads, ``{"lungkit": {"needs": ["00", "10"]}}`` (prefixes of earlier notebooks), and
+starts as soon as those ran ok; a notebook without ``needs`` waits for every notebook before it, so the order of a
+one-at-a-time run is unchanged. Each notebook is one kernel process with its own seeds, so running two at once
+changes no result, only the wall times in the protocols.
+
 A run folder can be continued: ``<run_dir>/notebook_runs.json`` records the parameters and every notebook's outcome,
 and a rerun into the same folder skips the notebooks recorded ``ok`` with the same parameters, reruns the failed or
 unfinished one (its training resumes from the last completed epoch, because it gets the same ``run_dir``) and refuses
@@ -15,8 +21,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +107,53 @@ def main_job_exclusion(notebook: Path, profile: str) -> str | None:
         return None  # the run itself will report an unreadable notebook
     reasons = (metadata.get("lungkit") or {}).get("main_job_leaves_out") or {}
     return reasons.get(profile) if isinstance(reasons, dict) else None
+
+
+def _notebook_metadata(notebook: Path) -> dict:
+    try:
+        return json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {}).get("lungkit") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}  # the run itself will report an unreadable notebook
+
+
+def notebook_needs(notebooks: list[Path]) -> dict[str, list[str]]:
+    """Which notebooks each notebook waits for before it may start.
+
+    A notebook's metadata ``{"lungkit": {"needs": ["00", "10"]}}`` names, by prefix, the earlier notebooks whose
+    outputs it reads (converted data, a trained model, another result); without ``needs`` it waits for every notebook
+    before it. Only the notebooks in ``notebooks`` count: with ``--only``, a needed notebook that was not selected is
+    taken as done (it ran earlier in the run folder, or the user chose to go without it).
+
+    Args:
+        notebooks: the notebooks of the run, in file-name order (:func:`discover_notebooks`).
+
+    Returns:
+        notebook name -> names of the notebooks in ``notebooks`` it waits for.
+
+    Raises:
+        ValueError: naming the notebook, when ``needs`` is not a list of strings, or a prefix matches no earlier
+            notebook of its folder (a later one would break the file-name order every run keeps).
+    """
+    names = [notebook.name for notebook in notebooks]
+    needs: dict[str, list[str]] = {}
+    for position, notebook in enumerate(notebooks):
+        declared = _notebook_metadata(notebook).get("needs")
+        if declared is None:
+            needs[notebook.name] = names[:position]
+            continue
+        if not isinstance(declared, list) or not all(isinstance(prefix, str) and prefix for prefix in declared):
+            raise ValueError(f"{notebook}: metadata lungkit.needs must be a list of notebook-name prefixes, got "
+                             f"{declared!r}")
+        folder = sorted(p.name for p in notebook.parent.glob("*.ipynb") if not p.name.startswith("."))
+        waits = []
+        for prefix in declared:
+            earlier = [name for name in folder if name.startswith(prefix) and name < notebook.name]
+            if not earlier:
+                raise ValueError(f"{notebook}: metadata lungkit.needs prefix {prefix!r} matches no earlier notebook "
+                                 f"in {notebook.parent}; expected prefixes of {[n for n in folder if n < notebook.name]}")
+            waits += [name for name in names[:position] if name in earlier and name not in waits]
+        needs[notebook.name] = waits
+    return needs
 
 
 def new_run_dir(runs_root: str | Path, profile: str) -> Path:
@@ -293,6 +348,16 @@ def _save_record(record_path: Path, parameters: dict, entries: dict[str, dict]) 
     write_text_atomic(record_path, json.dumps(record, indent=2))
 
 
+def _run_notebook_in_worker(notebook: str, output: str, parameters: dict, kernel_name: str | None,
+                            log_output: bool) -> dict:
+    """:func:`run_notebook` in a worker process; the outcome as plain data (a raised error may not unpickle)."""
+    try:
+        return {"run": run_notebook(notebook, output, parameters, kernel_name=kernel_name,
+                                    log_output=log_output).__dict__}
+    except NotebookFailed as failure:
+        return {"failure": {"cell_index": failure.cell_index, "error": failure.error}}
+
+
 def run_notebooks(
     run_dir: str | Path,
     profile: str = "quick",
@@ -304,6 +369,7 @@ def run_notebooks(
     extra_parameters: dict | None = None,
     kernel_name: str | None = None,
     log_output: bool = True,
+    jobs: int = 1,
 ) -> list[NotebookRun]:
     """Run the notebooks in order, stopping at the first failure; continue a run folder that has a record.
 
@@ -322,21 +388,29 @@ def run_notebooks(
         extra_parameters: further papermill parameters for every notebook.
         kernel_name: Jupyter kernel name.
         log_output: stream cell outputs.
+        jobs: notebooks run at once, each in its own worker process; a notebook starts once the notebooks its
+            metadata ``needs`` (:func:`notebook_needs`) ran ok. 1 runs them one after another in this process. After
+            a failure no further notebook starts; the ones already running finish and are recorded.
 
     Returns:
-        One :class:`NotebookRun` per selected notebook, status ``ok`` or ``skipped`` (ok in an earlier attempt);
-        the record ``<run_dir>/notebook_runs.json`` keeps every notebook's latest outcome.
+        One :class:`NotebookRun` per selected notebook in file-name order, status ``ok``, ``skipped`` (ok in an
+        earlier attempt) or ``left out``; the record ``<run_dir>/notebook_runs.json`` keeps every notebook's latest
+        outcome.
 
     Raises:
-        NotebookFailed: at the first failing notebook (the runs before it are recorded in the JSON file).
+        NotebookFailed: for the first notebook that failed (the others' outcomes are recorded in the JSON file).
         RunParametersMismatch: when ``run_dir`` was recorded with another profile, data folder or seed.
-        ValueError: for an unknown profile, before any kernel starts.
+        ValueError: for an unknown profile, ``jobs`` below 1 or a notebook's malformed ``needs``, before any kernel
+            starts.
         FileNotFoundError: when there is no notebook to run or a prefix of ``only`` matches none.
     """
     from lungkit.profiles import get_profile
 
     get_profile(profile)  # fail before starting any kernel on a typo
+    if int(jobs) < 1:
+        raise ValueError(f"jobs must be >= 1 (notebooks run at once), got {jobs}")
     notebooks = discover_notebooks(notebooks_dir, only)
+    needs = notebook_needs(notebooks)
     run_dir = Path(run_dir).resolve()
     previous = check_run_parameters(run_dir, profile, data_dir, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -349,18 +423,22 @@ def run_notebooks(
     }
     # every notebook's latest outcome, earlier attempts included, so a record covers the whole run folder
     entries: dict[str, dict] = {entry["notebook"]: entry for entry in (previous or {}).get("notebooks", [])}
-    runs: list[NotebookRun] = []
+    outcomes: dict[str, NotebookRun] = {}
     record = run_dir / RUN_RECORD_NAME
 
+    def output_of(notebook: Path) -> Path:
+        return run_dir / "notebooks" / notebook.name
+
+    to_run = []
     for notebook in notebooks:
-        output = run_dir / "notebooks" / notebook.name
+        output = output_of(notebook)
         left_out = None if only else main_job_exclusion(notebook, profile)
         if left_out:
             print(f"[lungkit] leaving out {notebook.name} at profile {profile}: {left_out} (run it alone with "
                   f"--only {notebook.name[:2]})", flush=True)
-            runs.append(NotebookRun(notebook.name, str(output), 0.0, "left out", left_out,
-                                    parameters=dict(parameters)))
-            entries[notebook.name] = runs[-1].__dict__
+            outcomes[notebook.name] = NotebookRun(notebook.name, str(output), 0.0, "left out", left_out,
+                                                  parameters=dict(parameters))
+            entries[notebook.name] = outcomes[notebook.name].__dict__
             _save_record(record, parameters, entries)
             continue
         earlier = entries.get(notebook.name)
@@ -369,24 +447,95 @@ def run_notebooks(
         if earlier and earlier.get("status") == "ok" and earlier_parameters == parameters and output.is_file():
             print(f"[lungkit] skipping {notebook.name}: it ran ok in this run folder with the same parameters "
                   f"({earlier.get('seconds', 0):.0f} s); executed copy {output}", flush=True)
-            runs.append(NotebookRun(notebook.name, str(output), 0.0, "skipped", parameters=dict(parameters)))
+            outcomes[notebook.name] = NotebookRun(notebook.name, str(output), 0.0, "skipped",
+                                                  parameters=dict(parameters))
             continue
-        print(f"[lungkit] running {notebook.name} (profile={profile}) -> {output}", flush=True)
+        to_run.append(notebook)
+
+    def started(notebook: Path) -> None:
+        print(f"[lungkit] running {notebook.name} (profile={profile}) -> {output_of(notebook)}", flush=True)
         # recorded before it starts, so a run killed from outside still shows which notebook was unfinished
-        entries[notebook.name] = NotebookRun(notebook.name, str(output), 0.0, "running",
+        entries[notebook.name] = NotebookRun(notebook.name, str(output_of(notebook)), 0.0, "running",
                                              parameters=dict(parameters)).__dict__
         _save_record(record, parameters, entries)
-        try:
-            runs.append(run_notebook(notebook, output, parameters, kernel_name=kernel_name, log_output=log_output))
-        except NotebookFailed as failure:
-            entries[notebook.name] = NotebookRun(notebook.name, str(output), 0.0, "failed", str(failure),
-                                                 parameters=dict(parameters)).__dict__
-            _save_record(record, parameters, entries)
-            raise
-        entries[notebook.name] = runs[-1].__dict__
-        print(f"[lungkit] {notebook.name} done in {runs[-1].seconds:.0f} s", flush=True)
+
+    def finished(notebook: Path, run: NotebookRun | None, failure: NotebookFailed | None) -> None:
+        if failure is not None:
+            entries[notebook.name] = NotebookRun(notebook.name, str(output_of(notebook)), 0.0, "failed",
+                                                 str(failure), parameters=dict(parameters)).__dict__
+        else:
+            outcomes[notebook.name] = run
+            entries[notebook.name] = run.__dict__
+            print(f"[lungkit] {notebook.name} done in {run.seconds:.0f} s", flush=True)
         _save_record(record, parameters, entries)
-    return runs
+
+    if jobs == 1 or len(to_run) < 2:
+        for notebook in to_run:
+            started(notebook)
+            try:
+                run = run_notebook(notebook, output_of(notebook), parameters, kernel_name=kernel_name,
+                                   log_output=log_output)
+            except NotebookFailed as failure:
+                finished(notebook, None, failure)
+                raise
+            finished(notebook, run, None)
+    else:
+        _run_side_by_side(to_run, needs, int(jobs), started, finished, output_of, parameters, kernel_name,
+                          log_output)
+    return [outcomes[notebook.name] for notebook in notebooks]
+
+
+def _run_side_by_side(to_run: list[Path], needs: dict[str, list[str]], jobs: int, started, finished, output_of,
+                      parameters: dict, kernel_name: str | None, log_output: bool) -> None:
+    """Run ``to_run`` up to ``jobs`` at once, each when its needs ran ok, in worker processes; see :func:`run_notebooks`.
+
+    Raises:
+        NotebookFailed: the first failure, once every notebook already running has finished.
+    """
+    waiting = list(to_run)
+    in_this_run = {notebook.name for notebook in to_run}
+    ran_ok: set[str] = set()
+    first_failure: NotebookFailed | None = None
+    # spawn, not fork: the parent may hold threads (papermill's, TensorFlow's in a test process) that a fork copies
+    # in an undefined state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {}
+        while True:
+            if first_failure is None:
+                for notebook in list(waiting):
+                    if len(running) >= jobs:
+                        break
+                    # a needed notebook outside this run (skipped: ok earlier; left out; not selected) counts as done
+                    if all(name in ran_ok or name not in in_this_run for name in needs[notebook.name]):
+                        waiting.remove(notebook)
+                        started(notebook)
+                        future = pool.submit(_run_notebook_in_worker, str(notebook), str(output_of(notebook)),
+                                             parameters, kernel_name, log_output)
+                        running[future] = notebook
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                notebook = running.pop(future)
+                try:
+                    outcome = future.result()
+                except Exception as error:  # the worker process itself died (killed, out of memory)
+                    outcome = {"failure": {"cell_index": None, "error": f"{type(error).__name__}: {error}; "
+                                           f"{DEAD_KERNEL_HINT}"}}
+                if "run" in outcome:
+                    ran_ok.add(notebook.name)
+                    finished(notebook, NotebookRun(**outcome["run"]), None)
+                    continue
+                failure = NotebookFailed(notebook, outcome["failure"]["cell_index"], outcome["failure"]["error"],
+                                         output_of(notebook))
+                finished(notebook, None, failure)
+                if first_failure is None:
+                    first_failure = failure
+                    if running:
+                        print(f"[lungkit] {notebook.name} failed; no further notebook starts, waiting for "
+                              f"{', '.join(sorted(n.name for n in running.values()))} to finish", flush=True)
+    if first_failure is not None:
+        raise first_failure
 
 
 def resolve_run_dir(runs_root: str | Path, profile: str, data_dir: str | None, seed: int,
@@ -422,12 +571,12 @@ def resolve_run_dir(runs_root: str | Path, profile: str, data_dir: str | None, s
 
 def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, reports_dir: str | None, seed: int,
                    only: list[str] | None, run_dir: str | Path | None = None, resume: bool = False,
-                   notebooks_dir: str | Path = DEFAULT_NOTEBOOKS_DIR) -> int:
+                   notebooks_dir: str | Path = DEFAULT_NOTEBOOKS_DIR, jobs: int = 1) -> int:
     """The main job: a fresh run folder (or the one given / found by ``resume``), every notebook in order.
 
     Args:
-        profile, data_dir, runs_root, reports_dir, seed, only: see :func:`run_notebooks`; ``runs_root`` holds the
-            new run folder.
+        profile, data_dir, runs_root, reports_dir, seed, only, jobs: see :func:`run_notebooks`; ``runs_root`` holds
+            the new run folder.
         run_dir: use or continue this folder instead of a new one.
         resume: continue the newest run under ``runs_root`` with the same profile, data folder and seed.
         notebooks_dir: folder of the notebooks.
@@ -440,7 +589,9 @@ def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, re
         from lungkit.profiles import get_profile
 
         get_profile(profile)
-        discover_notebooks(notebooks_dir, only)
+        if int(jobs) < 1:
+            raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        notebook_needs(discover_notebooks(notebooks_dir, only))
         chosen, is_new = resolve_run_dir(runs_root, profile, data_dir, seed, run_dir, resume)
     except (ValueError, FileNotFoundError) as error:
         print(f"[lungkit] refused: {error}", file=sys.stderr)
@@ -455,7 +606,7 @@ def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, re
     start = time.perf_counter()
     try:
         runs = run_notebooks(run_dir, profile=profile, data_dir=data_dir, reports_dir=reports_dir, seed=seed,
-                             only=only, notebooks_dir=notebooks_dir)
+                             only=only, notebooks_dir=notebooks_dir, jobs=jobs)
     except NotebookFailed as failure:
         print(f"\n[lungkit] FAILED: {failure}", file=sys.stderr)
         print(f"[lungkit] continue this run where it stopped: python -m lungkit reproduce --run-dir {run_dir} "
@@ -466,6 +617,7 @@ def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, re
     ran = [run for run in runs if run.status == "ok"]
     left_out = [run for run in runs if run.status == "left out"]
     print(f"\n[lungkit] {len(ran)} notebooks ran in {total / 60:.1f} min"
+          f"{f' ({jobs} at a time)' if jobs > 1 else ''}"
           f"{f', {len(runs) - len(ran) - len(left_out)} skipped (ok earlier)' if len(ran) + len(left_out) < len(runs) else ''}"
           f"{f', {len(left_out)} left out at this profile' if left_out else ''}; run folder {run_dir}")
     for run in runs:

@@ -138,6 +138,110 @@ def test_resume_picks_the_newest_run_with_the_same_parameters(tmp_path):
         runner.find_resumable_run(runs_root, "quick", None, 0)
 
 
+# ------------------------------------------------------------------------------------------- side by side (jobs)
+
+
+def _with_needs(path, needs):
+    notebook = nbformat.read(path, as_version=4)
+    notebook.metadata["lungkit"] = {"needs": needs}
+    nbformat.write(notebook, path)
+
+
+def test_needs_default_to_every_earlier_notebook_and_are_checked(tmp_path):
+    for name in ("00_a.ipynb", "10_b.ipynb", "20_c.ipynb", "30_d.ipynb"):
+        _write_notebook(tmp_path / name, [])
+    _with_needs(tmp_path / "20_c.ipynb", ["00"])
+    _with_needs(tmp_path / "30_d.ipynb", [])
+    assert runner.notebook_needs(discover_notebooks(tmp_path)) == {
+        "00_a.ipynb": [], "10_b.ipynb": ["00_a.ipynb"], "20_c.ipynb": ["00_a.ipynb"], "30_d.ipynb": []}
+    # with --only, a needed notebook that was not selected is not waited for
+    assert runner.notebook_needs(discover_notebooks(tmp_path, only=["10", "20"])) == {
+        "10_b.ipynb": [], "20_c.ipynb": []}
+    for needs, expected in ((["30"], "prefix '30' matches no earlier notebook"), (["99"], "prefix '99'"),
+                            ("00", "must be a list of notebook-name prefixes")):
+        _with_needs(tmp_path / "20_c.ipynb", needs)
+        with pytest.raises(ValueError, match=expected) as refused:
+            runner.notebook_needs(discover_notebooks(tmp_path))
+        assert "20_c.ipynb" in str(refused.value)
+
+
+def test_the_kit_notebooks_needs_are_valid_and_the_tables_wait_for_every_result():
+    notebooks = discover_notebooks()
+    needs = runner.notebook_needs(notebooks)
+    names = [notebook.name for notebook in notebooks]
+    tables = next(name for name in names if name.startswith("90_"))
+    assert needs[tables] == names[: names.index(tables)]
+    # the notebooks that read what another one wrote name it (the Attention U-Net shows the U-Net's predictions)
+    assert needs["11_attention_unet.ipynb"] == ["10_unet_baseline.ipynb"]
+    assert needs["41_mask2former.ipynb"] == ["40_petct_convert.ipynb"]
+
+
+def _timed_notebook(path, tag, seconds, extra=""):
+    """A notebook that writes ``<tag>.start`` / ``<tag>.end`` (times) into the run folder, sleeping in between."""
+    _write_notebook(path, [
+        "import time\nfrom pathlib import Path\n"
+        f"Path(run_dir, '{tag}.start').write_text(repr(time.time()))\n{extra}"
+        f"time.sleep({seconds})\nPath(run_dir, '{tag}.end').write_text(repr(time.time()))"
+    ])
+
+
+def _times(run_dir, tag):
+    return float((run_dir / f"{tag}.start").read_text()), float((run_dir / f"{tag}.end").read_text())
+
+
+def test_two_jobs_overlap_independent_notebooks_and_start_one_only_after_its_needs(tmp_path):
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    _timed_notebook(notebooks / "00_a.ipynb", "a", 3)
+    _timed_notebook(notebooks / "10_b.ipynb", "b", 3)
+    _with_needs(notebooks / "10_b.ipynb", [])
+    _timed_notebook(notebooks / "20_c.ipynb", "c", 0)
+    _with_needs(notebooks / "20_c.ipynb", ["00", "10"])
+    run_dir = tmp_path / "run"
+    runs = run_notebooks(run_dir, profile="smoke", notebooks_dir=notebooks, log_output=False, jobs=2)
+    assert [(run.notebook, run.status) for run in runs] == [
+        ("00_a.ipynb", "ok"), ("10_b.ipynb", "ok"), ("20_c.ipynb", "ok")]
+    (a_start, a_end), (b_start, b_end), (c_start, _) = (_times(run_dir, tag) for tag in "abc")
+    assert b_start < a_end and a_start < b_end  # 00 and 10 ran at the same time
+    assert c_start >= max(a_end, b_end)  # 20 waited for both
+    record = json.loads((run_dir / "notebook_runs.json").read_text())
+    assert [r["status"] for r in record["notebooks"]] == ["ok", "ok", "ok"]
+    assert all((run_dir / "notebooks" / run.notebook).is_file() for run in runs)
+
+
+def test_two_jobs_after_a_failure_start_nothing_new_but_let_the_running_notebook_finish(tmp_path):
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    _write_notebook(notebooks / "00_fails.ipynb", ["raise ValueError('broken on purpose')"])
+    _timed_notebook(notebooks / "10_slow.ipynb", "slow", 4)
+    _with_needs(notebooks / "10_slow.ipynb", [])
+    _timed_notebook(notebooks / "20_needs_00.ipynb", "dependent", 0)
+    _with_needs(notebooks / "20_needs_00.ipynb", ["00"])
+    _timed_notebook(notebooks / "30_free.ipynb", "free", 0)
+    _with_needs(notebooks / "30_free.ipynb", [])
+    run_dir = tmp_path / "run"
+    with pytest.raises(NotebookFailed) as failure:
+        run_notebooks(run_dir, profile="smoke", notebooks_dir=notebooks, log_output=False, jobs=2)
+    assert "00_fails.ipynb" in str(failure.value) and "ValueError: broken on purpose" in str(failure.value)
+    assert failure.value.cell_index is not None
+    assert (run_dir / "slow.end").is_file()  # the notebook already running finished
+    assert not (run_dir / "dependent.start").exists() and not (run_dir / "free.start").exists()
+    record = json.loads((run_dir / "notebook_runs.json").read_text())
+    assert [(r["notebook"], r["status"]) for r in record["notebooks"]] == [
+        ("00_fails.ipynb", "failed"), ("10_slow.ipynb", "ok")]
+
+    # the rerun into the same folder skips what ran ok and runs the rest, still two at a time
+    _write_notebook(notebooks / "00_fails.ipynb", ["x = 1"])
+    runs = run_notebooks(run_dir, profile="smoke", notebooks_dir=notebooks, log_output=False, jobs=2)
+    assert [run.status for run in runs] == ["ok", "skipped", "ok", "ok"]
+
+
+def test_jobs_below_one_are_refused_before_any_kernel(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_notebooks(tmp_path / "run", profile="smoke", notebooks_dir=tmp_path, jobs=0)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------------ command line
 
 
@@ -150,6 +254,7 @@ def test_resume_picks_the_newest_run_with_the_same_parameters(tmp_path):
         (["--data-dir", "no/such/folder"], "--data-dir no/such/folder: no such folder"),
         (["--resume"], "no run folder under"),
         (["--resume", "--run-dir", "x"], "not allowed with argument"),
+        (["--jobs", "0"], "--jobs must be >= 1, got 0"),
     ],
 )
 def test_cli_refuses_bad_arguments_with_usage_and_no_run_folder(tmp_path, capsys, arguments, expected):
