@@ -174,3 +174,21 @@ def test_sliding_window_reassembles_a_slice_the_model_sees_in_pieces():
         out = sliding_window_predict(_Echo(), images, overlap=overlap, batch_size=5)
         assert out.shape == (2, 40, 56)
         np.testing.assert_allclose(out, images[..., 0], rtol=1e-5, atol=1e-6)
+
+
+def test_paper_001s_augmented_slices_keep_the_recipes_pixel_scale_under_patch_training(monkeypatch):
+    """The augmented set is cut into patches like any slice: only the slice cap may shrink it, not the patch side."""
+    import dataclasses
+
+    from lungkit import profiles
+    from lungkit.data.prepare import AUGMENTED_IMAGE_SIZE, augmented_image_size
+
+    quick = profiles.get_profile("quick")
+    assert quick.patch_training and quick.max_image_size == 128 and quick.max_slice_size is None
+    assert augmented_image_size("quick") == AUGMENTED_IMAGE_SIZE == 256  # not the 128 px patch side
+    assert augmented_image_size("smoke") == profiles.get_profile("smoke").max_slice_size == 128
+    assert augmented_image_size("paper") == 256
+    # a profile that resizes whole slices feeds the model its max_image_size, so the set is written at that size
+    whole_slices = dataclasses.replace(quick, patch_training=False)
+    monkeypatch.setitem(profiles.PROFILES, "quick", whole_slices)
+    assert augmented_image_size("quick") == 128

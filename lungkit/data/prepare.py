@@ -227,15 +227,28 @@ __all__ = ["dataset_fingerprint", "prepare_lungrads_dataset", "read_dataset_info
 
 
 AUGMENTED_DIR = "augmented"
-#: Paper 001 resizes its augmented slices to 256 x 256; profiles with a smaller input cap use that cap instead.
+#: Paper 001 resizes its augmented slices to 256 x 256; a profile with a smaller slice cap uses that cap instead.
 AUGMENTED_IMAGE_SIZE = 256
+
+
+def augmented_image_size(profile: str) -> int:
+    """Side of the augmented slices at ``profile``: paper 001's 256 px, capped by the profile's slice size.
+
+    Under patch training the models train on patches of slices kept at the recipe's pixel scale, so only
+    ``max_slice_size`` caps the slices (``max_image_size`` is then the patch side); without it, whole slices are
+    resized to ``max_image_size`` anyway, so that caps them. Until 2026-12-02 the quick profile wrote these slices at
+    its 128 px patch side, halving paper 001's pixel scale (2.8 mm; an LR4A nodule 3-5 px across).
+    """
+    settings = get_profile(profile)
+    cap = settings.max_slice_size if settings.patch_training else settings.max_image_size
+    return min(AUGMENTED_IMAGE_SIZE, cap or AUGMENTED_IMAGE_SIZE)
 
 
 def prepare_augmented_dataset(data_dir: str | Path | None, run_dir: str | Path, profile: str, seed: int = 0) -> Path:
     """Return the run's augmented kit dataset (paper 001), building the converted dataset and it when needed.
 
     Augmentation runs on the training split only, after the split (see :func:`lungkit.augment.expand_training_split`),
-    expanding it to the profile's ``augment_target`` rows at ``min(256, profile.max_image_size)`` pixels.
+    expanding it to the profile's ``augment_target`` rows at :func:`augmented_image_size` pixels.
 
     Args:
         data_dir: as in :func:`prepare_lungrads_dataset`.
@@ -252,12 +265,17 @@ def prepare_augmented_dataset(data_dir: str | Path | None, run_dir: str | Path, 
     dataset_dir = prepare_lungrads_dataset(data_dir, run_dir, profile, seed=seed)
     augmented_dir = Path(run_dir) / AUGMENTED_DIR
     if not is_complete(augmented_dir):
-        image_size = min(AUGMENTED_IMAGE_SIZE, settings.max_image_size or AUGMENTED_IMAGE_SIZE)
-        expand_training_split(dataset_dir, augmented_dir, settings.augment_target, image_size=image_size, seed=seed)
+        expand_training_split(dataset_dir, augmented_dir, settings.augment_target,
+                              image_size=augmented_image_size(profile), seed=seed)
     if not (augmented_dir / DATASET_INFO_NAME).is_file():
         # provenance travels with the data: results trained on the augmented set name their source too
         info = {**read_dataset_info(dataset_dir), "augmented_from": str(dataset_dir),
                 "augment_target": settings.augment_target}
+        if info.get("pixel_spacing_mm") is not None:
+            # the slices were resized: the source's spacing no longer holds (each row's is in the manifest)
+            from lungkit.data.kit_dataset import read_manifest
+
+            info["pixel_spacing_mm"] = float(read_manifest(augmented_dir)["pixel_spacing_mm"].median())
         staging = augmented_dir / f".{DATASET_INFO_NAME}.tmp"
         staging.write_text(json.dumps(info, indent=2))
         staging.replace(augmented_dir / DATASET_INFO_NAME)
