@@ -101,19 +101,16 @@ def main_job_exclusion(notebook: Path, profile: str) -> str | None:
     ``{"lungkit": {"main_job_leaves_out": {"quick": "reason"}}}``. Only the whole main job honours it; ``--only``
     runs the notebook anyway. The notebook's table rows then stay ``not reproduced yet``.
     """
-    try:
-        metadata = json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {})
-    except (OSError, ValueError):
-        return None  # the run itself will report an unreadable notebook
-    reasons = (metadata.get("lungkit") or {}).get("main_job_leaves_out") or {}
+    reasons = _notebook_metadata(notebook).get("main_job_leaves_out") or {}
     return reasons.get(profile) if isinstance(reasons, dict) else None
 
 
 def _notebook_metadata(notebook: Path) -> dict:
+    """The notebook's ``lungkit`` metadata block; empty when absent or unreadable (the run itself reports that)."""
     try:
         return json.loads(Path(notebook).read_text(encoding="utf-8")).get("metadata", {}).get("lungkit") or {}
     except (OSError, ValueError, AttributeError):
-        return {}  # the run itself will report an unreadable notebook
+        return {}
 
 
 def notebook_needs(notebooks: list[Path]) -> dict[str, list[str]]:
@@ -135,6 +132,8 @@ def notebook_needs(notebooks: list[Path]) -> dict[str, list[str]]:
             notebook of its folder (a later one would break the file-name order every run keeps).
     """
     names = [notebook.name for notebook in notebooks]
+    # every notebook of the folder (not only the selected ones), for checking the prefixes
+    folder = [p.name for p in discover_notebooks(notebooks[0].parent)] if notebooks else []
     needs: dict[str, list[str]] = {}
     for position, notebook in enumerate(notebooks):
         declared = _notebook_metadata(notebook).get("needs")
@@ -144,7 +143,6 @@ def notebook_needs(notebooks: list[Path]) -> dict[str, list[str]]:
         if not isinstance(declared, list) or not all(isinstance(prefix, str) and prefix for prefix in declared):
             raise ValueError(f"{notebook}: metadata lungkit.needs must be a list of notebook-name prefixes, got "
                              f"{declared!r}")
-        folder = sorted(p.name for p in notebook.parent.glob("*.ipynb") if not p.name.startswith("."))
         waits = []
         for prefix in declared:
             earlier = [name for name in folder if name.startswith(prefix) and name < notebook.name]
