@@ -8,7 +8,8 @@ Every notebook's ``parameters`` cell has ``profile``; the notebook asks :func:`g
   kept at the recipe's pixel scale (a small real dataset gets the same 200 steps as the phantom; a recipe whose step
   was measured far costlier may get fewer, as a recorded departure): numbers show that each model learns, not what it
   can reach. Halving the budget from 400 steps cost the small U-Net 0.03 test Dice on the phantom (0.353 -> 0.328,
-  seed 0) and halved the job.
+  seed 0) and halved the job. A recipe may ask for more where 200 measurably fall short (paper 004's U-Net: 400, its
+  notes say why).
 - ``paper``: each paper's own configuration (model size, image size, epochs, augmentation target). Meant for a
   GPU and the real data.
 
