@@ -174,6 +174,32 @@ def test_step_budget_gives_small_datasets_as_many_updates():
     assert overridden.with_step_budget(10).epochs == 25  # an override wins
 
 
+def test_data_asked_for_before_the_model_plans_the_whole_step_budget(tmp_path, monkeypatch):
+    """The notebooks call datasets() before build_model(): the patches planned must cover the recipe's step budget,
+    not the profile's epoch cap (a 400-step budget once replayed the profile's 200 planned batches)."""
+    from lungkit import pipeline
+    from lungkit.experiments.segmentation import SegmentationExperiment
+
+    planned = []
+    real_make_patch_dataset = pipeline.make_patch_dataset
+
+    def recording(sampler, batch_size, batches):
+        planned.append(batches)
+        return real_make_patch_dataset(sampler, batch_size, batches)
+
+    monkeypatch.setattr(pipeline, "make_patch_dataset", recording)
+    experiment = SegmentationExperiment("paper004", "unet", "smoke", tmp_path / "run")
+    smoke = get_profile("smoke")
+    budget = 3 * smoke.max_steps  # above the profile's, as a recipe's profile_overrides may ask
+    experiment.recipe = dataclasses.replace(experiment.recipe, max_steps=budget)
+    assert experiment.recipe.epochs * smoke.max_steps_per_epoch < budget  # the premise: the profile's cap is shorter
+    experiment.datasets()
+    assert planned == [budget]
+    assert experiment.recipe.epochs * experiment.steps_per_epoch() == budget
+    experiment.build_model()  # applying the budget again changes nothing
+    assert experiment.recipe.epochs * experiment.steps_per_epoch() == budget
+
+
 def test_profile_overrides_apply_to_their_profile_only_and_are_recorded():
     override = {"loss": "dice_bce", "loss_kwargs": {"dice_weight": 0.6, "bce_weight": 0.4}, "learning_rate": 5e-4}
     recipe = recipe_with(learning_rate=0.01, profile_overrides={"quick": override})

@@ -183,6 +183,10 @@ class SegmentationExperiment:
         from lungkit.pipeline import make_dataset
 
         dataset_dir = self.dataset_dir or self.prepare_data()
+        # the step budget sets the epochs, and so how many batches of patches are planned; build_model applies it
+        # too, but the notebooks ask for the data first (before this, a budget above the profile's replayed the
+        # profile's batches: paper 004's 400-step U-Net saw its first 200 batches twice)
+        self.recipe = self.recipe.with_step_budget(self.steps_per_epoch())
         if self.recipe.patch_size:
             return self._patch_datasets(dataset_dir)
         common = dict(
