@@ -344,9 +344,9 @@ def render_markdown(report: dict) -> str:
                 lines += ["", f"With test-time flips (`SegmentationExperiment.evaluate(test_time_flips=True)`, "
                           f"`python -m lungkit predict --flips`): best {best_flipped[0]}, {best_flipped[1]:.3f}: "
                           + ("target reached." if flipped_gap <= 0 else f"{flipped_gap:.3f} short of the target.")]
-            if gap > 0 and FOR_SCALE.get(source):
-                lines += ["", f"For scale: {FOR_SCALE[source]}."]
             if gap > 0:
+                if FOR_SCALE.get(source):
+                    lines += ["", f"For scale: {FOR_SCALE[source]}."]
                 lines += ["", "What the kit does to learn real CT (all of it ran here): " + TRIED]
                 if SCRATCH_TRIALS.get(source):
                     lines += ["", "Also tried, by hand, one seed each unless said, and not adopted: "

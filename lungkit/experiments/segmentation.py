@@ -183,10 +183,7 @@ class SegmentationExperiment:
         from lungkit.pipeline import make_dataset
 
         dataset_dir = self.dataset_dir or self.prepare_data()
-        # the step budget sets the epochs, and so how many batches of patches are planned; build_model applies it
-        # too, but the notebooks ask for the data first (before this, a budget above the profile's replayed the
-        # profile's batches: paper 004's 400-step U-Net saw its first 200 batches twice)
-        self.recipe = self.recipe.with_step_budget(self.steps_per_epoch())
+        self._apply_step_budget()
         if self.recipe.patch_size:
             return self._patch_datasets(dataset_dir)
         common = dict(
@@ -227,6 +224,17 @@ class SegmentationExperiment:
         validation = tf.data.Dataset.from_tensor_slices(fixed.fixed_set()).batch(self.recipe.batch_size)
         return train, validation
 
+    def _apply_step_budget(self) -> int:
+        """Set the recipe's epochs from its step budget (idempotent) and return the steps per epoch.
+
+        Both :meth:`datasets` and :meth:`build_model` call it, in whichever order: the epochs decide how many batches
+        of patches are planned, and the notebooks ask for the data before the model (when only the model applied it,
+        a budget above the profile's replayed the profile's planned batches: paper 004's 400-step U-Net saw its first
+        200 batches twice)."""
+        steps = self.steps_per_epoch()
+        self.recipe = self.recipe.with_step_budget(steps)
+        return steps
+
     def steps_per_epoch(self) -> int:
         """Training steps of one epoch: one pass over the train split, capped by the profile. With patch training
         patches are drawn endlessly, so an epoch is only a checkpoint / validation interval: always the profile's
@@ -249,9 +257,8 @@ class SegmentationExperiment:
         from lungkit.training import build_for_training, seed_run
 
         seed_run(self.seed, self.settings.deterministic)
-        steps = self.steps_per_epoch()
         # the step budget decides the epochs once the epoch length is known (small datasets get more epochs)
-        self.recipe = self.recipe.with_step_budget(steps)
+        steps = self._apply_step_budget()
         # the cosine schedule needs the number of optimizer steps in advance
         model = build_for_training(self.recipe, steps_per_epoch=steps, **overrides)
         # models with a pretrainable encoder (ResNet50-UNet, MobileNetV2 U-Net) record what it started from
