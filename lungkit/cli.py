@@ -121,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             except (FileNotFoundError, SourceError) as error:
                 reproduce.error(f"--data-dir {args.data_dir}: {error}")
         try:
-            if args.jobs < 1:
-                raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+            runner.check_jobs(args.jobs)
             runner.notebook_needs(runner.discover_notebooks(notebooks_dir, args.only))
             run_dir, is_new = runner.resolve_run_dir(args.runs_root, args.profile, args.data_dir, args.seed,
                                                      args.run_dir, args.resume)

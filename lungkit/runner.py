@@ -356,6 +356,13 @@ def _run_notebook_in_worker(notebook: str, output: str, parameters: dict, kernel
         return {"failure": {"cell_index": failure.cell_index, "error": failure.error}}
 
 
+def check_jobs(jobs) -> int:
+    """``jobs`` (notebooks run at once) as an int; ValueError below 1, before any kernel starts."""
+    if int(jobs) < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs} (the number of notebooks run at once)")
+    return int(jobs)
+
+
 def run_notebooks(
     run_dir: str | Path,
     profile: str = "quick",
@@ -405,8 +412,7 @@ def run_notebooks(
     from lungkit.profiles import get_profile
 
     get_profile(profile)  # fail before starting any kernel on a typo
-    if int(jobs) < 1:
-        raise ValueError(f"jobs must be >= 1 (notebooks run at once), got {jobs}")
+    check_jobs(jobs)
     notebooks = discover_notebooks(notebooks_dir, only)
     needs = notebook_needs(notebooks)
     run_dir = Path(run_dir).resolve()
@@ -587,8 +593,7 @@ def main_reproduce(profile: str, data_dir: str | None, runs_root: str | Path, re
         from lungkit.profiles import get_profile
 
         get_profile(profile)
-        if int(jobs) < 1:
-            raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        check_jobs(jobs)
         notebook_needs(discover_notebooks(notebooks_dir, only))
         chosen, is_new = resolve_run_dir(runs_root, profile, data_dir, seed, run_dir, resume)
     except (ValueError, FileNotFoundError) as error:
