@@ -66,6 +66,9 @@ REFERENCE = {
     "msd": "per-patch Dice 0.68 (small U-Net, 1,000 steps of 16, train file -> test file)",
 }
 TARGETS = {"lidc": 0.5, "msd": 0.75}
+#: The fold issue 13's reference bar was measured on, per source. The target is judged on all folds pooled; the page
+#: also gives this fold alone, averaged over seeds (rows with one seed on it do not count: single runs swing widely).
+CALIBRATION_FOLD = {"lidc": ("A", "patients LIDC-IDRI-72 and -313, the split of issue 13's reference bar")}
 #: Printed under a source whose target was not reached: what every run above already does.
 TRIED = ("the profile's step budget whatever the dataset's size (the steps are in each row); 128 px patches at the recipe's "
          "pixel scale with 1/3 forced onto a nodule, augmented as nnU-Net's 2-D training (flips, quarter turns, "
@@ -81,7 +84,12 @@ SCRATCH_TRIALS = {
     "lidc": [
         "Swin-UNet, fold A (2026-12-02, at aedbd11): the Swin-UNet authors' solver (SGD 0.05, momentum 0.9, "
         "0.4 BCE + 0.6 Dice) collapsed to a constant 0.025; Dice + BCE at Adam 5e-4 and 2e-4 gave 0.00 (false "
-        "positives elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them",
+        "positives elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them. Then (2026-12-03, "
+        "at fc46b96) Dice + BCE at Adam 5e-4 for 600 steps with flips and quarter turns only (no rotations, zooms or "
+        "intensity changes): 0.00, training Dice 0.00-0.04 over its 15 epochs, the test slices' nodule pixels at a "
+        "mean probability of 0.011 against 0.018 elsewhere. Yet the same model fits 8 fixed patches on nodules in "
+        "50-100 steps (Dice 0.68 at step 50, 0.99 at 150): it can memorise, but from scratch it learns no nodule "
+        "features from three patients in these budgets (Cao et al. start from ImageNet weights)",
         "Mask2Former, fold A (2026-12-02, at 3608c5c): background as a class (the official semantic setting: the "
         "tumour map against a background map, arg-max, instead of one class against 0.5) 0.00, its maps crossing "
         "0.5 off the nodules (on MSD 0.47 against the row's 0.51); AdamW 1e-3 instead of the paper's 1e-4 collapsed "
@@ -98,6 +106,10 @@ SCRATCH_TRIALS = {
         "probabilities averaged, thresholded at 0.5, without the dense CRF the row applies, 0.69 against 0.66, 0.60 "
         "and 0.66 for seeds 0, 1 and 2 alone; the seeds themselves scatter (0.68, 0.57, 0.67 after the CRF: "
         "the row's spread over seeds), so a seed ensemble steadies the number more than it raises it",
+        "post-processing the 400-step Attention U-Net's seed 0 (2026-12-03, its probabilities at 0.5, no CRF: 0.664): "
+        "dropping components below 20, 50 or 100 px gave 0.680, 0.688 and 0.685, keeping only the largest 0.680; "
+        "its false positives on the 13 tumour-free test patches are blobs of 40-2,200 px, not specks, so component "
+        "filters cannot recover the Dice those patches cost (a perfect answer on them would add about 0.05)",
     ],
 }
 #: What the target means beside published work on the same data, printed under the source's best-model line.
@@ -277,7 +289,8 @@ def render_markdown(report: dict) -> str:
                   "| Dice over seeds (mean ± sd) | per test patient (Dice) | by nodule size (px, Dice) | steps "
                   "| train+eval s | folds |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        best = best_flipped = None
+        best = best_flipped = best_on_calibration = None
+        calibration = CALIBRATION_FOLD.get(source)
         # one row per model and budget: the quick profile's first, then other profiles and step-budget trials
         def budget_of(entry):
             return entry["profile"], entry.get("max_steps")
@@ -319,6 +332,14 @@ def render_markdown(report: dict) -> str:
                         if common != {e["fold"] for e in rows} else "")
             over_seeds = (f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1):.3f} (seeds "
                           f"{', '.join(map(str, seeds))}{on_folds})" if len(seeds) > 1 else f"one seed ({seeds[0]})")
+            if calibration is not None:
+                on_fold = [np.mean([r["dice"] for e in model_rows if int(e["seed"]) == seed
+                                    and e["fold"] == calibration[0] for r in e["per_image"]])
+                           for seed in seeds
+                           if any(int(e["seed"]) == seed and e["fold"] == calibration[0] for e in model_rows)]
+                if len(on_fold) > 1 and (best_on_calibration is None or np.mean(on_fold) > best_on_calibration[1]):
+                    best_on_calibration = (label, float(np.mean(on_fold)), float(np.std(on_fold, ddof=1)),
+                                           len(on_fold))
             by_patient = frame.groupby("patient")["dice"].mean()
             patients = ", ".join(f"{p.replace('LIDC-IDRI-', '')}: {v:.2f}" for p, v in by_patient.items())
             sizes = pd.cut(frame.get("equivalent_diameter_px", pd.Series(np.nan, index=frame.index)),
@@ -339,6 +360,13 @@ def render_markdown(report: dict) -> str:
             gap = TARGETS[source] - best[1]
             lines += ["", f"Best model: {best[0]}, per-image Dice {best[1]:.3f}: "
                       + ("target reached." if gap <= 0 else f"**{gap:.3f} short of the target {TARGETS[source]}**.")]
+            if best_on_calibration is not None:
+                label, mean, sd, count = best_on_calibration
+                fold_gap = TARGETS[source] - mean
+                lines += ["", f"On fold {calibration[0]} alone ({calibration[1]}), the best mean over seeds: {label}, "
+                          f"{mean:.3f} ± {sd:.3f} over {count} seeds: "
+                          + ("at or above the target on that split; the verdict above pools every fold."
+                             if fold_gap <= 0 else f"{fold_gap:.3f} short of the target on that split too.")]
             if best_flipped is not None:
                 flipped_gap = TARGETS[source] - best_flipped[1]
                 lines += ["", f"With test-time flips (`SegmentationExperiment.evaluate(test_time_flips=True)`, "

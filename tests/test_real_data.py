@@ -90,3 +90,33 @@ def test_the_real_data_benchmark_runs_and_keeps_earlier_results(tmp_path):
     assert "| unet (3-step budget) |" in markdown and "| unet |" in markdown
     with pytest.raises(SystemExit):
         real_data.main([*arguments, "--max-steps", "0"])
+
+
+def _entry(model: str, fold: str, seed: int, dice: float, patient: str) -> dict:
+    row = {"id": f"{patient}-0", "patient": patient, "equivalent_diameter_px": 12.0, "dice": dice, "iou": dice / 2,
+           "recall": dice}
+    return {"source": "lidc", "model": model, "profile": "quick", "max_steps": None, "seed": seed, "fold": fold,
+            "steps": 400, "wall_time_s": 1.0, "sampling": "patches", "split": f"fold {fold}",
+            "per_image": [row, {**row, "id": f"{patient}-1"}]}
+
+
+def test_the_page_gives_the_calibration_fold_over_seeds_beside_the_pooled_verdict():
+    """The verdict pools every fold; fold A (issue 13's split) gets its own line, from models with two seeds or more
+    on it (a single run does not count)."""
+    from benchmarks import real_data
+
+    results = {
+        "a": _entry("unet", "A", 0, 0.7, "LIDC-IDRI-72"), "b": _entry("unet", "A", 1, 0.5, "LIDC-IDRI-72"),
+        "c": _entry("unet", "B", 0, 0.0, "LIDC-IDRI-2"),
+        # one seed only, higher on fold A: not the calibration line's best
+        "d": _entry("attention_unet", "A", 0, 0.9, "LIDC-IDRI-72"),
+        "e": _entry("attention_unet", "B", 0, 0.0, "LIDC-IDRI-2"),
+    }
+    markdown = real_data.render_markdown({"results": results})
+    assert "Best model: attention_unet, per-image Dice 0.450: **0.050 short of the target 0.5**" in markdown
+    assert "On fold A alone (patients LIDC-IDRI-72 and -313" in markdown
+    assert "the best mean over seeds: unet, 0.600 ± 0.141 over 2 seeds: at or above the target on that split" in markdown
+    # below the target on that fold, the line says how far
+    results["b"] = _entry("unet", "A", 1, 0.1, "LIDC-IDRI-72")
+    assert "unet, 0.400 ± 0.424 over 2 seeds: 0.100 short of the target on that split too" in real_data.render_markdown(
+        {"results": results})
