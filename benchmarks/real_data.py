@@ -271,6 +271,57 @@ def _ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
     return float(mean), float(low), float(high)
 
 
+def _clauses(text: str) -> list[str]:
+    """A protocol description cut at its top-level ", " and "; " (not inside parentheses)."""
+    clauses, depth, current = [], 0, ""
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and char in ",;" and text[index + 1: index + 2] == " ":
+            clauses.append(current.strip())
+            current = ""
+            continue
+        current += char
+    return [*clauses, current.strip()] if current.strip() else clauses
+
+
+def _row_label(entry: dict) -> str:
+    """The row an entry is in: its model, and the step budget when it had its own."""
+    steps = entry.get("max_steps")
+    return entry["model"] + (f" ({steps:,}-step budget)" if steps is not None else "")
+
+
+def _common_and_differences(entries: list[dict], field: str) -> tuple[str, list[str]]:
+    """The description of ``field`` most runs share (one per fold for the split), and for the other runs, by row,
+    how theirs differs: a clause in place of one of the shared description's (the same opening words), clauses it
+    adds, clauses it lacks."""
+    by_fold: dict[str, dict[str, list[str]]] = {}
+    for entry in entries:
+        fold = str(entry["fold"]) if field == "split" else ""
+        by_fold.setdefault(fold, {}).setdefault(entry.get(field) or "", []).append(_row_label(entry))
+    commons, differences = [], []
+    for fold in sorted(by_fold):
+        texts = by_fold[fold]
+        common = max(texts, key=lambda text: len(texts[text]))
+        commons.append(common)
+        for text, labels in texts.items():
+            if text == common:
+                continue
+            added = [c for c in _clauses(text) if c not in _clauses(common)]
+            lacking = [c for c in _clauses(common) if c not in _clauses(text)]
+            parts = []
+            for clause in list(added):
+                opening = " ".join(clause.split()[:4])
+                replaced = next((c for c in lacking if " ".join(c.split()[:4]) == opening), None)
+                if replaced is not None:
+                    parts.append(f"{clause} instead of {replaced}")
+                    added.remove(clause)
+                    lacking.remove(replaced)
+            parts += [f"also {clause}" for clause in added] + ([f"without {'; '.join(lacking)}"] if lacking else [])
+            named = ", ".join(dict.fromkeys(labels))
+            differences.append(f"{named}{' (fold ' + fold + ')' if fold else ''}: {'; '.join(parts)}")
+    return "; ".join(commons), differences
+
+
 def render_markdown(report: dict) -> str:
     lines = ["# Real-data benchmark", "",
              "Every segmentation model of papers 001, 002 and 004 and paper 000's Mask2Former (its CT-only recipe: "
@@ -384,14 +435,19 @@ def render_markdown(report: dict) -> str:
                 if patient in tested:
                     lines += ["", f"Patient {patient}: {seen}."]
         first = entries[0]
+        sampling, sampling_differences = _common_and_differences(entries, "sampling")
+        split, split_differences = _common_and_differences(entries, "split")
         lines += ["", f"Lung-restricted: the same predictions kept inside each slice's lungs found from HU (air below "
                   f"-400 HU not touching the border, holes filled, closed and grown by {LUNG_MARGIN_PX} px; "
                   "`lungkit.postprocess.restrict_to_lungs`), thresholded at 0.5.", ""]
         lines += ["", f"Protocol: profile {first['profile']} (a row naming a step budget had it instead of the "
                   "profile's, without the wall-clock cap; the recipe's early stopping may end it sooner, the steps "
                   "column has what ran), CI cells from the first seed; "
-                  f"{first['sampling']}; "
-                  f"split: {first['split']}.", ""]
+                  f"{sampling}; split: {split}.", ""]
+        differences = sampling_differences + split_differences
+        if differences:
+            lines += ["Rows that differ from that protocol (their recipe's pixel scale, or runs of an earlier commit):",
+                      "", *[f"- {line}" for line in differences], ""]
     # each result's own commit; results measured before the benchmark kept one per result have none
     by_commit = {}
     for key, entry in report.get("results", {}).items():

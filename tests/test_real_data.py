@@ -120,3 +120,29 @@ def test_the_page_gives_the_calibration_fold_over_seeds_beside_the_pooled_verdic
     results["b"] = _entry("unet", "A", 1, 0.1, "LIDC-IDRI-72")
     assert "unet, 0.400 ± 0.424 over 2 seeds: 0.100 short of the target on that split too" in real_data.render_markdown(
         {"results": results})
+
+
+def test_the_protocol_line_names_the_rows_that_differ_from_it():
+    """Models differ in their recipe's pixel scale and older runs in their augmentation: the page's protocol gives the
+    shared description and, by row, what differs."""
+    from benchmarks import real_data
+
+    shared = "patches of 128 px from slices at 256 px (the scale), random flips (p 0.5, both axes), rotations (p 0.2)"
+    entries = [
+        {**_entry("unet", "A", 0, 0.5, "LIDC-IDRI-72"), "sampling": shared},
+        {**_entry("attention_unet", "A", 0, 0.5, "LIDC-IDRI-72"), "sampling": shared},
+        {**_entry("mask2former", "A", 0, 0.5, "LIDC-IDRI-72"),
+         "sampling": shared.replace("256 px", "512 px") + "; no on-the-fly augmentation"},
+        {**_entry("unet", "A", 0, 0.5, "LIDC-IDRI-72"), "max_steps": 1500,
+         "sampling": "patches of 128 px from slices at 256 px (the scale), random flips (p 0.5, both axes)"},
+    ]
+    common, differences = real_data._common_and_differences(entries, "sampling")
+    assert common == shared
+    assert differences == [
+        "mask2former: patches of 128 px from slices at 512 px (the scale) instead of patches of 128 px from slices "
+        "at 256 px (the scale); also no on-the-fly augmentation",
+        "unet (1,500-step budget): without rotations (p 0.2)",
+    ]
+    # one split per fold
+    entries.append(_entry("unet", "B", 0, 0.5, "LIDC-IDRI-2"))
+    assert real_data._common_and_differences(entries, "split") == ("fold A; fold B", [])
