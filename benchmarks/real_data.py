@@ -76,8 +76,9 @@ TRIED = ("the profile's step budget whatever the dataset's size (the steps are i
          "to approximate HU per patient (lung and soft-tissue peaks) so the paper's HU window applies; checkpoints "
          "chosen on validation patches (on training patches when no patient can be spared); Gaussian sliding-window "
          "inference over the whole slice; each paper's own loss and optimiser; the lung restriction of predictions and "
-         "test-time flips (each scored in its own column). Not tried here: ensembling over folds or seeds; longer "
-         "budgets only where a row names its step budget (`--max-steps`).")
+         "test-time flips (each scored in its own column). Not in the rows: ensembles of seeds (the kit's "
+         "`lungkit predict MODEL_DIR --ensemble-with OTHER_DIR`; trials below); longer budgets only where a row names "
+         "its step budget (`--max-steps`).")
 #: Scratch trials (one seed, outside the table: a recipe changed by hand, then reverted) on the models that found
 #: nothing or fell short, printed under the source's table so the report says what else was tried and what it gave.
 SCRATCH_TRIALS = {
@@ -103,13 +104,16 @@ SCRATCH_TRIALS = {
         "nodules wherever a patch puts them",
         "UNETR, fold A: the UNETR authors' AdamW 1e-4 0.03, the paper's SGD 0.1 0.02 (the row: Adam 5e-4, a recorded "
         "quick departure)",
+        "an ensemble of the U-Net row's three seeds on fold A (2026-12-03, the runs of 9301076): their test "
+        "probabilities averaged, at 0.5, 0.699 against 0.611, 0.761 and 0.573 alone (mean 0.648)",
     ],
     "msd": [
         "Mask2Former with background as a class: 0.47 against the row's 0.51 (2026-12-02, at 3608c5c)",
         "an ensemble of the 1,000-step Attention U-Net's three seeds (2026-12-02, at 3372331): their "
         "probabilities averaged, thresholded at 0.5, without the dense CRF the row applies, 0.69 against 0.66, 0.60 "
         "and 0.66 for seeds 0, 1 and 2 alone; the seeds themselves scatter (0.68, 0.57, 0.67 after the CRF: "
-        "the row's spread over seeds), so a seed ensemble steadies the number more than it raises it",
+        "the row's spread over seeds), so a seed ensemble steadies the number more than it raises it; the same for "
+        "the U-Net row's three seeds (2026-12-03, the runs of 9301076): 0.641 against 0.620, 0.611 and 0.636 alone",
         "post-processing the 400-step Attention U-Net's seed 0 (2026-12-03, its probabilities at 0.5, no CRF: 0.664): "
         "dropping components below 20, 50 or 100 px gave 0.680, 0.688 and 0.685, keeping only the largest 0.680; "
         "its false positives on the 13 tumour-free test patches are blobs of 40-2,200 px, not specks, so component "

@@ -64,6 +64,9 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     predict.add_argument("inputs", nargs="+", metavar="INPUT",
                          help="NIfTI / NRRD / MHD volume, DICOM series folder, folder of PNG/TIFF/JPEG/NPY slices "
                               "(or one slice file), Lung-RADS .pkl")
+    predict.add_argument("--ensemble-with", action="append", default=[], metavar="MODEL_DIR",
+                         help="another model folder to average with MODEL_DIR (repeatable): the models' probabilities "
+                              "are averaged before the threshold, as nnU-Net ensembles its folds")
     predict.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     predict.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the card's)")
     predict.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -146,8 +149,8 @@ def _predict(args, parser: argparse.ArgumentParser) -> int:
         parser.error("--lung-margin-px needs --lung-only")
     try:
         table = predict(
-            args.model_dir, args.inputs, args.out, threshold=args.threshold, batch_size=args.batch_size,
-            device=args.device, overwrite=args.overwrite, lung_only=args.lung_only,
+            [args.model_dir, *args.ensemble_with] if args.ensemble_with else args.model_dir, args.inputs, args.out,
+            threshold=args.threshold, batch_size=args.batch_size, device=args.device, overwrite=args.overwrite, lung_only=args.lung_only,
             lung_margin_px=DEFAULT_LUNG_MARGIN_PX if args.lung_margin_px is None else args.lung_margin_px,
             intensity=args.intensity, pixel_spacing_mm=args.pixel_spacing, postprocess=not args.no_postprocess,
             flips=args.flips, progress=not args.no_progress,

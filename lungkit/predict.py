@@ -20,7 +20,9 @@ slices), because the models were trained on axial slices and predict slice by sl
 :func:`lungkit.inference.predict_hu_slices` with the card's settings (its slice size, preprocessing, sliding window),
 batched, with a progress bar. The probabilities are thresholded (the card's threshold unless ``threshold`` is
 given), optionally restricted to the lungs found from HU (:func:`lungkit.postprocess.restrict_to_lungs`) and
-post-processed as the card's result was.
+post-processed as the card's result was. Several model folders make an ensemble (``lungkit predict MODEL_DIR
+--ensemble-with OTHER_DIR ...``, as nnU-Net ensembles its folds): each model predicts by its own card and the
+probabilities are averaged before the threshold (:func:`ensemble_probabilities`).
 
 Outputs, in ``out_dir``, one folder per input (named after it) plus two files for all of them::
 
@@ -34,7 +36,7 @@ Outputs, in ``out_dir``, one folder per input (named after it) plus two files fo
     <case>/tumours.csv         one row per connected tumour component (3-D for volumes, 2-D per slice otherwise)
     <case>/prediction.json     what was done: input, model card excerpt, settings, timings
     tumours.csv                every case's components, with a ``case`` column
-    prediction.json            the run: model folder, options, inputs, versions
+    prediction.json            the run: model folder (every member of an ensemble), options, inputs, versions
 
 Everything is written into a staging folder beside ``out_dir`` and renamed to ``out_dir`` only when every input
 is done, so a crash or a refused input leaves no folder that looks finished (the staging folder is removed on
@@ -655,8 +657,32 @@ def _staging_for(out_dir: Path) -> Path:
     return out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
 
 
+def ensemble_probabilities(members: list, hu_slices: np.ndarray, batch_size: int = 8, progress: bool = False,
+                           description: str = "predict") -> np.ndarray:
+    """The mean of several models' probabilities for the same HU slices, each model predicting by its own settings.
+
+    Args:
+        members: ``(model, settings)`` pairs (:func:`lungkit.model_card.inference_settings` for each model's card).
+        hu_slices: ``(N, H, W)`` slices in Hounsfield units.
+        batch_size, progress, description: as :func:`lungkit.inference.predict_hu_slices` (one progress bar per
+            model).
+
+    Returns:
+        float32 ``(N, H, W)`` averaged probabilities (a running sum: one model's output in memory at a time).
+    """
+    from lungkit import inference
+
+    total = None
+    for index, (model, settings) in enumerate(members):
+        probabilities = inference.predict_hu_slices(model, hu_slices, settings, batch_size=batch_size,
+                                                    progress=progress,
+                                                    description=f"{description} [model {index + 1}/{len(members)}]")
+        total = probabilities if total is None else total + probabilities
+    return (total / len(members)).astype(np.float32)
+
+
 def predict(
-    model_dir: str | Path,
+    model_dir: str | Path | list,
     inputs: list,
     out_dir: str | Path,
     *,
@@ -672,10 +698,15 @@ def predict(
     flips: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Apply the model in ``model_dir`` to every input and write masks, overlays and tumour tables to ``out_dir``.
+    """Apply the model in ``model_dir`` (or an ensemble of models) to every input and write masks, overlays and tumour
+    tables to ``out_dir``.
 
     Args:
-        model_dir: folder with ``model.keras`` and ``model_card.json``.
+        model_dir: folder with ``model.keras`` and ``model_card.json``; or a list of such folders, an ensemble (as
+            nnU-Net ensembles its folds): each model predicts every slice by its own card (slice size, preprocessing,
+            window) and their probabilities are averaged on the input's grid before the threshold and
+            post-processing. The cards must agree on the threshold (or pass ``threshold``) and on the post-processing
+            (or pass ``postprocess=False``).
         inputs: volume files, DICOM series folders, slice folders or files, Lung-RADS pickles.
         out_dir: output folder; must not exist unless ``overwrite``.
         threshold: probability threshold; the card's when None.
@@ -698,7 +729,9 @@ def predict(
         lungkit.model_card.ModelCardError: a model folder without a usable card.
         PredictInputError: an input that cannot be used (every input's header is checked before the model loads;
             a failure found later, while reading pixels, still leaves nothing: the outputs are staged).
-        ValueError: a threshold outside (0, 1), a non-positive batch size, an unavailable device.
+        ValueError: a threshold outside (0, 1), a non-positive batch size, an unavailable device; an ensemble whose
+            cards disagree on the threshold or the post-processing (without ``threshold`` / ``postprocess=False``),
+            or that names one folder twice.
     """
     from lungkit import inference
     from lungkit.model_card import inference_settings, load_model_card, load_model_with_card
@@ -713,16 +746,40 @@ def predict(
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    load_model_card(model_dir)  # a folder without a usable card is refused before any input is read
+    model_dirs = [Path(folder) for folder in ([model_dir] if isinstance(model_dir, (str, Path)) else model_dir)]
+    if not model_dirs:
+        raise ValueError("no model folder given")
+    resolved = [folder.resolve() for folder in model_dirs]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"an ensemble names the same model folder twice: {[str(f) for f in model_dirs]}")
+    # a folder without a usable card, or cards that cannot be averaged, are refused before any input is read
+    cards = [load_model_card(folder) for folder in model_dirs]
+    if threshold is None and len({float(card["threshold"]) for card in cards}) > 1:
+        raise ValueError("the ensemble's cards give different thresholds ("
+                         + ", ".join(f"{folder}: {card['threshold']}" for folder, card in zip(model_dirs, cards))
+                         + "); pass --threshold")
+    if postprocess and len({_postprocess_method(card) for card in cards}) > 1:
+        raise ValueError("the ensemble's cards give different post-processing ("
+                         + ", ".join(f"{folder}: {_postprocess_method(card)}" for folder, card in zip(model_dirs, cards))
+                         + "); pass --no-postprocess to threshold the averaged probabilities")
     for path in inputs:  # headers only: a bad input is refused before the model loads or anything is written
         check_input(path, intensity)
     taken: set = set()
     names = [_case_name(Path(path), taken) for path in inputs]
     device_used = select_device(device)
-    model, card = load_model_with_card(model_dir)
-    settings = inference_settings(card, flips=flips)
+    members = []
+    for folder in model_dirs:
+        model, card = load_model_with_card(folder)
+        members.append((model, card, inference_settings(card, flips=flips)))
+    model, card, settings = members[0]
     threshold = float(card["threshold"] if threshold is None else threshold)
     method = _postprocess_method(card) if postprocess else "none"
+    if len(members) == 1:
+        predict_fn = inference.predict_hu_slices
+    else:
+        def predict_fn(_model, hu_slices, _settings, batch_size, progress, description):
+            return ensemble_probabilities([(m, s) for m, _, s in members], hu_slices, batch_size=batch_size,
+                                          progress=progress, description=description)
 
     staging = _staging_for(out_dir)
     if staging.exists():
@@ -736,18 +793,25 @@ def predict(
             case = read_case(path, name, intensity, pixel_spacing_mm)
             table, record = _predict_case(case, model, settings, staging / case.name, threshold=threshold,
                                           batch_size=batch_size, lung_only=lung_only, lung_margin_px=lung_margin_px,
-                                          method=method, progress=progress, predict_fn=inference.predict_hu_slices)
+                                          method=method, progress=progress, predict_fn=predict_fn)
             del case
             tables.append(table)
             records.append(record)
         everything = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TUMOUR_COLUMNS)
         everything.to_csv(staging / "tumours.csv", index=False)
         run = {
-            "model_dir": str(Path(model_dir).resolve()),
+            "model_dir": str(model_dirs[0].resolve()),
             "model": card["model"], "model_input": card["input"], "protocol_line": card["result"]["protocol_line"],
             "threshold": threshold, "lung_only": bool(lung_only),
             "lung_margin_px": int(lung_margin_px) if lung_only else None, "batch_size": batch_size,
             "device": device_used, "inference": settings.describe(), "cases": records,
+            "ensemble": None if len(members) == 1 else {
+                "combination": f"mean of {len(members)} models' probabilities, then the threshold",
+                "members": [{"model_dir": str(folder.resolve()), "model": member_card["model"],
+                             "protocol_line": member_card["result"]["protocol_line"],
+                             "inference": member_settings.describe()}
+                            for folder, (_, member_card, member_settings) in zip(model_dirs, members)],
+            },
             "wall_time_s": round(time.perf_counter() - started, 2),
             "lungkit_version": _lungkit_version(),
         }
@@ -856,6 +920,7 @@ __all__ = [
     "check_axial_geometry",
     "check_input",
     "dicom_series_files",
+    "ensemble_probabilities",
     "input_kind",
     "lungrads_size_class",
     "overlay_image",

@@ -614,3 +614,91 @@ def test_lung_masked_preprocessing_finds_the_lungs_from_hu():
     np.testing.assert_allclose(inputs[0, ..., 0][~region], 0.0)  # outside the lungs: air, the window's 0
     np.testing.assert_allclose(inputs[0, ..., 0][lungs], (-850.0 + 1000.0) / 1400.0, atol=1e-6)
     np.testing.assert_array_equal(inputs[0, ..., 1], inputs[0, ..., 0])  # channels repeat the slice
+
+
+# -- ensembles ---------------------------------------------------------------------------------------------------
+
+
+def _second_model(model_dir, tmp_path, **card_changes):
+    """A copy of the tiny model's folder, its card changed by ``card_changes`` (top-level fields)."""
+    folder = tmp_path / "second_model"
+    shutil.copytree(model_dir, folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    card.update(card_changes)
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    return folder
+
+
+def _one_slice_folder(tmp_path):
+    import cv2
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "1.png"), np.full((40, 40), 120, np.uint8))
+    return folder
+
+
+def test_an_ensemble_thresholds_the_mean_of_its_models_probabilities(model_dir, tmp_path, monkeypatch):
+    first_square, second_square = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+    first_square[5:10, 5:10] = True
+    second_square[25:30, 25:30] = True
+    calls = iter(range(2))
+
+    def make(hu):  # model 1: 0.8 on both squares; model 2: 0.4 on the first, 0 on the second
+        probabilities = np.zeros(hu.shape, np.float32)
+        if next(calls) == 0:
+            probabilities[:, first_square | second_square] = 0.8
+        else:
+            probabilities[:, first_square] = 0.4
+        return probabilities
+
+    seen = forced_probabilities(monkeypatch, make)
+    second = _second_model(model_dir, tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["predict", str(model_dir), str(_one_slice_folder(tmp_path)), "--ensemble-with", str(second),
+                     "--out", str(out), "--intensity", "display8", "--no-progress"])
+    assert code == 0 and seen == [(1, 40, 40), (1, 40, 40)]  # each model saw the slices once
+    from lungkit.data.slices import binarise_mask, read_slice_file
+
+    # means 0.6 (kept) and 0.4 (dropped) at the threshold 0.5
+    mask = binarise_mask(read_slice_file(out / "slices" / "masks" / "1.png"))
+    np.testing.assert_array_equal(mask, first_square.astype(np.uint8))
+    run = json.loads((out / "prediction.json").read_text())
+    assert [member["model_dir"] for member in run["ensemble"]["members"]] == [str(model_dir.resolve()),
+                                                                             str(second.resolve())]
+    assert run["ensemble"]["combination"].startswith("mean of 2 models' probabilities")
+
+
+def test_an_ensemble_of_identical_models_predicts_as_one(model_dir, tmp_path):
+    """The real inference path, no forced probabilities: two copies of one model average to that model."""
+    from lungkit.model_card import inference_settings
+    from lungkit.predict import ensemble_probabilities
+
+    model, card = load_model_with_card(model_dir)
+    settings = inference_settings(card)
+    hu = np.random.default_rng(0).uniform(-1000, 400, size=(3, SLICE_SIZE, SLICE_SIZE)).astype(np.float32)
+    single = inference.predict_hu_slices(model, hu, settings)
+    both = ensemble_probabilities([(model, settings), (model, settings)], hu)
+    np.testing.assert_array_equal(both, single)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"threshold": 0.3}, "different thresholds"),
+    ({"postprocessing": {"used": "dense_crf"}}, "different post-processing"),
+])
+def test_an_ensemble_whose_cards_disagree_is_refused_before_anything_is_read(model_dir, tmp_path, capsys, change,
+                                                                              message):
+    second = _second_model(model_dir, tmp_path, **change)
+    out = tmp_path / "out"
+    refused(capsys, [str(model_dir), str(tmp_path / "no_such_input.nrrd"), "--ensemble-with", str(second)],
+            out, message)
+    # the way out the message names works
+    way_out = ["--threshold", "0.5"] if "threshold" in change else ["--no-postprocess"]
+    code = cli.main(["predict", str(model_dir), str(_one_slice_folder(tmp_path)), "--ensemble-with", str(second),
+                     "--out", str(out), "--intensity", "display8", "--no-progress", *way_out])
+    assert code == 0
+
+
+def test_an_ensemble_naming_one_folder_twice_is_refused(model_dir, tmp_path, capsys):
+    refused(capsys, [str(model_dir), str(tmp_path / "x.nrrd"), "--ensemble-with", str(model_dir)],
+            tmp_path / "out", "the same model folder twice")
