@@ -85,8 +85,8 @@ SCRATCH_TRIALS = {
     "lidc": [
         "Swin-UNet, fold A (2026-12-02, at aedbd11): the Swin-UNet authors' solver (SGD 0.05, momentum 0.9, "
         "0.4 BCE + 0.6 Dice) collapsed to a constant 0.025; Dice + BCE at Adam 5e-4 and 2e-4 gave 0.00 (false "
-        "positives elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them. Then (2026-12-03, "
-        "at fc46b96) Dice + BCE at Adam 5e-4 for 600 steps with flips and quarter turns only (no rotations, zooms or "
+        "positives elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them. Then "
+        "(2026-12-03, at fc46b96) Dice + BCE at Adam 5e-4 for 600 steps with flips and quarter turns only (no rotations, zooms or "
         "intensity changes): 0.00, training Dice 0.00-0.04 over its 15 epochs, the test slices' nodule pixels at a "
         "mean probability of 0.011 against 0.018 elsewhere. Yet the same model fits 8 fixed patches on nodules in "
         "50-100 steps (Dice 0.68 at step 50, 0.99 at 150): it can memorise, but from scratch it learns no nodule "

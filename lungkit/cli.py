@@ -150,7 +150,8 @@ def _predict(args, parser: argparse.ArgumentParser) -> int:
     try:
         table = predict(
             [args.model_dir, *args.ensemble_with] if args.ensemble_with else args.model_dir, args.inputs, args.out,
-            threshold=args.threshold, batch_size=args.batch_size, device=args.device, overwrite=args.overwrite, lung_only=args.lung_only,
+            threshold=args.threshold, batch_size=args.batch_size, device=args.device, overwrite=args.overwrite,
+            lung_only=args.lung_only,
             lung_margin_px=DEFAULT_LUNG_MARGIN_PX if args.lung_margin_px is None else args.lung_margin_px,
             intensity=args.intensity, pixel_spacing_mm=args.pixel_spacing, postprocess=not args.no_postprocess,
             flips=args.flips, progress=not args.no_progress,

@@ -758,9 +758,10 @@ def predict(
         raise ValueError("the ensemble's cards give different thresholds ("
                          + ", ".join(f"{folder}: {card['threshold']}" for folder, card in zip(model_dirs, cards))
                          + "); pass --threshold")
-    if postprocess and len({_postprocess_method(card) for card in cards}) > 1:
+    methods = [_postprocess_method(card) for card in cards]
+    if postprocess and len(set(methods)) > 1:
         raise ValueError("the ensemble's cards give different post-processing ("
-                         + ", ".join(f"{folder}: {_postprocess_method(card)}" for folder, card in zip(model_dirs, cards))
+                         + ", ".join(f"{folder}: {method}" for folder, method in zip(model_dirs, methods))
                          + "); pass --no-postprocess to threshold the averaged probabilities")
     for path in inputs:  # headers only: a bad input is refused before the model loads or anything is written
         check_input(path, intensity)
