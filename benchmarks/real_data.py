@@ -3,8 +3,8 @@
 Usage::
 
     python -m benchmarks.real_data [--data-root ../shared/data] [--sources lidc msd] [--models unet ...]
-                                   [--profile quick] [--max-steps N] [--seeds 0 1 2] [--out reports]
-                                   [--work-dir benchmarks/_work/real]
+                                   [--profile quick] [--max-steps N] [--seeds 0 1 2 [--ensemble]]
+                                   [--out reports] [--work-dir benchmarks/_work/real]
 
 Trains every segmentation model of papers 001, 002 and 004 and paper 000's Mask2Former (their recipes, capped by the
 profile exactly as in the main job: the step budget, patches at the recipe's pixel scale, sliding-window inference) on
@@ -22,7 +22,9 @@ others) and ``<out>/real_data.md``: per model the per-image Dice, IoU and recall
 the folds' test images, per test patient and per nodule size, training steps and wall time, beside the plain U-Net
 reference bar of issue 13. ``--max-steps N`` is a longer- (or shorter-) budget trial: N optimizer steps instead of the
 profile's budget, without the profile's wall-clock cap, reported in rows of its own labelled with the budget (the
-protocol records the change). Not a test: nothing asserts a number; CI never runs it.
+protocol records the change). ``--ensemble`` with several seeds adds a row per model for the seeds' ensemble: their
+saved test probabilities averaged and thresholded at 0.5 (:func:`ensemble_entry`, what ``lungkit predict
+--ensemble-with`` does). Not a test: nothing asserts a number; CI never runs it.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ TRIED = ("the profile's step budget whatever the dataset's size (the steps are i
          "to approximate HU per patient (lung and soft-tissue peaks) so the paper's HU window applies; checkpoints "
          "chosen on validation patches (on training patches when no patient can be spared); Gaussian sliding-window "
          "inference over the whole slice; each paper's own loss and optimiser; the lung restriction of predictions and "
-         "test-time flips (each scored in its own column). Not in the rows: ensembles of seeds (the kit's "
-         "`lungkit predict MODEL_DIR --ensemble-with OTHER_DIR`; trials below); longer budgets only where a row names "
+         "test-time flips (each scored in its own column); ensembles of seeds where a row names one (`--ensemble`; "
+         "`lungkit predict MODEL_DIR --ensemble-with OTHER_DIR` for new scans); longer budgets only where a row names "
          "its step budget (`--max-steps`).")
 #: Scratch trials (one seed, outside the table: a recipe changed by hand, then reverted) on the models that found
 #: nothing or fell short, printed under the source's table so the report says what else was tried and what it gave.
@@ -104,16 +106,14 @@ SCRATCH_TRIALS = {
         "nodules wherever a patch puts them",
         "UNETR, fold A: the UNETR authors' AdamW 1e-4 0.03, the paper's SGD 0.1 0.02 (the row: Adam 5e-4, a recorded "
         "quick departure)",
-        "an ensemble of the U-Net row's three seeds on fold A (2026-12-03, the runs of 9301076): their test "
-        "probabilities averaged, at 0.5, 0.699 against 0.611, 0.761 and 0.573 alone (mean 0.648)",
     ],
     "msd": [
         "Mask2Former with background as a class: 0.47 against the row's 0.51 (2026-12-02, at 3608c5c)",
         "an ensemble of the 1,000-step Attention U-Net's three seeds (2026-12-02, at 3372331): their "
         "probabilities averaged, thresholded at 0.5, without the dense CRF the row applies, 0.69 against 0.66, 0.60 "
         "and 0.66 for seeds 0, 1 and 2 alone; the seeds themselves scatter (0.68, 0.57, 0.67 after the CRF: "
-        "the row's spread over seeds), so a seed ensemble steadies the number more than it raises it; the same for "
-        "the U-Net row's three seeds (2026-12-03, the runs of 9301076): 0.641 against 0.620, 0.611 and 0.636 alone",
+        "the row's spread over seeds), so a seed ensemble steadies the number more than it raises it (the U-Net's "
+        "ensemble row says the same)",
         "post-processing the 400-step Attention U-Net's seed 0 (2026-12-03, its probabilities at 0.5, no CRF: 0.664): "
         "dropping components below 20, 50 or 100 px gave 0.680, 0.688 and 0.685, keeping only the largest 0.680; "
         "its false positives on the 13 tumour-free test patches are blobs of 40-2,200 px, not specks, so component "
@@ -228,9 +228,9 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
                       "max_train_seconds": {"recipe": recipe.max_train_seconds, "used": None}}
         experiment.recipe = dataclasses.replace(recipe, max_steps=int(max_steps), max_train_seconds=None,
                                                 overridden=overridden)
-    start = time.perf_counter()
     model = experiment.build_model()
-    experiment.train(model, verbose=0)
+    fit = experiment.train(model, verbose=0)
+    start = time.perf_counter()
     result = experiment.evaluate(model, robustness=False)
     per_image = result.per_image.copy()
     # the optional lung restriction, scored on the same predictions (no retraining): thresholded probabilities kept
@@ -264,12 +264,57 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
         "paper": paper_id,
         "max_steps": None if max_steps is None else int(max_steps),
         "steps": protocol.get("steps_trained"),
-        "wall_time_s": round(time.perf_counter() - start, 1),
+        # training as recorded by the run that trained (a reused training is not timed by its reload), then scoring
+        "wall_time_s": round(float(fit.wall_time_s) + time.perf_counter() - start, 1),
         "stopped_by_wall_clock": protocol.get("stopped_by_wall_clock"),
         "sampling": protocol.get("sampling"),
         "split": protocol.get("split"),
         "per_image": per_image[list(dict.fromkeys(keep))].to_dict(orient="records"),
     }
+
+
+def ensemble_entry(seed_entries: list[dict], prediction_files: list[Path]) -> dict:
+    """One row for the seeds of a model: their saved test probabilities averaged, thresholded at 0.5.
+
+    What ``lungkit predict --ensemble-with`` does, scored on the same test images: no post-processing (paper 004's
+    Attention U-Net scores its single seeds after a dense CRF, its ensemble without), no lung restriction, no flips.
+
+    Args:
+        seed_entries: the seeds' entries (:func:`run_one`, with ``seed``), in seed order.
+        prediction_files: each seed's ``predictions.npz`` (its evaluation's probabilities and masks), same order.
+
+    Raises:
+        ValueError: when the seeds' test images or masks differ (the runs did not score the same split).
+    """
+    from lungkit.metrics import confusion_counts_batch, dice_from_counts, iou_from_counts, recall_from_counts
+
+    probabilities, truth = None, None
+    for path in prediction_files:
+        with np.load(path) as saved:
+            if truth is None:
+                truth, probabilities = saved["masks"].astype(np.uint8), saved["probabilities"].astype(np.float64)
+                continue
+            if not np.array_equal(saved["masks"].astype(np.uint8), truth):
+                raise ValueError(f"{path}: its test masks differ from {prediction_files[0]}'s; the seeds did not "
+                                 "score the same test images")
+            probabilities += saved["probabilities"]
+    probabilities /= len(prediction_files)
+    counts = confusion_counts_batch((probabilities >= 0.5).astype(np.uint8), truth)
+    rows = [dict(row) for row in seed_entries[0]["per_image"]]
+    if len(rows) != len(counts):
+        raise ValueError(f"{prediction_files[0]}: {len(counts)} test images against {len(rows)} per-image rows")
+    for row, dice, iou, recall in zip(rows, dice_from_counts(counts), iou_from_counts(counts),
+                                      recall_from_counts(counts)):
+        row.update(dice=float(dice), iou=float(iou), recall=float(recall))
+        row.pop("dice_lung_restricted", None)
+        row.pop("dice_test_time_flips", None)
+    seeds = [int(entry["seed"]) for entry in seed_entries]
+    first = seed_entries[0]
+    return {**first, "seed": seeds[0], "ensemble_of_seeds": seeds, "per_image": rows,
+            "steps": "+".join(str(entry["steps"]) for entry in seed_entries),
+            "wall_time_s": round(sum(entry["wall_time_s"] for entry in seed_entries), 1),
+            "commit": first.get("commit"),
+            "ensemble": "the seeds' test probabilities averaged, thresholded at 0.5, without post-processing"}
 
 
 def _ci(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
@@ -293,9 +338,11 @@ def _clauses(text: str) -> list[str]:
 
 
 def _row_label(entry: dict) -> str:
-    """The row an entry is in: its model, and the step budget when it had its own."""
-    steps = entry.get("max_steps")
-    return entry["model"] + (f" ({steps:,}-step budget)" if steps is not None else "")
+    """The row an entry is in: its model, and the step budget when it had its own, and the seeds of an ensemble."""
+    steps, ensemble = entry.get("max_steps"), entry.get("ensemble_of_seeds")
+    named = ([f"{steps:,}-step budget"] if steps is not None else []) + (
+        [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else [])
+    return entry["model"] + (f" ({', '.join(named)})" if named else "")
 
 
 def _common_and_differences(entries: list[dict], field: str) -> tuple[str, list[str]]:
@@ -352,18 +399,19 @@ def render_markdown(report: dict) -> str:
         calibration = CALIBRATION_FOLD.get(source)
         # one row per model and budget: the quick profile's first, then other profiles and step-budget trials
         def budget_of(entry):
-            return entry["profile"], entry.get("max_steps")
+            return entry["profile"], entry.get("max_steps"), tuple(entry.get("ensemble_of_seeds") or ())
 
         budgets = sorted({budget_of(e) for e in entries},
-                         key=lambda b: (b != ("quick", None), b[0], b[1] is not None, b[1] or 0))
-        profiles = {profile for profile, _ in budgets}
+                         key=lambda b: (b[:2] != ("quick", None), b[0], b[1] is not None, b[1] or 0, b[2]))
+        profiles = {profile for profile, _, _ in budgets}
         for model, budget in [(model, budget) for model in MODELS for budget in budgets]:
             model_rows = [e for e in entries if e["model"] == model and budget_of(e) == budget]
             if not model_rows:
                 continue
-            profile, steps = budget
+            profile, steps, ensemble = budget
             named = ([profile] if len(profiles) > 1 and profile != "quick" else []) + (
-                [f"{steps:,}-step budget"] if steps is not None else [])
+                [f"{steps:,}-step budget"] if steps is not None else []) + (
+                [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else [])
             label = f"{model} ({', '.join(named)})" if named else model
             seeds = sorted({int(e["seed"]) for e in model_rows})
             # the CI cells: the first seed's folds; other seeds give the spread over seeds
@@ -391,6 +439,8 @@ def render_markdown(report: dict) -> str:
                         if common != {e["fold"] for e in rows} else "")
             over_seeds = (f"{np.mean(per_seed):.3f} ± {np.std(per_seed, ddof=1):.3f} (seeds "
                           f"{', '.join(map(str, seeds))}{on_folds})" if len(seeds) > 1 else f"one seed ({seeds[0]})")
+            if ensemble:
+                over_seeds = "one ensemble: the seeds' probabilities averaged, at 0.5, no post-processing"
             if calibration is not None:
                 on_fold = [np.mean([r["dice"] for e in model_rows if int(e["seed"]) == seed
                                     and e["fold"] == calibration[0] for r in e["per_image"]])
@@ -406,7 +456,7 @@ def render_markdown(report: dict) -> str:
             by_size = frame.groupby(sizes, observed=True)["dice"].agg(["mean", "size"])
             size_text = ", ".join(f"{b.left:g}-{b.right:g}: {r['mean']:.2f} (n {int(r['size'])})"
                                   for b, r in by_size.iterrows())
-            steps = "/".join(str(e["steps"]) for e in rows)
+            steps = "/".join(str(e["steps"]) for e in rows)  # an ensemble's: each seed's, joined by "+"
             seconds = sum(e["wall_time_s"] for e in rows)
             folds = ", ".join(sorted(e["fold"] for e in rows))
             lines.append(f"| {label} | {' | '.join(cells)} | {restricted} | {flipped} | {over_seeds} | {patients} "
@@ -478,6 +528,9 @@ def main(argv=None) -> int:
                         help="optimizer steps instead of the profile's budget (a budget trial, in rows of its own)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train every model once per seed; the report adds the mean and spread over seeds")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="with two seeds or more: also one row per model for the seeds' ensemble (their test "
+                             "probabilities averaged, as `lungkit predict --ensemble-with`)")
     parser.add_argument("--out", default=str(_REPOSITORY_ROOT / "reports"))
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "real"))
     parser.add_argument("--render-only", action="store_true",
@@ -487,6 +540,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be a positive number of optimizer steps, got {args.max_steps}")
+    if args.ensemble and len(set(args.seeds)) < 2:
+        parser.error(f"--ensemble needs two seeds or more (--seeds), got {args.seeds}")
     data_root, work_dir, out = Path(args.data_root), Path(args.work_dir), Path(args.out)
     if args.render_only:
         if not (out / "real_data.json").is_file():
@@ -534,6 +589,22 @@ def main(argv=None) -> int:
                 dice = np.mean([r["dice"] for r in entry["per_image"]])
                 print(f"[real_data] {key}: per-image Dice {dice:.3f}, {entry['steps']} steps, "
                       f"{entry['wall_time_s']} s", flush=True)
+    if args.ensemble:
+        seeds = sorted(set(args.seeds))
+        budget = args.profile if args.max_steps is None else f"{args.profile}-{args.max_steps}steps"
+        for source, fold, _, _ in jobs:
+            for model in args.models:
+                paper_id, result_key = MODELS[model]
+                entries = [report["results"][f"{source}/{fold}/{model}/{budget}/seed{seed}"] for seed in seeds]
+                files = [work_dir / "runs" / source / fold.replace(">", "") / budget / f"seed{seed}" / "results"
+                         / paper_id / result_key / "predictions.npz" for seed in seeds]
+                key = f"{source}/{fold}/{model}/{budget}/ensemble-seeds{'-'.join(map(str, seeds))}"
+                entry = ensemble_entry(entries, files)
+                report["results"][key] = entry
+                write_json_atomic(report, json_path)
+                write_text_atomic(render_markdown(report), out / "real_data.md")
+                dice = np.mean([r["dice"] for r in entry["per_image"]])
+                print(f"[real_data] {key}: per-image Dice {dice:.3f}", flush=True)
     return 0
 
 

@@ -147,3 +147,28 @@ def test_the_protocol_line_names_the_rows_that_differ_from_it():
     # one split per fold
     entries.append(_entry("unet", "B", 0, 0.5, "LIDC-IDRI-2"))
     assert real_data._common_and_differences(entries, "split") == ("fold A; fold B", [])
+
+
+def test_a_seed_ensemble_row_scores_the_mean_of_the_seeds_probabilities(tmp_path):
+    from benchmarks import real_data
+
+    truth = np.zeros((2, 8, 8), np.uint8)
+    truth[0, 2:4, 2:4] = 1  # image 1 has no tumour
+    first, second = np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.float32)
+    first[0, 2:4, 2:4], second[0, 2:4, 2:4] = 0.9, 0.3  # mean 0.6: found
+    first[1, 5:7, 5:7], second[1, 5:7, 5:7] = 0.8, 0.0  # mean 0.4: no false positive
+    files = []
+    for seed, probabilities in enumerate((first, second)):
+        files.append(tmp_path / f"seed{seed}.npz")
+        np.savez(files[-1], probabilities=probabilities, masks=truth)
+    entries = [{**_entry("unet", "A", seed, 0.5, "LIDC-IDRI-72"), "dice_lung_restricted": 0.1} for seed in (0, 1)]
+    entry = real_data.ensemble_entry(entries, files)
+    assert [row["dice"] for row in entry["per_image"]] == [1.0, 1.0]
+    assert entry["ensemble_of_seeds"] == [0, 1] and entry["steps"] == "400+400"
+    markdown = real_data.render_markdown({"results": {"a": entries[0], "b": entries[1], "e": entry}})
+    assert "| unet (ensemble of seeds 0, 1) | 1.000" in markdown
+    assert "one ensemble: the seeds' probabilities averaged" in markdown
+    # seeds that scored other test images are refused
+    np.savez(files[1], probabilities=second, masks=1 - truth)
+    with pytest.raises(ValueError, match="did not score the same test images"):
+        real_data.ensemble_entry(entries, files)
