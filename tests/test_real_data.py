@@ -112,8 +112,12 @@ def test_the_page_gives_the_calibration_fold_over_seeds_beside_the_pooled_verdic
         "d": _entry("attention_unet", "A", 0, 0.9, "LIDC-IDRI-72"),
         "e": _entry("attention_unet", "B", 0, 0.0, "LIDC-IDRI-2"),
     }
+    # a seed ensemble on fold A alone: not comparable with rows pooled over A and B, so not the verdict's best
+    results["f"] = {**_entry("unet", "A", 0, 1.0, "LIDC-IDRI-72"), "ensemble_of_seeds": [0, 1]}
     markdown = real_data.render_markdown({"results": results})
-    assert "Best model: attention_unet, per-image Dice 0.450: **0.050 short of the target 0.5**" in markdown
+    assert ("Best model (rows run on every fold: A, B): attention_unet, per-image Dice 0.450: **0.050 short of the "
+            "target 0.5**") in markdown
+    assert "As an ensemble of seeds: unet (ensemble of seeds 0, 1), 1.000." in markdown
     assert "On fold A alone (patients LIDC-IDRI-72 and -313" in markdown
     assert ("the best mean over seeds: unet, 0.600 ± 0.141 over 2 seeds: at or above the target on that split"
             in markdown)
