@@ -85,10 +85,10 @@ TRIED = ("the profile's step budget whatever the dataset's size (the steps are i
 #: nothing or fell short, printed under the source's table so the report says what else was tried and what it gave.
 SCRATCH_TRIALS = {
     "lidc": [
-        "Swin-UNet, fold A (2026-12-02, at aedbd11): the Swin-UNet authors' solver (SGD 0.05, momentum 0.9, "
-        "0.4 BCE + 0.6 Dice) collapsed to a constant 0.025; Dice + BCE at Adam 5e-4 and 2e-4 gave 0.00 (false "
-        "positives elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them. Then "
-        "(2026-12-03, at fc46b96) Dice + BCE at Adam 5e-4 for 600 steps with flips and quarter turns only (no rotations, zooms or "
+        "Swin-UNet, fold A (2026-12-02, at aedbd11): the Swin-UNet authors' solver (SGD 0.05, momentum 0.9, 0.4 BCE +"
+        " 0.6 Dice) collapsed to a constant 0.025; Dice + BCE at Adam 5e-4 and 2e-4 gave 0.00 (false positives "
+        "elsewhere, maximum probability 0.81); training Dice never above 0.02 in any of them. Then (2026-12-03, at "
+        "fc46b96) Dice + BCE at Adam 5e-4 for 600 steps with flips and quarter turns only (no rotations, zooms or "
         "intensity changes): 0.00, training Dice 0.00-0.04 over its 15 epochs, the test slices' nodule pixels at a "
         "mean probability of 0.011 against 0.018 elsewhere. Yet the same model fits 8 fixed patches on nodules in "
         "50-100 steps (Dice 0.68 at step 50, 0.99 at 150): it can memorise, but from scratch it learns no nodule "
@@ -342,10 +342,11 @@ def budget_of_entry(entry: dict) -> tuple:
     return entry["profile"], entry.get("max_steps"), tuple(entry.get("ensemble_of_seeds") or ())
 
 
-def _row_label(entry: dict) -> str:
-    """The row an entry is in: its model, and the step budget when it had its own, and the seeds of an ensemble."""
+def _row_label(entry: dict, show_profile: bool = False) -> str:
+    """The row an entry is in: its model; its profile when asked (a page with several); the step budget when it had
+    its own; the seeds of an ensemble."""
     steps, ensemble = entry.get("max_steps"), entry.get("ensemble_of_seeds")
-    named = ([f"{steps:,}-step budget"] if steps is not None else []) + (
+    named = ([entry["profile"]] if show_profile else []) + ([f"{steps:,}-step budget"] if steps is not None else []) + (
         [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else [])
     return entry["model"] + (f" ({', '.join(named)})" if named else "")
 
@@ -418,11 +419,8 @@ def render_markdown(report: dict) -> str:
             model_rows = [e for e in entries if e["model"] == model and budget_of(e) == budget]
             if not model_rows:
                 continue
-            profile, steps, ensemble = budget
-            named = ([profile] if len(profiles) > 1 and profile != "quick" else []) + (
-                [f"{steps:,}-step budget"] if steps is not None else []) + (
-                [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else [])
-            label = f"{model} ({', '.join(named)})" if named else model
+            profile, _, ensemble = budget
+            label = _row_label(model_rows[0], show_profile=len(profiles) > 1 and profile != "quick")
             seeds = sorted({int(e["seed"]) for e in model_rows})
             # the CI cells: the first seed's folds; other seeds give the spread over seeds
             rows = [e for e in model_rows if int(e["seed"]) == seeds[0]]
