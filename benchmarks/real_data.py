@@ -406,17 +406,16 @@ def render_markdown(report: dict) -> str:
         # the verdict compares rows on the same images: those run on every fold of the source (a row on fold A alone
         # is not comparable with one pooled over A, B and C); when no row covers them all, every row
         all_folds = {e["fold"] for e in entries}
-        covering = {(e["model"], budget_of_entry(e)) for e in entries
-                    if {x["fold"] for x in entries if x["model"] == e["model"]
-                        and budget_of_entry(x) == budget_of_entry(e)} == all_folds}
+        folds_of_row: dict[tuple, set] = {}
+        for e in entries:
+            folds_of_row.setdefault((e["model"], budget_of_entry(e)), set()).add(e["fold"])
+        covering = {row for row, folds in folds_of_row.items() if folds == all_folds}
         # one row per model and budget: the quick profile's first, then other profiles and step-budget trials
-        budget_of = budget_of_entry
-
-        budgets = sorted({budget_of(e) for e in entries},
+        budgets = sorted({budget_of_entry(e) for e in entries},
                          key=lambda b: (b[:2] != ("quick", None), b[0], b[1] is not None, b[1] or 0, b[2]))
         profiles = {profile for profile, _, _ in budgets}
         for model, budget in [(model, budget) for model in MODELS for budget in budgets]:
-            model_rows = [e for e in entries if e["model"] == model and budget_of(e) == budget]
+            model_rows = [e for e in entries if e["model"] == model and budget_of_entry(e) == budget]
             if not model_rows:
                 continue
             profile, _, ensemble = budget

@@ -778,9 +778,11 @@ def predict(
     if len(members) == 1:
         predict_fn = inference.predict_hu_slices
     else:
+        pairs = [(member_model, member_settings) for member_model, _, member_settings in members]
+
         def predict_fn(_model, hu_slices, _settings, batch_size, progress, description):
-            return ensemble_probabilities([(m, s) for m, _, s in members], hu_slices, batch_size=batch_size,
-                                          progress=progress, description=description)
+            return ensemble_probabilities(pairs, hu_slices, batch_size=batch_size, progress=progress,
+                                          description=description)
 
     staging = _staging_for(out_dir)
     if staging.exists():
