@@ -284,6 +284,29 @@ def metric_from_summary(summary: dict, metric: str, basis: str = "per_image") ->
             "n": number("n"), "basis": used_basis}
 
 
+def pretrained_weights_text(protocol: dict) -> str:
+    """What a result's pretrainable part started from, as the protocol line says it ("" when not recorded).
+
+    Segmentation results record the encoder's status dict (``pretrained_encoder``: ``pretrained``, ``source``,
+    ``sha256``, ...; see :func:`lungkit.models.encoder_weights_status`), paper 003's classifiers a string
+    (``pretrained``). A model without a pretrainable part records None and gets nothing.
+    """
+    status = protocol.get("pretrained_encoder")
+    if isinstance(status, dict) and status.get("pretrained") is not None:
+        if not status["pretrained"]:
+            return "encoder weights random (no local pretrained weights given; lungkit downloads none)"
+        source = Path(str(status.get("source") or "")).name or "a local file"
+        digest = f", sha256 {str(status['sha256'])[:12]}" if status.get("sha256") else ""
+        official = ", the official ImageNet file" if status.get("official_imagenet_file") else ""
+        resized = ", relative position tables resized to this window" if status.get("window_resized") else ""
+        return f"encoder weights pretrained from {source}{digest}{official}{resized}"
+    recorded = protocol.get("pretrained")
+    if isinstance(recorded, str) and recorded:
+        # a local path is named by its file, as above; "none (...)" says itself
+        return f"pretrained weights {recorded if recorded.startswith('none') else Path(recorded).name}"
+    return ""
+
+
 def protocol_line(summary: dict) -> str:
     """One line saying how a result was produced: every protocol field, ``not recorded`` where the summary lacks
     it and ``none`` where it records None (e.g. the epochs of a zero-shot model), and the run it came from when
@@ -298,6 +321,12 @@ def protocol_line(summary: dict) -> str:
     for key, label in _TRAINING_FIELDS:
         if protocol.get(key) not in (None, ""):
             parts.append(f"{label} {protocol[key]}")
+    if protocol.get("model_settings"):
+        parts.append("model settings given at build: " + ", ".join(
+            f"{key} {value}" for key, value in sorted(protocol["model_settings"].items())))
+    start = pretrained_weights_text(protocol)
+    if start:
+        parts.append(start)
     if summary.get("_run"):
         parts.append(f"run {summary['_run']}")
     if summary.get("n_images") is not None:

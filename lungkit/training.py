@@ -165,6 +165,10 @@ class Recipe:
             patches.
         overridden: set by :meth:`for_profile`: ``{key: {"recipe": value, "used": value}}`` for every key the
             profile's override changed.
+        model_settings: settings given to the model builder at build time beyond the scale's (e.g. a local
+            pretrained ``weights`` file, by name, and the widths it needs), set by the experiment that builds the
+            model; None when there were none. Part of :meth:`protocol`, so a finished run is never reused for a
+            build with other settings.
 
     Raises:
         ValueError: for any value outside what is expected, naming the key.
@@ -203,6 +207,7 @@ class Recipe:
     max_steps: int | None = None
     max_train_seconds: float | None = None
     patch_augmentation: str | None = None
+    model_settings: dict | None = None
 
     @property
     def input_size(self) -> int:
@@ -512,6 +517,8 @@ class Recipe:
         if self.fine_tuning:
             # only when set: a completed run's recorded protocol (compared on resume) stays what it was
             protocol["fine_tuning"] = dict(self.fine_tuning)
+        if self.model_settings:
+            protocol["model_settings"] = dict(self.model_settings)  # only when set, for the same reason
         return protocol
 
 

@@ -154,6 +154,28 @@ def test_protocol_line_says_how_training_saw_the_data_when_recorded(tmp_path):
     assert "optimizer steps 200; sampling patches of 128 px from slices at 256 px, flips; test-time flips off" in line
 
 
+
+def test_protocol_line_says_what_a_pretrainable_encoder_started_from(tmp_path):
+    summary = json.loads(write_summary(tmp_path, "paper001", "resnet50_unet").read_text())
+    assert "encoder weights" not in reports.protocol_line(summary)  # a model without a pretrainable part: nothing
+    summary["protocol"]["pretrained_encoder"] = {"pretrained": False, "source": None, "sha256": None}
+    assert "encoder weights random (no local pretrained weights given" in reports.protocol_line(summary)
+    summary["protocol"]["pretrained_encoder"] = {
+        "pretrained": True, "source": "/home/me/weights/resnet50_notop.h5", "sha256": "0123456789abcdef",
+        "official_imagenet_file": True}
+    line = reports.protocol_line(summary)
+    # the file by its name and digest, never the user's folder
+    assert "encoder weights pretrained from resnet50_notop.h5, sha256 0123456789ab, the official ImageNet file" in line
+    assert "/home/me" not in line
+    summary["protocol"]["pretrained_encoder"] = {"pretrained": True, "source": "/p/swin_tiny", "sha256": None,
+                                                 "window_resized": True}
+    assert "pretrained from swin_tiny, relative position tables resized" in reports.protocol_line(summary)
+    summary["protocol"]["model_settings"] = {"weights": "swin_tiny", "embed_dim": 96}
+    assert "model settings given at build: embed_dim 96, weights swin_tiny" in reports.protocol_line(summary)
+    del summary["protocol"]["pretrained_encoder"]
+    summary["protocol"]["pretrained"] = "/data/densenet121_notop.h5"  # paper 003's classifiers record a string
+    assert "pretrained weights densenet121_notop.h5" in reports.protocol_line(summary)
+
 def test_reference_rows_and_rows_lungkit_lacks(tmp_path):
     others = reports.paper_table_frame("paper001", "table4", [])
     assert set(others["status"]) == {reports.STATUS_REFERENCE}

@@ -19,7 +19,7 @@ zero-shot SAM, :mod:`lungkit.experiments.prompted`). The figures of these result
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,18 @@ def _block_values(block) -> dict:
     if not isinstance(block, dict):
         return {"mean": block, "ci_low": None, "ci_high": None, "n": None}
     return {key: block.get(key) for key in ("mean", "ci_low", "ci_high", "n")}
+
+
+def describe_model_setting(value):
+    """A model build setting as the protocol records it: a path by its file or folder name (never the user's
+    folders), tuples as lists, anything else JSON cannot hold as its ``str``."""
+    if isinstance(value, Path) or (isinstance(value, str) and ("/" in value or "\\" in value)):
+        return Path(value).name
+    if isinstance(value, (tuple, list)):
+        return [describe_model_setting(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 @dataclass
@@ -253,9 +265,17 @@ class SegmentationExperiment:
 
     # -- model ----------------------------------------------------------------------------------------------------
     def build_model(self, **overrides):
-        """The recipe's registry model at the profile's scale, compiled (seeded first, so weights repeat)."""
+        """The recipe's registry model at the profile's scale, compiled (seeded first, so weights repeat).
+
+        ``overrides`` go to the model's builder (e.g. ``weights=`` a local pretrained file or preset folder, see the
+        model's file) and into the recipe's ``model_settings``, so the protocol names them and a run trained without
+        them is not reused for this build.
+        """
         from lungkit.training import build_for_training, seed_run
 
+        if overrides:
+            self.recipe = replace(
+                self.recipe, model_settings={key: describe_model_setting(value) for key, value in overrides.items()})
         seed_run(self.seed, self.settings.deterministic)
         # the step budget decides the epochs once the epoch length is known (small datasets get more epochs)
         steps = self._apply_step_budget()
