@@ -209,11 +209,12 @@ def prepare_msd(data_root: Path, work_dir: Path, seed: int) -> Path:
 
 
 def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool,
-            max_steps: int | None = None) -> dict:
+            max_steps: int | None = None, build_settings: dict | None = None) -> dict:
     """Train and score one model on one dataset; returns the entry for the JSON (per-image rows included).
 
     ``max_steps`` replaces the profile's step budget (and lifts its wall-clock cap); the recipe records the change
-    beside the profile's own departures, so the protocol shows it."""
+    beside the profile's own departures, so the protocol shows it. ``build_settings`` go to the model's builder
+    (a pretrained start: :func:`lungkit.models.swin_unet.preset_settings`); the entry names the start."""
     from lungkit.experiments.segmentation import SegmentationExperiment
 
     paper_id, result_key = MODELS[model_name]
@@ -228,7 +229,7 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
                       "max_train_seconds": {"recipe": recipe.max_train_seconds, "used": None}}
         experiment.recipe = dataclasses.replace(recipe, max_steps=int(max_steps), max_train_seconds=None,
                                                 overridden=overridden)
-    model = experiment.build_model()
+    model = experiment.build_model(**(build_settings or {}))
     fit = experiment.train(model, verbose=0)
     start = time.perf_counter()
     result = experiment.evaluate(model, robustness=False)
@@ -263,6 +264,9 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
         "trained_at_commit": protocol.get("training_commit"),
         "paper": paper_id,
         "max_steps": None if max_steps is None else int(max_steps),
+        # the pretrained start's folder name (None: from scratch, or the model's own default)
+        "pretrained_start": (Path(build_settings["weights"]).name
+                             if build_settings and build_settings.get("weights") else None),
         "steps": protocol.get("steps_trained"),
         # training as recorded by the run that trained (a reused training is not timed by its reload), then scoring
         "wall_time_s": round(float(fit.wall_time_s) + time.perf_counter() - start, 1),
@@ -338,16 +342,19 @@ def _clauses(text: str) -> list[str]:
 
 
 def budget_of_entry(entry: dict) -> tuple:
-    """What makes a row besides its model: the profile, a step budget of its own, the seeds of an ensemble."""
-    return entry["profile"], entry.get("max_steps"), tuple(entry.get("ensemble_of_seeds") or ())
+    """What makes a row besides its model: the profile, a step budget of its own, the seeds of an ensemble, a
+    pretrained start."""
+    return (entry["profile"], entry.get("max_steps"), tuple(entry.get("ensemble_of_seeds") or ()),
+            entry.get("pretrained_start") or "")
 
 
 def _row_label(entry: dict, show_profile: bool = False) -> str:
     """The row an entry is in: its model; its profile when asked (a page with several); the step budget when it had
     its own; the seeds of an ensemble."""
-    steps, ensemble = entry.get("max_steps"), entry.get("ensemble_of_seeds")
+    steps, ensemble, start = entry.get("max_steps"), entry.get("ensemble_of_seeds"), entry.get("pretrained_start")
     named = ([entry["profile"]] if show_profile else []) + ([f"{steps:,}-step budget"] if steps is not None else []) + (
-        [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else [])
+        [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else []) + (
+        [f"pretrained from {start}"] if start else [])
     return entry["model"] + (f" ({', '.join(named)})" if named else "")
 
 
@@ -412,13 +419,13 @@ def render_markdown(report: dict) -> str:
         covering = {row for row, folds in folds_of_row.items() if folds == all_folds}
         # one row per model and budget: the quick profile's first, then other profiles and step-budget trials
         budgets = sorted({budget_of_entry(e) for e in entries},
-                         key=lambda b: (b[:2] != ("quick", None), b[0], b[1] is not None, b[1] or 0, b[2]))
-        profiles = {profile for profile, _, _ in budgets}
+                         key=lambda b: (b[:2] != ("quick", None), b[0], b[1] is not None, b[1] or 0, b[2], b[3]))
+        profiles = {budget[0] for budget in budgets}
         for model, budget in [(model, budget) for model in MODELS for budget in budgets]:
             model_rows = [e for e in entries if e["model"] == model and budget_of_entry(e) == budget]
             if not model_rows:
                 continue
-            profile, _, ensemble = budget
+            profile, ensemble = budget[0], budget[2]
             label = _row_label(model_rows[0], show_profile=len(profiles) > 1 and profile != "quick")
             seeds = sorted({int(e["seed"]) for e in model_rows})
             # the CI cells: the first seed's folds; other seeds give the spread over seeds
@@ -534,6 +541,12 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _budget_name(profile: str, max_steps: int | None, pretrained: bool) -> str:
+    """The part of a result's key (and run folder) that names its budget and start, so rows never overwrite
+    each other: ``quick``, ``quick-1000steps``, ``quick-pretrained``."""
+    return profile + ("" if max_steps is None else f"-{max_steps}steps") + ("-pretrained" if pretrained else "")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_data", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=str(_REPOSITORY_ROOT.parent / "shared" / "data"))
@@ -548,6 +561,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ensemble", action="store_true",
                         help="with two seeds or more: also one row per model for the seeds' ensemble (their test "
                              "probabilities averaged, as `lungkit predict --ensemble-with`)")
+    parser.add_argument("--swin-preset", default=None,
+                        help="a local keras-hub Swin preset folder (ImageNet Swin-T): Swin-UNet starts from it, as "
+                             "Cao et al.'s does, in rows of its own (lungkit.models.swin_unet.preset_settings)")
     parser.add_argument("--out", default=str(_REPOSITORY_ROOT / "reports"))
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "real"))
     parser.add_argument("--render-only", action="store_true",
@@ -559,6 +575,14 @@ def main(argv=None) -> int:
         parser.error(f"--max-steps must be a positive number of optimizer steps, got {args.max_steps}")
     if args.ensemble and len(set(args.seeds)) < 2:
         parser.error(f"--ensemble needs two seeds or more (--seeds), got {args.seeds}")
+    build_settings = {}
+    if args.swin_preset is not None:
+        from lungkit.models.swin_unet import preset_settings
+
+        try:  # a missing or foreign preset fails here, before anything trains
+            build_settings = {"swin_unet": preset_settings(args.swin_preset)}
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error))
     data_root, work_dir, out = Path(args.data_root), Path(args.work_dir), Path(args.out)
     if args.render_only:
         if not (out / "real_data.json").is_file():
@@ -593,11 +617,12 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for source, fold, dataset_dir, whole_patch in jobs:
             for model in args.models:
-                budget = args.profile if args.max_steps is None else f"{args.profile}-{args.max_steps}steps"
+                budget = _budget_name(args.profile, args.max_steps, model in build_settings)
                 key = f"{source}/{fold}/{model}/{budget}/seed{seed}"
                 print(f"[real_data] {key}", flush=True)
                 run_dir = work_dir / "runs" / source / fold.replace(">", "") / budget / f"seed{seed}"
-                entry = run_one(model, dataset_dir, run_dir, args.profile, seed, whole_patch, args.max_steps)
+                entry = run_one(model, dataset_dir, run_dir, args.profile, seed, whole_patch, args.max_steps,
+                                build_settings.get(model))
                 report["results"][key] = {**entry, "source": source, "fold": fold, "profile": args.profile,
                                           "seed": seed}
                 # written after every model, so a killed benchmark keeps what it finished
@@ -608,9 +633,9 @@ def main(argv=None) -> int:
                       f"{entry['wall_time_s']} s", flush=True)
     if args.ensemble:
         seeds = sorted(set(args.seeds))
-        budget = args.profile if args.max_steps is None else f"{args.profile}-{args.max_steps}steps"
         for source, fold, _, _ in jobs:
             for model in args.models:
+                budget = _budget_name(args.profile, args.max_steps, model in build_settings)
                 paper_id, result_key = MODELS[model]
                 entries = [report["results"][f"{source}/{fold}/{model}/{budget}/seed{seed}"] for seed in seeds]
                 files = [work_dir / "runs" / source / fold.replace(">", "") / budget / f"seed{seed}" / "results"

@@ -127,6 +127,20 @@ def test_the_page_gives_the_calibration_fold_over_seeds_beside_the_pooled_verdic
     assert "unet, 0.400 ± 0.424 over 2 seeds: 0.100 short of the target on that split too" in markdown
 
 
+
+def test_a_pretrained_start_is_a_row_of_its_own():
+    """A Swin-UNet started from a preset (``--swin-preset``) never merges into the from-scratch row."""
+    from benchmarks import real_data
+
+    results = {"scratch": _entry("swin_unet", "A", 0, 0.0, "LIDC-IDRI-72"),
+               "pretrained": {**_entry("swin_unet", "A", 0, 0.4, "LIDC-IDRI-72"),
+                              "pretrained_start": "swin_tiny_patch4_window7_224"}}
+    markdown = real_data.render_markdown({"results": results})
+    assert "| swin_unet | 0.000 [0.000, 0.000]" in markdown
+    assert "| swin_unet (pretrained from swin_tiny_patch4_window7_224) | 0.400 [0.400, 0.400]" in markdown
+    assert real_data._budget_name("quick", None, True) == "quick-pretrained"
+    assert real_data._budget_name("quick", 1000, False) == "quick-1000steps"
+
 def test_the_protocol_line_names_the_rows_that_differ_from_it():
     """Models differ in their recipe's pixel scale and older runs in their augmentation: the page's protocol gives the
     shared description and, by row, what differs."""

@@ -220,3 +220,88 @@ def test_tiny_model_overfits_four_slices_and_reloads(tmp_path):
     assert model.output_shape == (None, 32, 32, 1)
     images, masks = disc_slices(4, 32)
     assert_overfits(model, images, masks, keras.optimizers.Adam(3e-3), steps=20, save_to=tmp_path / "swin.keras")
+
+
+# ------------------------------------------------------------------------------------ pretrained start (Cao et al.)
+# A random keras-hub Swin backbone saved as a local preset stands in for ImageNet Swin-T: what is under test is the
+# mapping, and a wrong mapping (qkv layout, bias table order, patch merging order, shift masks) changes the features.
+PRESET_LAYOUT = {"embed_dim": 16, "depths": (2, 2, 2), "num_heads": (1, 2, 4), "window_size": 4}
+
+
+@pytest.fixture(scope="module")
+def swin_preset(tmp_path_factory):
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(7)
+    backbone = keras_hub.models.SwinTransformerBackbone(image_shape=(64, 64, 3), **PRESET_LAYOUT)
+    folder = tmp_path_factory.mktemp("swin") / "preset"
+    backbone.save_to_preset(str(folder))
+    return folder, backbone
+
+
+def test_a_preset_start_gives_the_backbones_own_features_and_mirrors_the_decoder(swin_preset):
+    from lungkit.models.swin_unet import encoder_weights_status
+
+    folder, backbone = swin_preset
+    model = build_swin_unet("tiny", input_shape=(64, 64, 1), weights=str(folder))
+    grey = np.random.default_rng(0).normal(size=(2, 64, 64, 1)).astype("float32")
+    features = keras.Model(model.input, model.get_layer("encoder_norm").output)(grey)
+    # the grey slice repeated to 3 channels, as Cao et al. feed a 1-channel input to the ImageNet patch embedding
+    expected = ops.convert_to_numpy(backbone(np.repeat(grey, 3, axis=-1)))
+    np.testing.assert_allclose(ops.convert_to_numpy(features).reshape(expected.shape), expected, atol=1e-4)
+    # Cao et al.'s load_from: each decoder stage starts from the encoder stage at its resolution
+    for stage in (0, 1):
+        for block in (0, 1):
+            decoder = model.get_layer(f"decoder_stage{stage}_block{block}").get_weights()
+            encoder = model.get_layer(f"encoder_stage{stage}_block{block}").get_weights()
+            assert all(np.array_equal(d, e) for d, e in zip(decoder, encoder, strict=True))
+    status = encoder_weights_status(model)
+    assert status["pretrained"] is True and status["source"] == str(folder.resolve()) and len(status["sha256"]) == 64
+    assert encoder_weights_status(build_swin_unet("tiny"))["pretrained"] is False
+
+
+def test_a_preset_with_another_window_gets_its_bias_tables_resized(swin_preset):
+    from lungkit.models.swin_unet import resize_relative_position_table
+
+    folder, backbone = swin_preset
+    model = build_swin_unet("tiny", input_shape=(64, 64, 1), weights=str(folder), window_size=2)
+    table = model.get_layer("encoder_stage0_block0").attention.relative_position_bias_table
+    assert tuple(table.shape) == (9, 1)  # (2*2-1)^2 offsets, from the preset's (2*4-1)^2
+    source = ops.convert_to_numpy(backbone.stages[0].blocks[0].attn.relative_position_bias_table)
+    np.testing.assert_allclose(ops.convert_to_numpy(table), resize_relative_position_table(source, 2), atol=1e-6)
+    constant = np.full((49, 3), 0.25, np.float32)
+    np.testing.assert_allclose(resize_relative_position_table(constant, 5), np.full((81, 3), 0.25), atol=1e-5)
+
+
+def test_a_preset_that_does_not_fit_or_is_missing_is_refused_before_training(swin_preset, tmp_path):
+    folder, _ = swin_preset
+    with pytest.raises(ValueError, match=r"embed_dim 48 \(preset 16\)"):
+        build_swin_unet("small", weights=str(folder))
+    with pytest.raises(FileNotFoundError, match="Swin preset folder not found.*kagglehub"):
+        build_swin_unet("tiny", weights=str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="never downloads"):
+        build_swin_unet("tiny", weights="imagenet")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"registered_name": "keras_hub>SAMBackbone"}')
+    with pytest.raises(ValueError, match="SAMBackbone, not a keras-hub SwinTransformerBackbone"):
+        build_swin_unet("tiny", weights=str(other))
+    (other / "config.json").write_bytes(b"\x00\xff{")
+    with pytest.raises(ValueError, match="not a readable keras-hub preset config"):
+        build_swin_unet("tiny", weights=str(other))
+
+
+def test_an_experiment_built_from_a_preset_records_it_in_the_protocol(swin_preset, tmp_path):
+    from lungkit.experiments.segmentation import SegmentationExperiment
+    from lungkit.models.swin_unet import preset_settings
+
+    folder, _ = swin_preset
+    assert preset_settings("") == {} and preset_settings(None) == {}
+    settings = preset_settings(folder)
+    assert settings == {"weights": str(folder), "embed_dim": 16, "num_heads": (1, 2, 4)}
+    experiment = SegmentationExperiment("paper001", "swin_unet", "smoke", tmp_path / "run")
+    model = experiment.build_model(**settings)
+    assert experiment.pretrained["pretrained"] is True
+    # by the folder's name, never the user's path; part of the recipe, so a run trained without it is not reused
+    assert experiment.recipe.protocol()["model_settings"] == {"weights": "preset", "embed_dim": 16,
+                                                               "num_heads": [1, 2, 4]}
+    assert model.get_layer("patch_embedding").projection.kernel.shape[-1] == 16

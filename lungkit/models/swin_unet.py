@@ -44,15 +44,32 @@ why the quick profile departs to lr 5e-4 (paper 001's recipe notes give the meas
 
 Drop path 0.2 follows the reference config (linearly increasing over the encoder blocks, re-used by the
 mirrored decoder stages).
+
+Pretrained start (``weights``: a local keras-hub Swin Transformer preset folder, e.g. ``swin_tiny_patch4_window7_224``).
+Cao et al. train from ImageNet Swin-T weights: their ``load_from`` copies the checkpoint's encoder into the encoder
+and mirrors each encoder stage into the decoder stage at the same resolution (``layers.k`` -> ``layers_up.(3-k)``),
+skipping every tensor whose name or shape has no counterpart (Swin-T's blocks 2-5 of stage 3, the patch merging
+weights against the decoder's patch expanding). :func:`load_swin_preset` does the same from the keras-hub port of
+those weights: patch embedding (its 3-channel kernel summed over the channels for a CT slice, which is what the
+reference's ``x.repeat(1, 3, 1, 1)`` of a grey input computes), every encoder block, patch merging and the encoder
+norm, then the decoder blocks from the encoder stage they mirror. Nothing else is touched: the skip linears,
+patch expanding, the decoder norm and the head keep their fresh initialisation, as in the reference. A window size
+other than the preset's gets its relative position bias tables resized bicubically (as Swin's own code does when
+it fine-tunes at another window). lungkit never downloads the preset (:data:`SWIN_PRESET_HELP`).
 """
 
 from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers, ops
 
 from lungkit.models.blocks import prior_bias_initializer, resolve_config
+from lungkit.models.local_weights import STATUS_ATTRIBUTE, file_digest, weights_status
 from lungkit.models.vit_blocks import (
     MultiHeadSelfAttention,
     PatchEmbedding,
@@ -83,6 +100,7 @@ CONFIGS = {
         "num_classes": 1,
         "head_bias": True,
         "output_activation": "sigmoid",
+        "weights": None,
     },
     # CPU-trainable: the paper's layout at half width on 128x128 (grids 32, 16, 8, 4). Window 4 keeps 8x8
     # windows on the first grid, as window 7 does on the paper's 56x56 grid.
@@ -102,6 +120,7 @@ CONFIGS = {
         "num_classes": 1,
         "head_bias": True,
         "output_activation": "sigmoid",
+        "weights": None,
     },
     # Paper 001 / Cao et al.: 224 input, patch 4, C = 96, window 7, depths 2-2-2-2, heads 3-6-12-24, drop path 0.2.
     "paper": {
@@ -120,6 +139,7 @@ CONFIGS = {
         "num_classes": 1,
         "head_bias": True,
         "output_activation": "sigmoid",
+        "weights": None,
     },
 }
 
@@ -509,6 +529,198 @@ class PatchExpanding(layers.Layer):
         return config
 
 
+# --------------------------------------------------------------------------------------------- pretrained start
+#: How to obtain ImageNet Swin weights (printed when the preset folder is missing or is not a Swin preset).
+SWIN_PRESET_HELP = (
+    "lungkit never downloads weights. On a machine with network access, download the keras-hub Swin Transformer "
+    "preset Cao et al.'s Swin-UNet starts from (Kaggle model 'keras/swin-transformer', framework Keras, variation "
+    "'swin_tiny_patch4_window7_224', ImageNet-1k): from "
+    "https://www.kaggle.com/models/keras/swin-transformer/keras/swin_tiny_patch4_window7_224 (Download -> unpack the "
+    "archive), or with Python: `import kagglehub; "
+    "kagglehub.model_download('keras/swin-transformer/keras/swin_tiny_patch4_window7_224')`, which prints the folder "
+    "it wrote. Copy that folder (config.json, model.weights.h5, metadata.json) to this machine and pass its path: "
+    "`experiment.build_model(**lungkit.models.swin_unet.preset_settings(path))` builds at the preset's widths "
+    "(embedding 96, heads 3-6-12-24 for Swin-T); in notebook 20 set the `swin_preset_dir` parameter."
+)
+
+
+def _check_preset_folder(preset_dir) -> Path:
+    """The preset folder as a Path, refusing a missing folder or one that is not a keras-hub Swin backbone."""
+    if not isinstance(preset_dir, (str, Path)) or str(preset_dir).lower() in ("imagenet", ""):
+        raise ValueError(
+            f"{MODEL_NAME}: weights must be None or the path of a local keras-hub Swin preset folder, got "
+            f"{preset_dir!r}. {SWIN_PRESET_HELP}"
+        )
+    folder = Path(preset_dir).expanduser()
+    config_file = folder / "config.json"
+    if not folder.is_dir() or not config_file.is_file():
+        what = "folder not found" if not folder.is_dir() else "no config.json in this folder"
+        raise FileNotFoundError(f"{folder}: Swin preset {what}. {SWIN_PRESET_HELP}")
+    try:
+        # a preset's config.json is small; a hostile one larger than 1 MiB is not a preset
+        with open(config_file, "rb") as handle:
+            text = handle.read((1 << 20) + 1)
+        registered = json.loads(text).get("registered_name", "") if len(text) <= (1 << 20) else ""
+    except (OSError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"{config_file}: not a readable keras-hub preset config ({error}). {SWIN_PRESET_HELP}") from None
+    if "SwinTransformerBackbone" not in str(registered):
+        raise ValueError(
+            f"{config_file}: this preset holds {registered or 'an unnamed model'!s}, not a keras-hub "
+            f"SwinTransformerBackbone. {SWIN_PRESET_HELP}"
+        )
+    return folder
+
+
+def resize_relative_position_table(table: np.ndarray, window_size: int) -> np.ndarray:
+    """A (2W'-1)^2 x heads relative position bias table resized to another window W, bicubic per head.
+
+    Swin's own fine-tuning code does this when a checkpoint's window differs from the model's: the table is a
+    (2W'-1) x (2W'-1) map of offsets per head, so it is resized as an image.
+    """
+    source_side = int(round(np.sqrt(table.shape[0])))
+    if source_side * source_side != table.shape[0]:
+        raise ValueError(f"relative position table of {table.shape[0]} rows is not a square map of offsets")
+    target_side = 2 * window_size - 1
+    if target_side == source_side:
+        return table
+    grid = np.asarray(table, np.float32).reshape(1, source_side, source_side, table.shape[1])
+    resized = ops.convert_to_numpy(ops.image.resize(grid, (target_side, target_side), interpolation="bicubic"))
+    return resized.reshape(target_side * target_side, table.shape[1])
+
+
+def _copy_block(target: SwinTransformerBlock, source) -> None:
+    """One keras-hub ``SwinTransformerBlock``'s weights into a lungkit block (same layout, see the module notes)."""
+    target.norm1.set_weights(source.norm1.get_weights())
+    target.norm2.set_weights(source.norm2.get_weights())
+    target.attention.qkv.set_weights(source.attn.qkv.get_weights())
+    target.attention.proj.set_weights(source.attn.proj.get_weights())
+    table = ops.convert_to_numpy(source.attn.relative_position_bias_table)
+    target.attention.relative_position_bias_table.assign(
+        resize_relative_position_table(table, target.attention.window_size))
+    target.mlp.fc1.set_weights(source.mlp.fc1.get_weights())
+    target.mlp.fc2.set_weights(source.mlp.fc2.get_weights())
+
+
+def load_swin_preset(model: keras.Model, preset_dir, config: dict) -> dict:
+    """Initialise a Swin-UNet's encoder (and mirrored decoder blocks) from a local keras-hub Swin preset.
+
+    Args:
+        model: a model just built by :func:`build_swin_unet` with ``config``.
+        preset_dir: folder of a keras-hub ``SwinTransformerBackbone`` preset (``config.json``, ``model.weights.h5``).
+        config: the model's resolved settings.
+
+    Returns:
+        The status recorded for the protocol: ``pretrained``, ``source``, ``sha256`` (of ``model.weights.h5``),
+        ``preset_config`` (the backbone's widths, depths, heads, window), ``loaded`` (what was copied) and
+        ``window_resized`` (whether the bias tables were resized).
+
+    Raises:
+        FileNotFoundError: the folder or its ``config.json`` is missing (the message says what to download).
+        ValueError: not a Swin preset, or widths / heads / stages / patch size / input channels that do not fit.
+    """
+    folder = _check_preset_folder(preset_dir)
+    import keras_hub
+
+    try:
+        with warnings.catch_warnings():
+            # keras-hub's own layers warn while it rebuilds the backbone (a mask it drops); nothing of ours
+            warnings.filterwarnings("ignore", message=".*was passed an input with a mask attached.*")
+            backbone = keras_hub.models.SwinTransformerBackbone.from_preset(str(folder))
+    except Exception as error:  # keras-hub's own errors for a truncated or foreign weights file
+        raise ValueError(f"{folder}: the Swin preset could not be loaded ({error}). {SWIN_PRESET_HELP}") from error
+    depths = tuple(config["depths"])
+    preset = {
+        "embed_dim": int(backbone.embed_dim),
+        "depths": tuple(int(d) for d in backbone.depths),
+        "num_heads": tuple(int(h) for h in backbone.num_heads),
+        "window_size": int(backbone.window_size),
+        "patch_size": int(backbone.patch_size),
+    }
+    mismatches = [
+        f"{name} {config[name]!r} (preset {preset[name]!r})"
+        for name in ("embed_dim", "num_heads", "patch_size")
+        if tuple(np.atleast_1d(config[name])) != tuple(np.atleast_1d(preset[name]))
+    ]
+    if len(depths) != len(preset["depths"]) or any(d > p for d, p in zip(depths, preset["depths"])):
+        mismatches.append(f"depths {depths} (preset {preset['depths']}: as many stages, none deeper)")
+    if mismatches:
+        raise ValueError(
+            f"{MODEL_NAME}: the preset at {folder} does not fit this build: {'; '.join(mismatches)}. Build with the "
+            "preset's widths (the paper scale matches Swin-T: embedding 96, heads 3-6-12-24, patch 4)."
+        )
+    kernel, bias = backbone.patch_embedding.proj.get_weights()
+    channels = int(config["input_shape"][2])
+    if channels == 1:
+        kernel = kernel.sum(axis=2, keepdims=True)  # = the reference's grey slice repeated to 3 channels
+    elif channels != kernel.shape[2]:
+        raise ValueError(f"{MODEL_NAME}: the preset embeds {kernel.shape[2]} channels; this build takes {channels} "
+                         "(1 is summed from the preset's 3)")
+    embedding = model.get_layer("patch_embedding")
+    embedding.projection.set_weights([kernel, bias])
+    embedding.norm.set_weights(backbone.patch_embedding.norm.get_weights())
+    blocks = 0
+    for stage, depth in enumerate(depths):
+        for block in range(depth):
+            _copy_block(model.get_layer(f"encoder_stage{stage}_block{block}"), backbone.stages[stage].blocks[block])
+            blocks += 1
+        if stage < len(depths) - 1:
+            merging = model.get_layer(f"patch_merging{stage}")
+            merging.norm.set_weights(backbone.stages[stage].downsample.norm.get_weights())
+            merging.reduction.set_weights(backbone.stages[stage].downsample.reduction.get_weights())
+    model.get_layer("encoder_norm").set_weights(backbone.norm.get_weights())
+    mirrored = 0
+    # Cao et al.'s load_from: decoder stage s <- encoder stage s, block by block, where the preset has the block
+    for step, stage in enumerate(range(len(depths) - 2, -1, -1)):
+        for block in range(min(int(config["decoder_depths"][step]), preset["depths"][stage])):
+            _copy_block(model.get_layer(f"decoder_stage{stage}_block{block}"), backbone.stages[stage].blocks[block])
+            mirrored += 1
+    weights_file = folder / "model.weights.h5"
+    return {
+        "pretrained": True,
+        "source": str(folder.resolve()),
+        "sha256": file_digest(weights_file, "sha256") if weights_file.is_file() else None,
+        "preset_config": preset,
+        "loaded": (f"patch embedding, {blocks} encoder Swin blocks, patch merging and encoder norm; {mirrored} decoder "
+                   "Swin blocks mirrored from the encoder (Cao et al.'s load_from); skip linears, patch expanding, "
+                   "decoder norm and head from scratch"),
+        "window_resized": preset["window_size"] != int(config["window_size"]),
+    }
+
+
+def preset_settings(preset_dir) -> dict:
+    """The build settings that start a Swin-UNet from a local keras-hub Swin preset at the preset's widths.
+
+    ``{}`` for None or "" (from scratch), else ``{"weights": folder, "embed_dim": ..., "num_heads": ...}`` read from
+    the preset's ``config.json``: pass them to the builder (``experiment.build_model(**preset_settings(folder))``).
+    The other settings stay the scale's (a smaller window gets the bias tables resized); the experiment records
+    all of them in the protocol.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_swin_preset`, for a missing folder or a foreign preset.
+    """
+    if preset_dir is None or str(preset_dir) == "":
+        return {}
+    folder = _check_preset_folder(preset_dir)
+    backbone_config = json.loads((folder / "config.json").read_text()).get("config", {})
+    try:
+        return {"weights": str(folder), "embed_dim": int(backbone_config["embed_dim"]),
+                "num_heads": tuple(int(h) for h in backbone_config["num_heads"])}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{folder / 'config.json'}: no usable embed_dim / num_heads in the backbone's config "
+                         f"({error!r}). {SWIN_PRESET_HELP}") from None
+
+
+def encoder_weights_status(model: keras.Model) -> dict:
+    """What a Swin-UNet's encoder started from, for a result's protocol (the record of :func:`build_swin_unet`).
+
+    Returns:
+        ``{"pretrained": bool, "source": folder or None, "sha256": ..., ...}`` (see :func:`load_swin_preset`);
+        ``{"pretrained": None, ...}`` for a model without the record (e.g. one reloaded from disk).
+    """
+    return weights_status(model, ("pretrained", "source", "sha256"))
+
+
 def _check_config(config: dict) -> None:
     depths, heads = tuple(config["depths"]), tuple(config["num_heads"])
     num_stages = len(depths)
@@ -567,16 +779,22 @@ def build_swin_unet(scale: str = "paper", input_shape=None, **overrides) -> kera
             ``decoder_depths`` (decoding order, one per decoder stage), ``num_heads``, ``window_size``,
             ``mlp_ratio``, ``qkv_bias``, ``dropout``, ``attention_dropout``, ``drop_path_rate``, ``num_classes``,
             ``head_bias`` (a bias on the 1x1 head, started at the foreground prior; False as in the reference),
-            ``output_activation`` (``"sigmoid"``, or None / ``"linear"`` for logits).
+            ``output_activation`` (``"sigmoid"``, or None / ``"linear"`` for logits), ``weights`` (None: from
+            scratch; or a local keras-hub Swin preset folder, :func:`load_swin_preset`).
 
     Returns:
-        An uncompiled ``keras.Model`` (N, H, W, channels) -> (N, H, W, num_classes), float32 output.
+        An uncompiled ``keras.Model`` (N, H, W, channels) -> (N, H, W, num_classes), float32 output, carrying what
+        its encoder started from (:func:`encoder_weights_status`).
 
     Raises:
-        ValueError: for an unknown scale or setting, or sizes that do not fit the windows.
+        ValueError: for an unknown scale or setting, or sizes that do not fit the windows; a preset that does not
+            fit the build.
+        FileNotFoundError: ``weights`` names a missing folder (the message says what to download).
     """
     config = resolve_config(CONFIGS, scale, input_shape, overrides, MODEL_NAME)
     _check_config(config)
+    if config["weights"] is not None:
+        _check_preset_folder(config["weights"])  # a missing folder fails before the model is built
     depths = tuple(config["depths"])
     decoder_depths = tuple(config["decoder_depths"])
     heads = tuple(config["num_heads"])
@@ -625,4 +843,9 @@ def build_swin_unet(scale: str = "paper", input_shape=None, **overrides) -> kera
         dtype="float32",  # keep the output float32 under mixed precision
         name="segmentation_head",
     )(x)
-    return keras.Model(inputs, outputs, name=MODEL_NAME)
+    model = keras.Model(inputs, outputs, name=MODEL_NAME)
+    status = {"pretrained": False, "source": None, "sha256": None}
+    if config["weights"] is not None:
+        status = load_swin_preset(model, config["weights"], config)
+    setattr(model, STATUS_ATTRIBUTE, status)
+    return model

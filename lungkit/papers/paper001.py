@@ -256,7 +256,10 @@ RECIPES = {
             "instead of the profile's 200, as for UNETR and ResNet50-UNet. With 200 steps it was the main job's "
             "second costliest notebook (197 s: 35 s of tracing, then 0.47 s per step) and scored test Dice 0.00 with "
             "the validation Dice flat from the first epoch (fresh-clone main job, 2026-12-01); the quick number says "
-            "only that the model runs, and 80 fewer steps keep the main job within its time."
+            "only that the model runs, and 80 fewer steps keep the main job within its time. Pretrained start: the "
+            "paper does not say whether its Swin-UNet started from ImageNet weights (Cao et al.'s code does, Swin-T); "
+            "lungkit trains from scratch unless a local keras-hub Swin preset is given (notebook 20's "
+            "swin_preset_dir), and the protocol line says which."
         ),
         "profile_overrides": {
             "smoke": {"learning_rate": 5e-4},
