@@ -209,12 +209,15 @@ def prepare_msd(data_root: Path, work_dir: Path, seed: int) -> Path:
 
 
 def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool,
-            max_steps: int | None = None, build_settings: dict | None = None) -> dict:
+            max_steps: int | None = None, build_settings: dict | None = None, pretrain_steps: int | None = None,
+            loss: str | None = None) -> dict:
     """Train and score one model on one dataset; returns the entry for the JSON (per-image rows included).
 
     ``max_steps`` replaces the profile's step budget (and lifts its wall-clock cap); the recipe records the change
     beside the profile's own departures, so the protocol shows it. ``build_settings`` go to the model's builder
-    (a pretrained start: :func:`lungkit.models.swin_unet.preset_settings`); the entry names the start."""
+    (a pretrained start: :func:`lungkit.models.swin_unet.preset_settings`); the entry names the start.
+    ``pretrain_steps`` adds a masked-image pretraining (:mod:`lungkit.masked_pretraining`) and ``loss`` replaces
+    the recipe's loss (recorded as a departure too)."""
     from lungkit.experiments.segmentation import SegmentationExperiment
 
     paper_id, result_key = MODELS[model_name]
@@ -229,6 +232,12 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
                       "max_train_seconds": {"recipe": recipe.max_train_seconds, "used": None}}
         experiment.recipe = dataclasses.replace(recipe, max_steps=int(max_steps), max_train_seconds=None,
                                                 overridden=overridden)
+    if loss is not None and loss != experiment.recipe.loss:
+        recipe = experiment.recipe
+        overridden = {**recipe.overridden, "loss": {"recipe": recipe.loss, "used": loss}}
+        experiment.recipe = dataclasses.replace(recipe, loss=loss, loss_kwargs={}, overridden=overridden)
+    if pretrain_steps:
+        experiment.recipe = dataclasses.replace(experiment.recipe, masked_pretraining_steps=int(pretrain_steps))
     model = experiment.build_model(**(build_settings or {}))
     fit = experiment.train(model, verbose=0)
     start = time.perf_counter()
@@ -268,8 +277,12 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
         "pretrained_start": (Path(build_settings["weights"]).name
                              if build_settings and build_settings.get("weights") else None),
         "steps": protocol.get("steps_trained"),
-        # training as recorded by the run that trained (a reused training is not timed by its reload), then scoring
-        "wall_time_s": round(float(fit.wall_time_s) + time.perf_counter() - start, 1),
+        # training as recorded by the run that trained (a reused training is not timed by its reload), its
+        # masked-image pretraining if it had one, then scoring
+        "wall_time_s": round(float(fit.wall_time_s) + float((experiment.masked_pretraining_record() or {}).get(
+            "wall_time_s", 0.0)) + time.perf_counter() - start, 1),
+        "pretrain_steps": int(pretrain_steps) if pretrain_steps else None,
+        "loss": loss,
         "stopped_by_wall_clock": protocol.get("stopped_by_wall_clock"),
         "sampling": protocol.get("sampling"),
         "split": protocol.get("split"),
@@ -345,7 +358,7 @@ def budget_of_entry(entry: dict) -> tuple:
     """What makes a row besides its model: the profile, a step budget of its own, the seeds of an ensemble, a
     pretrained start."""
     return (entry["profile"], entry.get("max_steps"), tuple(entry.get("ensemble_of_seeds") or ()),
-            entry.get("pretrained_start") or "")
+            entry.get("pretrained_start") or "", entry.get("pretrain_steps") or 0, entry.get("loss") or "")
 
 
 def _row_label(entry: dict, show_profile: bool = False) -> str:
@@ -354,7 +367,9 @@ def _row_label(entry: dict, show_profile: bool = False) -> str:
     steps, ensemble, start = entry.get("max_steps"), entry.get("ensemble_of_seeds"), entry.get("pretrained_start")
     named = ([entry["profile"]] if show_profile else []) + ([f"{steps:,}-step budget"] if steps is not None else []) + (
         [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else []) + (
-        [f"pretrained from {start}"] if start else [])
+        [f"pretrained from {start}"] if start else []) + (
+        [f"{entry['pretrain_steps']:,} steps of masked-image pretraining"] if entry.get("pretrain_steps") else []) + (
+        [f"loss {entry['loss']}"] if entry.get("loss") else [])
     return entry["model"] + (f" ({', '.join(named)})" if named else "")
 
 
@@ -419,7 +434,7 @@ def render_markdown(report: dict) -> str:
         covering = {row for row, folds in folds_of_row.items() if folds == all_folds}
         # one row per model and budget: the quick profile's first, then other profiles and step-budget trials
         budgets = sorted({budget_of_entry(e) for e in entries},
-                         key=lambda b: (b[:2] != ("quick", None), b[0], b[1] is not None, b[1] or 0, b[2], b[3]))
+                         key=lambda b: (b[:2] != ("quick", None), b[0], b[1] is not None, b[1] or 0, *b[2:]))
         profiles = {budget[0] for budget in budgets}
         for model, budget in [(model, budget) for model in MODELS for budget in budgets]:
             model_rows = [e for e in entries if e["model"] == model and budget_of_entry(e) == budget]
@@ -541,10 +556,12 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _budget_name(profile: str, max_steps: int | None, pretrained: bool) -> str:
-    """The part of a result's key (and run folder) that names its budget and start, so rows never overwrite
-    each other: ``quick``, ``quick-1000steps``, ``quick-pretrained``."""
-    return profile + ("" if max_steps is None else f"-{max_steps}steps") + ("-pretrained" if pretrained else "")
+def _budget_name(profile: str, max_steps: int | None, pretrained: bool, pretrain_steps: int | None = None,
+                 loss: str | None = None) -> str:
+    """The part of a result's key (and run folder) that names its budget, start and loss, so rows never overwrite
+    each other: ``quick``, ``quick-1000steps``, ``quick-pretrained``, ``quick-600steps-mim1000-dice_bce``."""
+    return (profile + ("" if max_steps is None else f"-{max_steps}steps") + ("-pretrained" if pretrained else "")
+            + (f"-mim{pretrain_steps}" if pretrain_steps else "") + (f"-{loss}" if loss else ""))
 
 
 def main(argv=None) -> int:
@@ -564,6 +581,12 @@ def main(argv=None) -> int:
     parser.add_argument("--swin-preset", default=None,
                         help="a local keras-hub Swin preset folder (ImageNet Swin-T): Swin-UNet starts from it, as "
                              "Cao et al.'s does, in rows of its own (lungkit.models.swin_unet.preset_settings)")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="masked-image pretraining steps before each training (lungkit.masked_pretraining), in "
+                             "rows of their own")
+    parser.add_argument("--loss", default=None,
+                        help="a loss of lungkit.losses instead of each recipe's (recorded as a departure), in rows "
+                             "of their own")
     parser.add_argument("--out", default=str(_REPOSITORY_ROOT / "reports"))
     parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR / "real"))
     parser.add_argument("--render-only", action="store_true",
@@ -575,6 +598,13 @@ def main(argv=None) -> int:
         parser.error(f"--max-steps must be a positive number of optimizer steps, got {args.max_steps}")
     if args.ensemble and len(set(args.seeds)) < 2:
         parser.error(f"--ensemble needs two seeds or more (--seeds), got {args.seeds}")
+    if args.pretrain_steps is not None and args.pretrain_steps < 1:
+        parser.error(f"--pretrain-steps must be a positive number of steps, got {args.pretrain_steps}")
+    if args.loss is not None:
+        from lungkit.losses import available_losses
+
+        if args.loss not in available_losses():
+            parser.error(f"--loss must be one of {available_losses()}, got {args.loss!r}")
     build_settings = {}
     if args.swin_preset is not None:
         from lungkit.models.swin_unet import preset_settings
@@ -617,12 +647,13 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for source, fold, dataset_dir, whole_patch in jobs:
             for model in args.models:
-                budget = _budget_name(args.profile, args.max_steps, model in build_settings)
+                budget = _budget_name(args.profile, args.max_steps, model in build_settings, args.pretrain_steps,
+                                      args.loss)
                 key = f"{source}/{fold}/{model}/{budget}/seed{seed}"
                 print(f"[real_data] {key}", flush=True)
                 run_dir = work_dir / "runs" / source / fold.replace(">", "") / budget / f"seed{seed}"
                 entry = run_one(model, dataset_dir, run_dir, args.profile, seed, whole_patch, args.max_steps,
-                                build_settings.get(model))
+                                build_settings.get(model), args.pretrain_steps, args.loss)
                 report["results"][key] = {**entry, "source": source, "fold": fold, "profile": args.profile,
                                           "seed": seed}
                 # written after every model, so a killed benchmark keeps what it finished
@@ -635,7 +666,8 @@ def main(argv=None) -> int:
         seeds = sorted(set(args.seeds))
         for source, fold, _, _ in jobs:
             for model in args.models:
-                budget = _budget_name(args.profile, args.max_steps, model in build_settings)
+                budget = _budget_name(args.profile, args.max_steps, model in build_settings, args.pretrain_steps,
+                                      args.loss)
                 paper_id, result_key = MODELS[model]
                 entries = [report["results"][f"{source}/{fold}/{model}/{budget}/seed{seed}"] for seed in seeds]
                 files = [work_dir / "runs" / source / fold.replace(">", "") / budget / f"seed{seed}" / "results"

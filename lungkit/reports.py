@@ -115,6 +115,7 @@ _TRAINING_FIELDS = (
     ("steps_trained", "optimizer steps"),
     ("sampling", "sampling"),
     ("test_time_flips", "test-time flips"),
+    ("masked_pretraining", "pretraining"),
 )
 
 PHANTOM_CAVEAT = (

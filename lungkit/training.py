@@ -169,6 +169,8 @@ class Recipe:
             pretrained ``weights`` file, by name, and the widths it needs), set by the experiment that builds the
             model; None when there were none. Part of :meth:`protocol`, so a finished run is never reused for a
             build with other settings.
+        masked_pretraining_steps: steps of masked-image pretraining before the segmentation training
+            (:mod:`lungkit.masked_pretraining`, run by the segmentation experiment); None: none.
 
     Raises:
         ValueError: for any value outside what is expected, naming the key.
@@ -208,6 +210,7 @@ class Recipe:
     max_train_seconds: float | None = None
     patch_augmentation: str | None = None
     model_settings: dict | None = None
+    masked_pretraining_steps: int | None = None
 
     @property
     def input_size(self) -> int:
@@ -519,6 +522,10 @@ class Recipe:
             protocol["fine_tuning"] = dict(self.fine_tuning)
         if self.model_settings:
             protocol["model_settings"] = dict(self.model_settings)  # only when set, for the same reason
+        if self.masked_pretraining_steps:
+            from lungkit.masked_pretraining import describe
+
+            protocol["masked_pretraining"] = describe(int(self.masked_pretraining_steps))
         return protocol
 
 

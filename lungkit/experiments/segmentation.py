@@ -75,6 +75,9 @@ def _block_values(block) -> dict:
         return {"mean": block, "ci_low": None, "ci_high": None, "n": None}
     return {key: block.get(key) for key in ("mean", "ci_low", "ci_high", "n")}
 
+#: In a model's folder: what its masked-image pretraining did (``SegmentationExperiment.masked_pretraining_record``).
+MASKED_PRETRAINING_FILE = "masked_pretraining.json"
+
 
 def describe_model_setting(value):
     """A model build setting as the protocol records it: a path by its file or folder name (never the user's
@@ -276,6 +279,7 @@ class SegmentationExperiment:
         if overrides:
             self.recipe = replace(
                 self.recipe, model_settings={key: describe_model_setting(value) for key, value in overrides.items()})
+        self._build_overrides = dict(overrides)  # a masked-image pretraining builds the same network
         seed_run(self.seed, self.settings.deterministic)
         # the step budget decides the epochs once the epoch length is known (small datasets get more epochs)
         steps = self._apply_step_budget()
@@ -298,11 +302,53 @@ class SegmentationExperiment:
 
         if train_ds is None or validation_ds is None:
             train_ds, validation_ds = self.datasets()
+        if self.recipe.masked_pretraining_steps:
+            self._masked_pretraining(model, train_ds, verbose)
         pretrained = bool((getattr(self, "pretrained", None) or {}).get("pretrained"))
         self.fit = train_in_phases(model, self.recipe, train_ds, validation_ds, self.model_dir, pretrained=pretrained,
                                    verbose=verbose,
                                    steps_per_epoch=self.steps_per_epoch() if self.recipe.patch_size else None)
         return self.fit
+
+    def masked_pretraining_record(self) -> dict | None:
+        """What this run's masked-image pretraining did (steps, seconds, loss per epoch), or None without one."""
+        import json
+
+        path = self.model_dir / MASKED_PRETRAINING_FILE
+        if not self.recipe.masked_pretraining_steps or not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
+    def _masked_pretraining(self, model, train_ds, verbose) -> None:
+        """The recipe's masked-image pretraining (:mod:`lungkit.masked_pretraining`) into ``model``, on the training
+        stream. Skipped when the run folder already holds a started or finished training: its backup or best
+        checkpoint replaces these weights anyway."""
+        from lungkit.masked_pretraining import pretrain_masked_images, transfer_weights
+        from lungkit.models import build_model
+        from lungkit.training import BACKUP_DIR, SUMMARY_FILE, seed_run
+
+        if (self.model_dir / SUMMARY_FILE).exists() or (self.model_dir / BACKUP_DIR).exists():
+            return
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        seed_run(self.seed, self.settings.deterministic)
+        shape = (self.recipe.input_size, self.recipe.input_size, self.recipe.input_channels)
+        settings = {**getattr(self, "_build_overrides", {}), "output_activation": None}
+        network = build_model(self.recipe.model, scale=self.recipe.model_scale or "paper", input_shape=shape,
+                              **settings)
+        result = pretrain_masked_images(network, train_ds, int(self.recipe.masked_pretraining_steps), seed=self.seed,
+                                        steps_per_epoch=self.recipe.max_steps_per_epoch or 100, verbose=verbose)
+        copied = transfer_weights(network, model)
+        import json
+
+        from lungkit.data.export import write_text_atomic
+
+        # kept beside the checkpoint: a reused run's protocol still has the pretraining's time and losses
+        record = {"steps": int(self.recipe.masked_pretraining_steps), "wall_time_s": round(result.wall_time_s, 1),
+                  "loss_per_epoch": [round(x, 5) for x in result.loss_per_epoch], "layers_copied": len(copied)}
+        write_text_atomic(self.model_dir / MASKED_PRETRAINING_FILE, json.dumps(record))
+        print(f"masked-image pretraining: {self.recipe.masked_pretraining_steps} steps in {result.wall_time_s:.0f} s, "
+              f"L1 on hidden pixels {result.loss_per_epoch[0]:.3f} -> {result.loss_per_epoch[-1]:.3f}; "
+              f"{len(copied)} layers start the segmentation training")
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def model_inputs(self, hu_batch: np.ndarray) -> np.ndarray:
@@ -520,6 +566,7 @@ class SegmentationExperiment:
             "postprocess_paper": self.postprocess,
             "data_fingerprint": data_fingerprint(dataset_dir),
             "training_wall_time_s": round(fit.wall_time_s, 1) if fit is not None else None,
+            "masked_pretraining_record": self.masked_pretraining_record(),
             # a reused training may come from older code: the commit that trained it, beside git_commit (scoring's)
             "training_commit": fit.trained_at_commit if fit is not None else None,
             "training_reused": bool(fit.reused) if fit is not None else None,
