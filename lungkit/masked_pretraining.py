@@ -75,11 +75,12 @@ def masked_l1(y_true, y_pred):
 
 @dataclass
 class PretrainingResult:
-    """What a masked-image pretraining did: the network, its loss per epoch, its wall time."""
+    """What a masked-image pretraining did: the network, its loss per epoch, its wall time, the steps it ran."""
 
     model: keras.Model
     loss_per_epoch: list
     wall_time_s: float
+    steps: int
 
 
 def pretrain_masked_images(model: keras.Model, train_ds: tf.data.Dataset, steps: int, *, seed: int = 0,
@@ -111,10 +112,11 @@ def pretrain_masked_images(model: keras.Model, train_ds: tf.data.Dataset, steps:
     stream = train_ds.repeat().enumerate().map(
         lambda index, batch: hide_blocks(batch[0], index, block, hidden_fraction, seed),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
-    epochs = -(-steps // steps_per_epoch)
-    history = model.fit(stream, steps_per_epoch=min(steps, steps_per_epoch), epochs=epochs, verbose=verbose)
+    epoch_steps = min(steps, steps_per_epoch)
+    epochs = -(-steps // epoch_steps)
+    history = model.fit(stream, steps_per_epoch=epoch_steps, epochs=epochs, verbose=verbose)
     return PretrainingResult(model=model, loss_per_epoch=[float(x) for x in history.history["loss"]],
-                             wall_time_s=time.perf_counter() - start)
+                             wall_time_s=time.perf_counter() - start, steps=epochs * epoch_steps)
 
 
 def transfer_weights(source: keras.Model, target: keras.Model) -> list[str]:

@@ -51,7 +51,10 @@ def test_pretraining_learns_to_fill_in_and_starts_every_layer_but_the_head():
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros_like(images))).batch(4).repeat()
     network = build_model("unet", "tiny", output_activation=None)
     result = pretrain_masked_images(network, dataset, 60, block=8, steps_per_epoch=20, verbose=0)
-    assert len(result.loss_per_epoch) == 3 and result.loss_per_epoch[-1] < 0.7 * result.loss_per_epoch[0]
+    assert result.steps == 60 and len(result.loss_per_epoch) == 3
+    assert result.loss_per_epoch[-1] < 0.7 * result.loss_per_epoch[0]
+    assert pretrain_masked_images(build_model("unet", "tiny", output_activation=None), dataset, 30,
+                                  steps_per_epoch=20, verbose=0).steps == 40  # whole epochs: rounded up
     target = build_model("unet", "tiny")
     head_before = [w.copy() for w in target.get_layer("segmentation_head").get_weights()]
     copied = transfer_weights(network, target)

@@ -343,10 +343,10 @@ class SegmentationExperiment:
         from lungkit.data.export import write_text_atomic
 
         # kept beside the checkpoint: a reused run's protocol still has the pretraining's time and losses
-        record = {"steps": int(self.recipe.masked_pretraining_steps), "wall_time_s": round(result.wall_time_s, 1),
+        record = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
                   "loss_per_epoch": [round(x, 5) for x in result.loss_per_epoch], "layers_copied": len(copied)}
         write_text_atomic(self.model_dir / MASKED_PRETRAINING_FILE, json.dumps(record))
-        print(f"masked-image pretraining: {self.recipe.masked_pretraining_steps} steps in {result.wall_time_s:.0f} s, "
+        print(f"masked-image pretraining: {result.steps} steps in {result.wall_time_s:.0f} s, "
               f"L1 on hidden pixels {result.loss_per_epoch[0]:.3f} -> {result.loss_per_epoch[-1]:.3f}; "
               f"{len(copied)} layers start the segmentation training")
 

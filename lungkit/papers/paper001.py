@@ -259,7 +259,10 @@ RECIPES = {
             "only that the model runs, and 80 fewer steps keep the main job within its time. Pretrained start: the "
             "paper does not say whether its Swin-UNet started from ImageNet weights (Cao et al.'s code does, Swin-T); "
             "lungkit trains from scratch unless a local keras-hub Swin preset is given (notebook 20's "
-            "swin_preset_dir), and the protocol line says which."
+            "swin_preset_dir), and the protocol line says which. On real CT (the LIDC sample, benchmarks.real_data, "
+            "2026-12-03) this quick recipe's BCE learned nothing in 600 steps, while Dice + BCE for 600 steps did "
+            "(reports/real_data.md has the rows): the quick profile keeps BCE, since 600 steps do not fit the main "
+            "job."
         ),
         "profile_overrides": {
             "smoke": {"learning_rate": 5e-4},
