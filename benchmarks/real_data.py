@@ -373,7 +373,8 @@ def budget_of_entry(entry: dict) -> tuple:
 
 def _row_label(entry: dict, show_profile: bool = False) -> str:
     """The row an entry is in: its model; its profile when asked (a page with several); the step budget when it had
-    its own; the seeds of an ensemble."""
+    its own; the seeds of an ensemble; a pretrained start, a masked-image pretraining or another loss when it had
+    them."""
     steps, ensemble, start = entry.get("max_steps"), entry.get("ensemble_of_seeds"), entry.get("pretrained_start")
     named = ([entry["profile"]] if show_profile else []) + ([f"{steps:,}-step budget"] if steps is not None else []) + (
         [f"ensemble of seeds {', '.join(map(str, ensemble))}"] if ensemble else []) + (

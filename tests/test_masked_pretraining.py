@@ -90,3 +90,14 @@ def test_an_experiment_pretrains_once_and_records_it(tmp_path):
     again.recipe = dataclasses.replace(again.recipe, masked_pretraining_steps=2)
     assert again.train(again.build_model(), verbose=0).reused
     assert not (again.model_dir / MASKED_PRETRAINING_FILE).exists()
+
+
+def test_a_query_model_is_refused_before_anything_trains(tmp_path):
+    from lungkit.experiments.segmentation import SegmentationExperiment
+
+    experiment = SegmentationExperiment("paper004", "unet", "smoke", tmp_path / "run")
+    experiment.recipe = dataclasses.replace(experiment.recipe, masked_pretraining_steps=2)
+    unused = tf.data.Dataset.from_tensor_slices((np.zeros((1, 64, 64, 1), np.float32),) * 2).batch(1)
+    with pytest.raises(ValueError, match="a query model .* has no pixel output"):
+        experiment.train(build_model("mask2former", "tiny"), unused, unused)
+    assert not experiment.model_dir.exists()

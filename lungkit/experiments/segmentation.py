@@ -323,10 +323,14 @@ class SegmentationExperiment:
         """The recipe's masked-image pretraining (:mod:`lungkit.masked_pretraining`) into ``model``, on the training
         stream. Skipped when the run folder already holds a started or finished training: its backup or best
         checkpoint replaces these weights anyway."""
+        from lungkit.inference import is_query_model
         from lungkit.masked_pretraining import pretrain_masked_images, transfer_weights
         from lungkit.models import build_model
         from lungkit.training import BACKUP_DIR, SUMMARY_FILE, seed_run
 
+        if is_query_model(model):
+            raise ValueError(f"{self.recipe.model}: masked-image pretraining regresses pixels; a query model (class "
+                             "and mask heads) has no pixel output to pretrain")
         if (self.model_dir / SUMMARY_FILE).exists() or (self.model_dir / BACKUP_DIR).exists():
             return
         self.model_dir.mkdir(parents=True, exist_ok=True)
