@@ -289,7 +289,7 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
         "steps": protocol.get("steps_trained"),
         # training as recorded by the run that trained (a reused training is not timed by its reload), its
         # masked-image pretraining if it had one, then scoring
-        "wall_time_s": round(float(fit.wall_time_s) + float((experiment.masked_pretraining_record() or {}).get(
+        "wall_time_s": round(float(fit.wall_time_s) + float((protocol.get("masked_pretraining_record") or {}).get(
             "wall_time_s", 0.0)) + time.perf_counter() - start, 1),
         "pretrain_steps": int(pretrain_steps) if pretrain_steps else None,
         "loss": loss,

@@ -544,8 +544,9 @@ SWIN_PRESET_HELP = (
 )
 
 
-def _check_preset_folder(preset_dir) -> Path:
-    """The preset folder as a Path, refusing a missing folder or one that is not a keras-hub Swin backbone."""
+def _check_preset_folder(preset_dir) -> tuple[Path, dict]:
+    """The preset folder as a Path and its ``config.json`` (read once, at most 1 MiB), refusing a missing folder or
+    one that is not a keras-hub Swin backbone."""
     if not isinstance(preset_dir, (str, Path)) or str(preset_dir).lower() in ("imagenet", ""):
         raise ValueError(
             f"{MODEL_NAME}: weights must be None or the path of a local keras-hub Swin preset folder, got "
@@ -560,7 +561,8 @@ def _check_preset_folder(preset_dir) -> Path:
         # a preset's config.json is small; a hostile one larger than 1 MiB is not a preset
         with open(config_file, "rb") as handle:
             text = handle.read((1 << 20) + 1)
-        registered = json.loads(text).get("registered_name", "") if len(text) <= (1 << 20) else ""
+        document = json.loads(text) if len(text) <= (1 << 20) else {}
+        registered = document.get("registered_name", "")
     except (OSError, ValueError, AttributeError) as error:
         raise ValueError(
             f"{config_file}: not a readable keras-hub preset config ({error}). {SWIN_PRESET_HELP}") from None
@@ -569,7 +571,7 @@ def _check_preset_folder(preset_dir) -> Path:
             f"{config_file}: this preset holds {registered or 'an unnamed model'!s}, not a keras-hub "
             f"SwinTransformerBackbone. {SWIN_PRESET_HELP}"
         )
-    return folder
+    return folder, document
 
 
 def resize_relative_position_table(table: np.ndarray, window_size: int) -> np.ndarray:
@@ -619,7 +621,7 @@ def load_swin_preset(model: keras.Model, preset_dir, config: dict) -> dict:
         FileNotFoundError: the folder or its ``config.json`` is missing (the message says what to download).
         ValueError: not a Swin preset, or widths / heads / stages / patch size / input channels that do not fit.
     """
-    folder = _check_preset_folder(preset_dir)
+    folder, _ = _check_preset_folder(preset_dir)
     import keras_hub
 
     try:
@@ -701,9 +703,9 @@ def preset_settings(preset_dir) -> dict:
     """
     if preset_dir is None or str(preset_dir) == "":
         return {}
-    folder = _check_preset_folder(preset_dir)
-    backbone_config = json.loads((folder / "config.json").read_text()).get("config", {})
+    folder, document = _check_preset_folder(preset_dir)
     try:
+        backbone_config = document["config"]
         return {"weights": str(folder), "embed_dim": int(backbone_config["embed_dim"]),
                 "num_heads": tuple(int(h) for h in backbone_config["num_heads"])}
     except (KeyError, TypeError, ValueError) as error:
