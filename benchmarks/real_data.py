@@ -141,7 +141,7 @@ FOR_SCALE = {
             "Dice, not this page's per-patch one, so it compares only loosely. It does say that 0.75 is near the best "
             "published for this tumour task, not a bar a CPU-budget 2-D model should clear easily"),
 }
-#: Test patients whose column a reader would ask about, with what their images show (seen, not measured).
+#: Test patients whose column a reader would ask about: what their images show, and what was measured on them.
 OBSERVED = {
     "lidc": {
         "LIDC-IDRI-2": ("0.00-0.01 for every model run on it (2026-12-02): its lesion is juxtapleural, against the "
