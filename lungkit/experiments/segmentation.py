@@ -18,6 +18,7 @@ zero-shot SAM, :mod:`lungkit.experiments.prompted`). The figures of these result
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -312,8 +313,6 @@ class SegmentationExperiment:
 
     def masked_pretraining_record(self) -> dict | None:
         """What this run's masked-image pretraining did (steps, seconds, loss per epoch), or None without one."""
-        import json
-
         path = self.model_dir / MASKED_PRETRAINING_FILE
         if not self.recipe.masked_pretraining_steps or not path.is_file():
             return None
@@ -323,6 +322,7 @@ class SegmentationExperiment:
         """The recipe's masked-image pretraining (:mod:`lungkit.masked_pretraining`) into ``model``, on the training
         stream. Skipped when the run folder already holds a started or finished training: its backup or best
         checkpoint replaces these weights anyway."""
+        from lungkit.data.export import write_text_atomic
         from lungkit.inference import is_query_model
         from lungkit.masked_pretraining import pretrain_masked_images, transfer_weights
         from lungkit.models import build_model
@@ -342,10 +342,6 @@ class SegmentationExperiment:
         result = pretrain_masked_images(network, train_ds, int(self.recipe.masked_pretraining_steps), seed=self.seed,
                                         steps_per_epoch=self.recipe.max_steps_per_epoch or 100, verbose=verbose)
         copied = transfer_weights(network, model)
-        import json
-
-        from lungkit.data.export import write_text_atomic
-
         # kept beside the checkpoint: a reused run's protocol still has the pretraining's time and losses
         record = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
                   "loss_per_epoch": [round(x, 5) for x in result.loss_per_epoch], "layers_copied": len(copied)}
