@@ -227,6 +227,14 @@ def prepare_msd(data_root: Path, work_dir: Path, seed: int) -> Path:
     )
 
 
+def _with_departures(recipe, departures: dict, **alongside):
+    """``recipe`` with the ``departures`` set, each recorded in its ``overridden`` as ``{"recipe": old, "used": new}``
+    (so the protocol shows it, as the profiles' own departures), and the ``alongside`` values set with them."""
+    overridden = {**recipe.overridden,
+                  **{key: {"recipe": getattr(recipe, key), "used": value} for key, value in departures.items()}}
+    return dataclasses.replace(recipe, **departures, **alongside, overridden=overridden)
+
+
 def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, seed: int, whole_patch: bool,
             max_steps: int | None = None, build_settings: dict | None = None, pretrain_steps: int | None = None,
             loss: str | None = None) -> dict:
@@ -246,18 +254,13 @@ def run_one(model_name: str, dataset_dir: Path, run_dir: Path, profile: str, see
         size = experiment.recipe.patch_size
         experiment.recipe = dataclasses.replace(experiment.recipe, image_size=size)
     if max_steps is not None:
-        recipe = experiment.recipe
-        overridden = {**recipe.overridden, "max_steps": {"recipe": recipe.max_steps, "used": int(max_steps)},
-                      "max_train_seconds": {"recipe": recipe.max_train_seconds, "used": None}}
-        experiment.recipe = dataclasses.replace(recipe, max_steps=int(max_steps), max_train_seconds=None,
-                                                overridden=overridden)
+        experiment.recipe = _with_departures(experiment.recipe,
+                                             {"max_steps": int(max_steps), "max_train_seconds": None})
     if loss is not None and loss != experiment.recipe.loss:
         if "set_prediction" in (loss, experiment.recipe.loss):
             raise ValueError(f"--loss {loss}: {model_name} trains with {experiment.recipe.loss}; the query models' set "
                              "criterion and the pixel losses do not replace one another")
-        recipe = experiment.recipe
-        overridden = {**recipe.overridden, "loss": {"recipe": recipe.loss, "used": loss}}
-        experiment.recipe = dataclasses.replace(recipe, loss=loss, loss_kwargs={}, overridden=overridden)
+        experiment.recipe = _with_departures(experiment.recipe, {"loss": loss}, loss_kwargs={})
     if pretrain_steps:
         experiment.recipe = dataclasses.replace(experiment.recipe, masked_pretraining_steps=int(pretrain_steps))
     model = experiment.build_model(**(build_settings or {}))
